@@ -1,0 +1,50 @@
+# ssl-bench front door. `make setup` once (every target depends on it), then e.g.
+#   make bench METHOD=supervised FRAC=0.1
+#   make test
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SSL_BENCH := $(VENV)/bin/ssl-bench
+
+METHOD ?= supervised
+FRAC ?= 0.1
+DATA ?= hippocampus
+DRAW ?= 0
+STEPS ?=
+ARGS ?=
+
+# On development and CI machines the data lives beside the checkout; elsewhere set SSL_BENCH_DATA_ROOT.
+ifneq ($(wildcard ../shared/data),)
+export SSL_BENCH_DATA_ROOT ?= $(abspath ../shared/data)
+endif
+
+.PHONY: setup bench test perf methods verify clean
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 first: the CPU wheel (an unpinned torch would pull a multi-GB CUDA build).
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+bench: setup
+	$(SSL_BENCH) train --method $(METHOD) --data $(DATA) data.fraction=$(FRAC) data.draw=$(DRAW) \
+		$(if $(STEPS),trainer.max_steps=$(STEPS)) $(ARGS)
+
+methods: setup
+	@$(SSL_BENCH) methods
+
+verify: setup
+	$(SSL_BENCH) data verify --data $(DATA)
+
+test: setup
+	WANDB_MODE=disabled $(PY) -m pytest -q tests
+
+perf: setup
+	$(PY) -m ssl_bench.perf $(ARGS)
+
+clean:
+	rm -rf .cache runs

@@ -1,0 +1,57 @@
+"""Optional callbacks: timing of training steps and image overlays for W&B. No training logic here."""
+
+from __future__ import annotations
+
+import time
+from statistics import median
+
+import lightning.pytorch as pl
+import torch
+
+
+class StepTimer(pl.Callback):
+    """Wall-clock seconds of each training step (forward, backward, optimizer, data), for the report.
+
+    The first ``warmup`` steps are dropped (allocator warm-up, lazy initialisation).
+    """
+
+    def __init__(self, warmup: int = 5):
+        self.warmup = warmup
+        self.durations: list = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if torch.cuda.is_available() and pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self.durations.append(time.perf_counter() - self._start)
+
+    @property
+    def seconds_per_step(self) -> float:
+        kept = self.durations[self.warmup:] or self.durations
+        return float(median(kept)) if kept else float("nan")
+
+
+class ImageOverlays(pl.Callback):
+    """Logs the middle slice of image / ground truth / prediction of a few validation cases to W&B."""
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not outputs or trainer.sanity_checking:
+            return
+        from lightning.pytorch.loggers import WandbLogger
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or trainer.global_rank != 0:
+            return
+        image, label, pred = outputs["image"][0, 0], outputs["label"][0, 0], outputs["pred"]
+        mid = image.shape[-1] // 2
+        scale = max(1, pl_module.num_classes - 1)
+        panels = [_to_unit(image[..., mid]), label[..., mid].float() / scale, pred[..., mid].float() / scale]
+        loggers[0].log_image(key=f"val/overlay_{batch_idx}", images=[p.cpu().numpy() for p in panels],
+                             caption=["image", "ground truth", "prediction"], step=trainer.global_step)
+
+
+def _to_unit(x: torch.Tensor) -> torch.Tensor:
+    lo, hi = x.min(), x.max()
+    return (x - lo) / (hi - lo + 1e-8)

@@ -1,0 +1,116 @@
+"""The ``ssl-bench`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ssl_bench.data.manifest import DATA_ROOT_ENV, ManifestError
+
+
+def _cmd_train(args) -> int:
+    from ssl_bench.config import load_config
+    from ssl_bench.train import train
+    cfg = load_config(args.method, args.data, args.overrides)
+    train(cfg, force=args.force)
+    return 0
+
+
+def _cmd_methods(args) -> int:
+    from ssl_bench.registry import method_names
+    print("\n".join(method_names()))
+    return 0
+
+
+def _cmd_import_msd(args) -> int:
+    from ssl_bench.data.manifest import import_msd
+    manifest = import_msd(args.dataset_dir, name=args.name, test_fraction=args.test_fraction,
+                          val_fraction=args.val_fraction, seed=args.seed)
+    out = Path(args.out or f"data_manifests/{manifest.name}.json")
+    if out.exists() and not args.overwrite:
+        print(f"{out} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 1
+    manifest.save(out)
+    print(f"wrote {out}: {len(manifest.cases)} cases, {len(manifest.test)} test, {len(manifest.validation)} "
+          f"validation, {len(manifest.pool)} in the training pool; labels {', '.join(manifest.labels)}")
+    return 0
+
+
+def _cmd_download(args) -> int:
+    from ssl_bench.data.download import download_msd
+    download_msd(args.dataset, Path(args.root))
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from ssl_bench.config import load_config
+    from ssl_bench.data.verify import describe_verification, verify_cases
+    from ssl_bench.train import resolve_dataset
+    overrides = list(args.overrides)
+    if args.root:
+        overrides.append(f"data.root={args.root}")
+    cfg = load_config("supervised", args.data, overrides)
+    manifest, root = resolve_dataset(cfg)
+    infos, problems = verify_cases(manifest, root)
+    print(f"{manifest.name} ({manifest.dataset_dir(root)}): {describe_verification(infos, problems)}")
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl-bench", description="Fair benchmark of semi-supervised "
+                                     "medical image segmentation methods.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train and evaluate one method at one labeled fraction and draw")
+    p.add_argument("--method", default="supervised", help="registered method name (see `ssl-bench methods`)")
+    p.add_argument("--data", default="hippocampus", help="experiments/data/<name>.yaml (hippocampus, synthetic)")
+    p.add_argument("--force", action="store_true", help="start over even if the run folder holds a finished run")
+    p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. data.fraction=0.1 "
+                   "trainer.max_steps=200 optim.lr=3e-4")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("methods", help="list the registered methods, one per line")
+    p.set_defaults(func=_cmd_methods)
+
+    data = sub.add_parser("data", help="dataset manifests, download and integrity checks")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("import-msd", help="write a manifest from an MSD-style dataset.json")
+    p.add_argument("dataset_dir")
+    p.add_argument("--name", default=None)
+    p.add_argument("--out", default=None, help="manifest path (default data_manifests/<name>.json)")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_import_msd)
+    p = dsub.add_parser("download", help="download a public MSD dataset and check its hash")
+    p.add_argument("dataset", choices=["hippocampus"])
+    p.add_argument("--root", default=os.environ.get(DATA_ROOT_ENV, "data"), help=f"data root (default "
+                   f"${DATA_ROOT_ENV} or ./data)")
+    p.set_defaults(func=_cmd_download)
+    p = dsub.add_parser("verify", help="check every case of a dataset; exits non-zero on any problem")
+    p.add_argument("--data", default="hippocampus")
+    p.add_argument("--root", default=None, help=f"data root (default data.root or ${DATA_ROOT_ENV})")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=_cmd_verify)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from ssl_bench.config import ConfigError
+    from ssl_bench.data.download import DownloadError
+    from ssl_bench.data.verify import DataVerificationError
+    from ssl_bench.registry import UnknownMethodError
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ManifestError, DataVerificationError, UnknownMethodError, DownloadError) as err:
+        print(f"ssl-bench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Typed configuration: omegaconf structured configs merged from experiments/*.yaml and CLI dotlists.
+
+Order of precedence (later wins): these dataclass defaults < experiments/base.yaml <
+experiments/data/<data>.yaml < experiments/method/<method>.yaml < command-line overrides.
+Every level is validated against the schema, so an unknown key or a wrong type is an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ssl_bench.registry import get_method
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key or file."""
+
+
+@dataclass
+class SyntheticConfig:
+    """The generated dataset used when ``data.name=synthetic`` (see ssl_bench/data/synthetic.py)."""
+    n_cases: int = 24
+    shape: List[int] = field(default_factory=lambda: [32, 32, 32])
+    n_organs: int = 3
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = "hippocampus"
+    # Manifest JSON, relative to the project root or absolute; "" for synthetic (it is generated).
+    manifest: str = "data_manifests/hippocampus.json"
+    # Folder holding the dataset folders; empty means $SSL_BENCH_DATA_ROOT.
+    root: str = ""
+    fraction: float = 0.1
+    draw: int = 0
+    # 3: 3D patches; 2: 2D slices of the same case-level split, evaluated as 3D volumes.
+    spatial_dims: int = 3
+    slice_axis: int = 2
+    # nnU-Net's patch for Task04 (Isensee et al. 2021) is 40x56x40.
+    patch_size: List[int] = field(default_factory=lambda: [40, 56, 40])
+    labeled_batch_size: int = 4
+    unlabeled_batch_size: int = 4
+    flip_prob: float = 0.5
+    # Mild intensity augmentation (nnU-Net uses multiplicative brightness in [0.75, 1.25]).
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    num_workers: int = 0
+    cache_dir: str = ".cache/ssl_bench"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    # unet: MONAI UNet (Kerfoot et al. 2018 residual units); basic_unet: MONAI BasicUNet (Falk et al. 2019).
+    arch: str = "unet"
+    channels: List[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    strides: List[int] = field(default_factory=lambda: [2, 2, 2])
+    num_res_units: int = 2
+    norm: str = "instance"
+    dropout: float = 0.0
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's config; each method subclasses it with its own typed hyperparameters."""
+    name: str = "supervised"
+    # Which evaluated network is the primary result (e.g. "teacher" for Mean Teacher).
+    primary_model: str = "student"
+
+
+@dataclass
+class OptimConfig:
+    # AdamW (Loshchilov & Hutter 2019).
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    # poly (nnU-Net: (1 - t/T)^0.9), cosine, or constant.
+    schedule: str = "poly"
+    poly_power: float = 0.9
+    warmup_steps: int = 50
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1500
+    val_every_n_steps: int = 250
+    accelerator: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    log_every_n_steps: int = 10
+    # Seed for initialisation and augmentation; None uses the draw, so draws differ in split and init.
+    seed: Optional[int] = None
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    sw_batch_size: int = 4
+    sw_overlap: float = 0.5
+    hd_percentile: float = 95.0
+    save_predictions: bool = False
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True
+    # offline runs need no account: sync later with `wandb sync <run>/wandb/offline-run-*`.
+    wandb_mode: str = "offline"
+    wandb_project: str = "ssl-bench"
+    wandb_entity: Optional[str] = None
+    log_images: bool = True
+    n_images: int = 2
+
+
+@dataclass
+class RunConfig:
+    runs_dir: str = "runs"
+    # Optional suffix of the method folder, to keep variants (e.g. an lr sweep) apart.
+    tag: str = ""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _merge(cfg: DictConfig, other, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, other)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        where = f" (key '{key}')" if key else ""
+        raise ConfigError(f"{source}{where}: {_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0]
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # yaml errors come in several types
+        raise ConfigError(f"{path}: cannot parse YAML ({_first_line(err)})") from None
+    return loaded if loaded is not None else OmegaConf.create({})
+
+
+def load_config(method: str, data: str = "hippocampus", overrides: Optional[List[str]] = None,
+                experiments_dir: Path = EXPERIMENTS_DIR) -> DictConfig:
+    """The fully merged, validated config for one run."""
+    method_cls = get_method(method)
+    schema = OmegaConf.structured(Config(method=method_cls.config_class(name=method)))
+    OmegaConf.set_struct(schema, True)
+    cfg = _merge(schema, _load_yaml(experiments_dir / "base.yaml"), str(experiments_dir / "base.yaml"))
+    data_yaml = experiments_dir / "data" / f"{data}.yaml"
+    if not data_yaml.is_file():
+        known = sorted(p.stem for p in (experiments_dir / "data").glob("*.yaml"))
+        raise ConfigError(f"unknown dataset '{data}': no {data_yaml} (known: {', '.join(known)})")
+    cfg = _merge(cfg, _load_yaml(data_yaml), str(data_yaml))
+    method_yaml = experiments_dir / "method" / f"{method}.yaml"
+    if not method_yaml.is_file():
+        raise ConfigError(f"method '{method}' is registered but has no {method_yaml}")
+    cfg = _merge(cfg, _load_yaml(method_yaml), str(method_yaml))
+    if overrides:
+        try:
+            dotlist = OmegaConf.from_dotlist(list(overrides))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"command-line overrides: {_first_line(err)}") from None
+        cfg = _merge(cfg, dotlist, "command-line override")
+    if cfg.method.name != method:
+        raise ConfigError(f"method.name is '{cfg.method.name}' but the method is '{method}': remove the override")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that types alone cannot express."""
+    def need(ok: bool, key: str, msg: str):
+        if not ok:
+            raise ConfigError(f"{key}: {msg}")
+
+    d = cfg.data
+    need(0.0 < d.fraction <= 1.0, "data.fraction", f"labeled fraction must be in (0, 1], got {d.fraction}")
+    need(d.draw >= 0, "data.draw", f"must be >= 0, got {d.draw}")
+    need(d.spatial_dims in (2, 3), "data.spatial_dims", f"must be 2 or 3, got {d.spatial_dims}")
+    need(len(d.patch_size) == d.spatial_dims, "data.patch_size",
+         f"has {len(d.patch_size)} entries but data.spatial_dims is {d.spatial_dims}")
+    need(d.labeled_batch_size >= 1, "data.labeled_batch_size", "must be >= 1")
+    need(d.unlabeled_batch_size >= 1, "data.unlabeled_batch_size", "must be >= 1")
+    need(0.0 <= d.flip_prob <= 1.0, "data.flip_prob", "must be in [0, 1]")
+    need(cfg.model.arch in ("unet", "basic_unet"), "model.arch", f"unknown architecture '{cfg.model.arch}'")
+    if cfg.model.arch == "unet":
+        need(len(cfg.model.strides) == len(cfg.model.channels) - 1, "model.strides",
+             "needs one entry fewer than model.channels")
+    need(0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+    need(cfg.optim.schedule in ("poly", "cosine", "constant"), "optim.schedule",
+         f"must be poly, cosine or constant, got '{cfg.optim.schedule}'")
+    need(cfg.optim.lr > 0, "optim.lr", "must be > 0")
+    need(cfg.trainer.max_steps >= 1, "trainer.max_steps", "must be >= 1")
+    need(cfg.trainer.val_every_n_steps >= 1, "trainer.val_every_n_steps", "must be >= 1")
+    need(0.0 <= cfg.eval.sw_overlap < 1.0, "eval.sw_overlap", "must be in [0, 1)")
+    need(cfg.logging.wandb_mode in ("offline", "online", "disabled"), "logging.wandb_mode",
+         "must be offline, online or disabled")
+
+
+def data_root(cfg: DictConfig) -> Optional[Path]:
+    """data.root, else $SSL_BENCH_DATA_ROOT, else None."""
+    from ssl_bench.data.manifest import DATA_ROOT_ENV
+    root = cfg.data.root or os.environ.get(DATA_ROOT_ENV, "")
+    return Path(root).expanduser() if root else None
+
+
+def resolve_project_path(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """runs/<dataset>/<method>[-<tag>]/frac<f>/draw<d>/"""
+    method = cfg.method.name + (f"-{cfg.run.tag}" if cfg.run.tag else "")
+    return Path(cfg.run.runs_dir) / cfg.data.name / method / f"frac{float(cfg.data.fraction)}" / f"draw{cfg.data.draw}"
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,135 @@
+"""The LightningDataModule every method trains on.
+
+Training batches are ``{"labeled": {...}, "unlabeled": {...}}`` from Lightning's CombinedLoader; the
+unlabeled stream exists only for methods that use it. Every method sees the same transforms, patch
+and batch sizes (the protocol's "same budget"). Validation and test cases come whole, one per batch,
+for sliding-window inference and 3D metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities.combined_loader import CombinedLoader
+from monai import transforms as T
+from monai.data import CacheDataset, DataLoader, list_data_collate
+from torch.utils.data import RandomSampler
+
+from ssl_bench.data.manifest import Manifest
+from ssl_bench.data.splits import PoolSplit
+
+
+def _labels_as_integers(label) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(label)).round().long()
+
+
+def _base_transforms(keys: Sequence[str]) -> list:
+    """Deterministic (cached) part: load, channel first, z-score the image, labels as integers."""
+    steps = [
+        T.LoadImaged(keys=list(keys), image_only=True),
+        T.EnsureChannelFirstd(keys=list(keys), channel_dim="no_channel"),
+        T.EnsureTyped(keys=["image"], dtype=torch.float32, track_meta=False),
+        # z-score per image, as nnU-Net does for MRI.
+        T.NormalizeIntensityd(keys=["image"], channel_wise=True),
+    ]
+    if "label" in keys:
+        # Some MSD labels are float32 holding integers; verify has checked they are integral.
+        steps.append(T.Lambdad(keys=["label"], func=_labels_as_integers))
+    return steps
+
+
+def _train_transforms(keys: Sequence[str], cfg) -> list:
+    d = cfg.data
+    keys = list(keys)
+    steps = []
+    if d.spatial_dims == 2:
+        # One random slice of the volume along slice_axis, then drop that axis.
+        roi = [-1, -1, -1]
+        roi[d.slice_axis] = 1
+        steps += [T.RandSpatialCropd(keys=keys, roi_size=roi, random_size=False),
+                  T.SqueezeDimd(keys=keys, dim=d.slice_axis + 1)]
+    steps += [
+        T.SpatialPadd(keys=keys, spatial_size=list(d.patch_size)),
+        T.RandSpatialCropd(keys=keys, roi_size=list(d.patch_size), random_size=False),
+    ]
+    steps += [T.RandFlipd(keys=keys, prob=d.flip_prob, spatial_axis=axis) for axis in range(d.spatial_dims)]
+    if d.intensity_scale > 0:
+        steps.append(T.RandScaleIntensityd(keys=["image"], factors=d.intensity_scale, prob=1.0))
+    if d.intensity_shift > 0:
+        steps.append(T.RandShiftIntensityd(keys=["image"], offsets=d.intensity_shift, prob=1.0))
+    return steps
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    def __init__(self, cfg, manifest: Manifest, data_root: Path, split: PoolSplit,
+                 spacings: Dict[str, Sequence[float]], uses_unlabeled: bool):
+        super().__init__()
+        self.cfg = cfg
+        self.manifest = manifest
+        self.dataset_dir = manifest.dataset_dir(data_root)
+        self.split = split
+        self.spacings = spacings
+        self.uses_unlabeled = uses_unlabeled
+        self.case_index = {c.id: i for i, c in enumerate(manifest.cases)}
+        self._datasets: Dict[str, CacheDataset] = {}
+
+    def _records(self, ids: List[str], with_label: bool) -> List[dict]:
+        by_id = self.manifest.case_by_id
+        out = []
+        for case_id in ids:
+            case = by_id[case_id]
+            rec = {"image": str(self.dataset_dir / case.image), "case_index": self.case_index[case_id],
+                   "spacing": torch.tensor(self.spacings[case_id], dtype=torch.float64)}
+            if with_label:
+                rec["label"] = str(self.dataset_dir / case.label)
+            out.append(rec)
+        return out
+
+    def unlabeled_ids(self) -> List[str]:
+        # At fraction 1.0 there are no unlabeled cases; a method that wants an unlabeled stream then gets
+        # the labeled images (their labels unused), so every method runs at every fraction.
+        return self.split.unlabeled or self.split.labeled
+
+    def _dataset(self, name: str) -> CacheDataset:
+        if name not in self._datasets:
+            labeled_keys, image_keys = ("image", "label"), ("image",)
+            if name == "labeled":
+                recs, keys = self._records(self.split.labeled, True), labeled_keys
+                xform = T.Compose(_base_transforms(keys) + _train_transforms(keys, self.cfg))
+            elif name == "unlabeled":
+                recs, keys = self._records(self.unlabeled_ids(), False), image_keys
+                xform = T.Compose(_base_transforms(keys) + _train_transforms(keys, self.cfg))
+            else:
+                ids = self.manifest.validation if name == "validation" else self.manifest.test
+                recs = self._records(ids, True)
+                xform = T.Compose(_base_transforms(labeled_keys))
+            self._datasets[name] = CacheDataset(recs, xform, cache_rate=1.0, num_workers=None, progress=False)
+        return self._datasets[name]
+
+    def _train_loader(self, name: str, batch_size: int) -> DataLoader:
+        ds = self._dataset(name)
+        # Sampling with replacement for the whole iteration budget: training length is trainer.max_steps,
+        # never epochs, so every method sees the same number of batches whatever the split sizes.
+        sampler = RandomSampler(ds, replacement=True, num_samples=self.cfg.trainer.max_steps * batch_size)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.data.num_workers,
+                          collate_fn=list_data_collate, persistent_workers=self.cfg.data.num_workers > 0,
+                          drop_last=True)
+
+    def train_dataloader(self):
+        loaders = {"labeled": self._train_loader("labeled", self.cfg.data.labeled_batch_size)}
+        if self.uses_unlabeled:
+            loaders["unlabeled"] = self._train_loader("unlabeled", self.cfg.data.unlabeled_batch_size)
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def _eval_loader(self, name: str) -> DataLoader:
+        return DataLoader(self._dataset(name), batch_size=1, shuffle=False, num_workers=0)
+
+    def val_dataloader(self):
+        return self._eval_loader("validation")
+
+    def test_dataloader(self):
+        return self._eval_loader("test")

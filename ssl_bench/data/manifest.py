@@ -1,0 +1,184 @@
+"""Dataset manifests: which cases a dataset has, where their files are, and the fixed test/val split.
+
+A manifest is JSON. Paths are relative to ``<data root>/<directory>``, so the manifest can be committed
+without any data and the same file works on every machine::
+
+    {
+      "name": "hippocampus",
+      "directory": "Task04_Hippocampus",
+      "labels": ["background", "anterior", "posterior"],
+      "spacing": [1.0, 1.0, 1.0],
+      "cases": [{"id": "hippocampus_001", "image": "imagesTr/hippocampus_001.nii.gz",
+                 "label": "labelsTr/hippocampus_001.nii.gz"}, ...],
+      "test": ["hippocampus_004", ...],
+      "validation": ["hippocampus_017", ...],
+      "split_seed": 0
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from ssl_bench.utils.io import atomic_write_text
+
+DATA_ROOT_ENV = "SSL_BENCH_DATA_ROOT"
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class Case:
+    id: str
+    image: str
+    label: Optional[str] = None
+
+
+@dataclass
+class Manifest:
+    name: str
+    directory: str
+    labels: List[str]
+    cases: List[Case]
+    test: List[str]
+    validation: List[str]
+    spacing: Optional[List[float]] = None
+    split_seed: int = 0
+    source: str = ""
+    license: str = ""
+    path: Optional[Path] = field(default=None, compare=False, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes including background."""
+        return len(self.labels)
+
+    @property
+    def foreground_labels(self) -> List[str]:
+        return self.labels[1:]
+
+    @property
+    def case_by_id(self) -> dict:
+        return {c.id: c for c in self.cases}
+
+    @property
+    def pool(self) -> List[str]:
+        """Training pool: every case that is neither test nor validation, in manifest order."""
+        held_out = set(self.test) | set(self.validation)
+        return [c.id for c in self.cases if c.id not in held_out]
+
+    def dataset_dir(self, data_root: str | os.PathLike) -> Path:
+        return Path(data_root) / self.directory
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d.pop("path")
+        return json.dumps(d, indent=2) + "\n"
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        atomic_write_text(path, self.to_json())
+        return path
+
+
+def load_manifest(path: str | os.PathLike) -> Manifest:
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: expected a JSON object at the top level")
+    missing = [k for k in ("name", "directory", "labels", "cases", "test", "validation") if k not in raw]
+    if missing:
+        raise ManifestError(f"{path}: missing required key(s) {', '.join(missing)}")
+    known = {"name", "directory", "labels", "cases", "test", "validation", "spacing", "split_seed", "source", "license"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ManifestError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    if not isinstance(raw["labels"], list) or len(raw["labels"]) < 2:
+        raise ManifestError(f"{path}: 'labels' must list background and at least one foreground class")
+    cases = []
+    for i, c in enumerate(raw["cases"]):
+        if not isinstance(c, dict) or "id" not in c or "image" not in c:
+            raise ManifestError(f"{path}: case #{i} needs at least 'id' and 'image'")
+        cases.append(Case(id=str(c["id"]), image=c["image"], label=c.get("label")))
+    manifest = Manifest(
+        name=raw["name"], directory=raw["directory"], labels=list(raw["labels"]), cases=cases,
+        test=list(raw["test"]), validation=list(raw["validation"]), spacing=raw.get("spacing"),
+        split_seed=int(raw.get("split_seed", 0)), source=raw.get("source", ""),
+        license=raw.get("license", ""), path=path,
+    )
+    _check_consistency(manifest, path)
+    return manifest
+
+
+def _check_consistency(m: Manifest, path: Path) -> None:
+    ids = [c.id for c in m.cases]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ManifestError(f"{path}: duplicate case id(s) {', '.join(dupes[:10])}")
+    known = set(ids)
+    for split in ("test", "validation"):
+        unknown = [i for i in getattr(m, split) if i not in known]
+        if unknown:
+            raise ManifestError(f"{path}: {split} lists case id(s) not in 'cases': {', '.join(unknown[:10])}")
+    overlap = sorted(set(m.test) & set(m.validation))
+    if overlap:
+        raise ManifestError(f"{path}: case(s) in both test and validation: {', '.join(overlap[:10])}")
+    unlabeled_eval = [c.id for c in m.cases if c.label is None and (c.id in m.test or c.id in m.validation)]
+    if unlabeled_eval:
+        raise ManifestError(f"{path}: test/validation case(s) without a label: {', '.join(unlabeled_eval[:10])}")
+
+
+def split_held_out(case_ids: List[str], test_fraction: float, val_fraction: float, seed: int):
+    """Seeded test/validation ids drawn from ``case_ids`` (rounded to the nearest case)."""
+    order = sorted(case_ids)
+    random.Random(seed).shuffle(order)
+    n_test = int(round(test_fraction * len(order)))
+    n_val = int(round(val_fraction * len(order)))
+    if n_test + n_val >= len(order):
+        raise ManifestError(f"test ({n_test}) + validation ({n_val}) leave no training cases out of {len(order)}")
+    return sorted(order[:n_test]), sorted(order[n_test:n_test + n_val])
+
+
+def import_msd(dataset_dir: str | os.PathLike, name: Optional[str] = None, test_fraction: float = 0.2,
+               val_fraction: float = 0.1, seed: int = 0) -> Manifest:
+    """Build a manifest from an MSD-style ``dataset.json`` (only its ``training`` pairs have labels)."""
+    dataset_dir = Path(dataset_dir)
+    meta_path = dataset_dir / "dataset.json"
+    if not meta_path.is_file():
+        raise ManifestError(f"{meta_path}: not found (expected an MSD-style dataset folder)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{meta_path}: not valid JSON ({err})") from err
+    try:
+        label_map = {int(k): v for k, v in meta["labels"].items()}
+        training = meta["training"]
+    except (KeyError, AttributeError, ValueError) as err:
+        raise ManifestError(f"{meta_path}: needs 'labels' (index -> name) and 'training' ({err})") from err
+    if sorted(label_map) != list(range(len(label_map))):
+        raise ManifestError(f"{meta_path}: label indices must be 0..K, got {sorted(label_map)}")
+    labels = [str(label_map[i]).lower() for i in range(len(label_map))]
+    cases = []
+    for pair in training:
+        image = os.path.normpath(pair["image"])
+        label = os.path.normpath(pair["label"])
+        case_id = Path(image).name.split(".")[0]
+        cases.append(Case(id=case_id, image=image, label=label))
+    test, val = split_held_out([c.id for c in cases], test_fraction, val_fraction, seed)
+    return Manifest(
+        name=name or dataset_dir.name.split("_", 1)[-1].lower(), directory=dataset_dir.name, labels=labels,
+        cases=cases, test=test, validation=val, split_seed=seed, source=str(meta.get("reference", "")),
+        license=str(meta.get("licence", meta.get("license", ""))),
+    )

@@ -1,0 +1,1 @@
+"""Segmentation methods: one file per method, each registered under the name of its file."""

@@ -1,0 +1,197 @@
+"""The one base LightningModule: training step, evaluation, logging, optimizer and schedule.
+
+A method subclasses ``SegmentationMethod``, registers itself, and overrides what it changes:
+
+- ``unsupervised_loss(batch, cache)``: the method's extra term; the base adds
+  ``unsupervised_weight() * unsupervised_loss`` (λ_max · sigmoid ramp-up) to the supervised loss;
+- ``supervised_loss(labeled, cache)`` where the supervised term differs (e.g. partial labels);
+- ``evaluation_networks()`` to evaluate more than the student (e.g. an EMA teacher);
+- ``decode(logits)`` where predictions are not a softmax argmax.
+
+``cache`` is a per-step dict in which the supervised pass leaves its outputs (e.g. the student's
+logits on the labeled batch) so a method never recomputes a forward pass it already paid for.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import lightning.pytorch as pl
+import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from torch import nn
+from torchmetrics import CatMetric
+
+from ssl_bench.config import MethodConfig
+from ssl_bench.evaluation import case_metrics, case_row, nanmean
+from ssl_bench.nets.backbone import Backbone, build_backbone
+from ssl_bench.utils.ramps import sigmoid_rampup
+
+
+class SegmentationMethod(pl.LightningModule):
+    config_class = MethodConfig
+    # Whether training batches carry an "unlabeled" stream (loaded only for methods that use it).
+    uses_unlabeled = False
+    method_name = "base"
+
+    def __init__(self, cfg, class_names: List[str], case_ids: List[str]):
+        super().__init__()
+        self.cfg = cfg
+        self.class_names = list(class_names)
+        self.foreground = self.class_names[1:]
+        self.case_ids = list(case_ids)
+        self.num_classes = len(self.class_names)
+        self.net = self.build_network()
+        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+        # Set by the runner before each trainer.test call: which checkpoint is being evaluated.
+        self.checkpoint_tag = "last"
+        self.test_rows: List[dict] = []
+        self._stores: Dict[str, CatMetric] = {}
+
+    # ---- what methods override -------------------------------------------------------------------
+    def build_network(self) -> Backbone:
+        """The shared backbone (same factory for every method and every extra network)."""
+        return build_backbone(self.cfg.model, self.cfg.data.spatial_dims, in_channels=1,
+                              out_channels=self.num_classes)
+
+    def supervised_loss(self, labeled: dict, cache: dict) -> torch.Tensor:
+        logits = self.net(labeled["image"])
+        cache["labeled_logits"] = logits
+        return self.dice_ce(logits, labeled["label"])
+
+    def unsupervised_loss(self, batch: dict, cache: dict) -> Optional[torch.Tensor]:
+        return None
+
+    def unsupervised_weight(self) -> float:
+        """λ(t) = λ_max · exp(-5 (1 - t/T_r)^2) with T_r = rampup_fraction · max_steps (METHODS.md)."""
+        m = self.cfg.method
+        rampup_steps = m.rampup_fraction * self.cfg.trainer.max_steps
+        return m.lambda_max * sigmoid_rampup(self.global_step, rampup_steps)
+
+    def evaluation_networks(self) -> Dict[str, nn.Module]:
+        return {"student": self.net}
+
+    def decode(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C, ...) to a label map (B, ...)."""
+        return logits.argmax(dim=1)
+
+    # ---- training --------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        cache: dict = {}
+        labeled = batch["labeled"]
+        batch_size = labeled["image"].shape[0]
+        loss_sup = self.supervised_loss(labeled, cache)
+        loss = loss_sup
+        loss_unsup = self.unsupervised_loss(batch, cache)
+        if loss_unsup is not None:
+            weight = self.unsupervised_weight()
+            loss = loss_sup + weight * loss_unsup
+            self.log("train/loss_unsup", loss_unsup, batch_size=batch_size)
+            self.log("train/unsup_weight", weight, batch_size=batch_size)
+        self.log("train/loss_sup", loss_sup, batch_size=batch_size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        total, warmup = self.cfg.trainer.max_steps, min(o.warmup_steps, self.cfg.trainer.max_steps - 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            if o.schedule == "poly":
+                return (1.0 - progress) ** o.poly_power
+            if o.schedule == "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * progress))
+            return 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- inference -------------------------------------------------------------------------------
+    def predict_logits(self, net: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        """Whole-volume logits (1, C, *volume) by sliding-window inference with the training patch.
+
+        In 2D mode the volume's slices along ``data.slice_axis`` form the batch, so 2D methods are
+        evaluated on the same 3D volumes and metrics as 3D ones.
+        """
+        e, roi = self.cfg.eval, list(self.cfg.data.patch_size)
+        if self.cfg.data.spatial_dims == 3:
+            return sliding_window_inference(image, roi, e.sw_batch_size, net, overlap=e.sw_overlap)
+        axis = 2 + self.cfg.data.slice_axis
+        slices = image.movedim(axis, 0).squeeze(1)
+        logits = sliding_window_inference(slices, roi, e.sw_batch_size, net, overlap=e.sw_overlap)
+        return logits.unsqueeze(1).movedim(0, axis)
+
+    def predict_labels(self, model_name: str, image: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.predict_logits(self.evaluation_networks()[model_name], image))
+
+    # ---- evaluation (validation: Dice for model selection; test: Dice and HD95) ---------------------
+    def _store(self, key: str) -> CatMetric:
+        # CatMetric gathers rows from every DDP rank, so metrics are over cases, never averaged per rank.
+        if key not in self._stores:
+            self._stores[key] = CatMetric(nan_strategy="disable").to(self.device)
+        return self._stores[key]
+
+    def _evaluate_batch(self, stage: str, batch, with_hd: bool) -> dict:
+        image, label = batch["image"], batch["label"]
+        spacing = batch["spacing"][0].tolist()
+        outputs = {}
+        for name in self.evaluation_networks():
+            pred = self.predict_labels(name, image)[0]
+            m = case_metrics(pred.cpu(), label[0, 0].cpu(), self.num_classes, spacing,
+                             self.cfg.eval.hd_percentile, with_hd=with_hd)
+            values = [float(batch["case_index"][0])] + m["dice"] + m.get("hd95", [])
+            self._store(f"{stage}/{name}").update(torch.tensor([values], dtype=torch.float64, device=self.device))
+            outputs[name] = pred
+        return outputs
+
+    def _collect(self, stage: str) -> Dict[str, List[dict]]:
+        """Per model, one row per case in case order (duplicates from DDP sampler padding removed)."""
+        k = len(self.foreground)
+        width = 1 + (2 * k if stage == "test" else k)
+        out = {}
+        for name in self.evaluation_networks():
+            store = self._store(f"{stage}/{name}")
+            values = store.compute().reshape(-1, width).cpu().tolist() if store.update_count else []
+            store.reset()
+            rows, seen = [], set()
+            for v in sorted(values, key=lambda r: r[0]):
+                idx = int(v[0])
+                if idx not in seen:
+                    seen.add(idx)
+                    metrics = {"dice": v[1:1 + k], "hd95": v[1 + k:] or [float("nan")] * k}
+                    rows.append(case_row(self.case_ids[idx], metrics, self.foreground))
+            out[name] = rows
+        return out
+
+    def validation_step(self, batch, batch_idx):
+        preds = self._evaluate_batch("val", batch, with_hd=False)
+        if batch_idx < self.cfg.logging.n_images:
+            primary = self.cfg.method.primary_model
+            return {"image": batch["image"], "label": batch["label"], "pred": preds[primary]}
+        return None
+
+    def on_validation_epoch_end(self):
+        for name, rows in self._collect("val").items():
+            prefix = "val" if name == self.cfg.method.primary_model else f"val_{name}"
+            self.log(f"{prefix}/dice_mean", nanmean(r["dice_mean"] for r in rows), sync_dist=True,
+                     prog_bar=prefix == "val")
+            for cls in self.foreground:
+                self.log(f"{prefix}/dice_{cls}", nanmean(r[f"dice_{cls}"] for r in rows), sync_dist=True)
+
+    def on_test_epoch_start(self):
+        self.test_rows = []
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate_batch("test", batch, with_hd=True)
+
+    def on_test_epoch_end(self):
+        for name, rows in self._collect("test").items():
+            self.test_rows += [{"checkpoint": self.checkpoint_tag, "model": name, **r} for r in rows]
+

@@ -1,0 +1,89 @@
+"""The one backbone every method uses: a MONAI U-Net (2D or 3D) that also exposes its features.
+
+Methods that need features (contrastive pretraining, feature-level consistency) call
+``forward_features`` and get the encoder bottleneck and a decoder feature map besides the logits; the
+features are captured with forward hooks, so the MONAI networks are used unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from monai.networks.layers.simplelayers import SkipConnection
+from monai.networks.nets import BasicUNet, UNet
+from torch import nn
+
+
+class Features(NamedTuple):
+    logits: torch.Tensor
+    bottleneck: torch.Tensor   # deepest encoder output (lowest resolution, most channels)
+    decoder: torch.Tensor      # last decoder feature map before the output layer
+
+
+class Backbone(nn.Module):
+    def __init__(self, net: nn.Module, bottleneck: str, decoder: str, spatial_dims: int, out_channels: int):
+        super().__init__()
+        self.net = net
+        self.spatial_dims = spatial_dims
+        self.out_channels = out_channels
+        # Submodule names, not references or persistent hooks, so a deepcopy (an EMA teacher) stays independent.
+        self.bottleneck_name = bottleneck
+        self.decoder_name = decoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        captured = {}
+        # The bottleneck's output; the decoder layer's input (the features the output layer sees).
+        handles = [
+            self.net.get_submodule(self.bottleneck_name).register_forward_hook(
+                lambda m, i, o: captured.__setitem__("bottleneck", o)),
+            self.net.get_submodule(self.decoder_name).register_forward_hook(
+                lambda m, i, o: captured.__setitem__("decoder", i[0])),
+        ]
+        try:
+            logits = self.net(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return Features(logits, captured["bottleneck"], captured["decoder"])
+
+
+def _unet_parts(unet: UNet):
+    """MONAI's UNet nests Sequential(down, SkipConnection(inner), up); the innermost block is the bottleneck.
+
+    The outermost up layer maps the concatenated skip + upsampled features to class logits: its input is
+    the last decoder feature map.
+    """
+    name, block = "model", unet.model
+    while isinstance(block, nn.Sequential) and len(block) == 3 and isinstance(block[1], SkipConnection):
+        name, block = f"{name}.1.submodule", block[1].submodule
+    return name, "model.2"
+
+
+def build_backbone(model_cfg, spatial_dims: int, in_channels: int, out_channels: int) -> Backbone:
+    """The shared network factory; ``model_cfg`` is the ``model`` section of the config."""
+    if model_cfg.arch == "unet":
+        net = UNet(
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+            channels=tuple(model_cfg.channels), strides=tuple(model_cfg.strides),
+            num_res_units=model_cfg.num_res_units, norm=model_cfg.norm, dropout=model_cfg.dropout,
+        )
+        bottleneck, decoder = _unet_parts(net)
+        return Backbone(net, bottleneck, decoder, spatial_dims=spatial_dims, out_channels=out_channels)
+    if model_cfg.arch == "basic_unet":
+        if len(model_cfg.channels) != 6:
+            raise ValueError("model.channels for basic_unet needs 6 entries (MONAI BasicUNet features), "
+                             f"got {len(model_cfg.channels)}")
+        net = BasicUNet(
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+            features=tuple(model_cfg.channels), norm=model_cfg.norm, dropout=model_cfg.dropout,
+        )
+        return Backbone(net, "down_4", "final_conv", spatial_dims=spatial_dims, out_channels=out_channels)
+    raise ValueError(f"unknown model.arch '{model_cfg.arch}' (known: unet, basic_unet)")
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

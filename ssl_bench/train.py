@@ -1,0 +1,252 @@
+"""One run: a method at a labeled fraction and draw, trained, then evaluated on the test cases.
+
+Run folder ``runs/<dataset>/<method>/frac<f>/draw<d>/`` holds ``config.yaml``, ``splits.json``,
+``checkpoints/`` (``last.ckpt``, ``best-*.ckpt``), ``csv/`` logs, ``wandb/`` (offline runs),
+``per_case.csv`` and ``metrics.json``. ``metrics.json`` is written last and atomically: it is the mark
+of a finished run. Re-running the same command resumes from ``last.ckpt``; a finished run is
+reported and skipped unless ``force``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from ssl_bench.callbacks import ImageOverlays, StepTimer
+from ssl_bench.config import ConfigError, data_root, resolve_project_path, run_dir, to_yaml
+from ssl_bench.data.datamodule import SegmentationDataModule
+from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
+from ssl_bench.data.splits import split_pool
+from ssl_bench.data.synthetic import SyntheticSpec, ensure_synthetic
+from ssl_bench.data.verify import verify_or_raise
+from ssl_bench.evaluation import summarize
+from ssl_bench.nets.backbone import count_parameters
+from ssl_bench.registry import get_method
+from ssl_bench.utils.io import atomic_write_json, atomic_write_text
+
+CHECKPOINTS = "checkpoints"
+LAST = "last.ckpt"
+
+
+def resolve_dataset(cfg: DictConfig) -> Tuple[Manifest, Path]:
+    """The manifest and data root of ``cfg.data``; synthetic data is generated into the cache if missing."""
+    if cfg.data.name == "synthetic":
+        s = cfg.data.synthetic
+        spec = SyntheticSpec(n_cases=s.n_cases, shape=tuple(s.shape), n_organs=s.n_organs,
+                             spacing=(1.0,) * len(s.shape), seed=s.seed)
+        path = ensure_synthetic(Path(cfg.data.cache_dir) / "synthetic", spec=spec)
+        return load_manifest(path), path.parent
+    manifest = load_manifest(resolve_project_path(cfg.data.manifest))
+    root = data_root(cfg)
+    if root is None:
+        raise ConfigError(
+            f"no data root for '{cfg.data.name}': set {DATA_ROOT_ENV}=/path/to/folder (the folder that holds "
+            f"{manifest.directory}/) or pass data.root=..., or fetch it with `ssl-bench data download "
+            f"{cfg.data.name} --root DIR`")
+    return manifest, root
+
+
+def _check_same_config(run: Path, cfg_yaml: str) -> None:
+    saved = run / "config.yaml"
+    if saved.is_file() and saved.read_text() != cfg_yaml:
+        old, new = OmegaConf.create(saved.read_text()), OmegaConf.create(cfg_yaml)
+        diff = sorted(k for k in _flat(new).keys() | _flat(old).keys() if _flat(new).get(k) != _flat(old).get(k))
+        raise ConfigError(f"{run} holds a run with a different config ({', '.join(diff[:8])} differ): "
+                          "use run.tag=<name> for a variant, or --force to start this run over")
+
+
+def _flat(cfg, prefix: str = "") -> Dict[str, object]:
+    out = {}
+    for k, v in (cfg.items() if isinstance(cfg, dict) else OmegaConf.to_container(cfg).items()):
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _loggers(cfg: DictConfig, run: Path) -> list:
+    loggers = [CSVLogger(save_dir=str(run), name="csv")]
+    if cfg.logging.wandb and cfg.logging.wandb_mode != "disabled":
+        d, m = cfg.data, cfg.method.name
+        os.environ.setdefault("WANDB_DIR", str(run))
+        loggers.append(WandbLogger(
+            project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity, save_dir=str(run),
+            name=f"{m}-frac{d.fraction:g}-draw{d.draw}", group=f"{d.name}/{m}",
+            tags=[m, f"frac={d.fraction:g}", f"draw={d.draw}", d.name], mode=cfg.logging.wandb_mode,
+            # A stable id per run folder, so a resumed run continues the same W&B run.
+            id=_stable_id(run), resume="allow"))
+    return loggers
+
+
+def _stable_id(run: Path) -> str:
+    import hashlib
+    return hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:16]
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _write_per_case(path: Path, rows: List[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _results(rows: List[dict], foreground: List[str]) -> Dict[str, Dict[str, dict]]:
+    out: Dict[str, Dict[str, dict]] = {}
+    for tag in dict.fromkeys(r["checkpoint"] for r in rows):
+        for model in dict.fromkeys(r["model"] for r in rows):
+            sel = [r for r in rows if r["checkpoint"] == tag and r["model"] == model]
+            if sel:
+                out.setdefault(tag, {})[model] = summarize(sel, foreground)
+    return out
+
+
+def format_summary(metrics: dict) -> str:
+    """The table printed at the end of a run (and for a finished run that is skipped)."""
+    fg = metrics["classes"]
+    head = (f"{metrics['dataset']} / {metrics['method']} / fraction {metrics['fraction']:g} / draw "
+            f"{metrics['draw']}: {metrics['n_labeled']} labeled, {metrics['n_unlabeled']} unlabeled "
+            f"cases; test on {metrics['n_test']} cases")
+    cols = ["checkpoint", "model"] + [f"Dice {c}" for c in fg] + ["Dice mean"] + ["HD95 mean (mm)"]
+    lines = [head, "  ".join(f"{c:>14}" for c in cols)]
+    primary = metrics["primary"]
+    for tag, models in metrics["results"].items():
+        for model, s in models.items():
+            star = "*" if (tag, model) == (primary["checkpoint"], primary["model"]) else " "
+            vals = [s[f"dice_{c}"] for c in fg] + [s["dice_mean"], s["hd95_mean"]]
+            lines.append("  ".join([f"{tag + star:>14}", f"{model:>14}"] + [f"{v:14.4f}" for v in vals]))
+    lines.append(f"* primary result (last checkpoint{', ' + primary['model'] if len(metrics['results']['last']) > 1 else ''}). "
+                 f"{metrics['steps']} steps, {metrics['seconds_per_step']:.3f} s/step, "
+                 f"wall {metrics['wall_time_s']:.0f} s. Run folder: {metrics['run_dir']}")
+    return "\n".join(lines)
+
+
+def _save_predictions(module, dm: SegmentationDataModule, out_dir: Path) -> None:
+    """Test predictions of the primary model as NIfTI on the image's own grid and affine."""
+    import nibabel as nib
+    import numpy as np
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_id = dm.manifest.case_by_id
+    module.eval()
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            case_id = module.case_ids[int(batch["case_index"][0])]
+            pred = module.predict_labels(module.cfg.method.primary_model, batch["image"].to(module.device))[0]
+            affine = nib.load(str(dm.dataset_dir / by_id[case_id].image)).affine
+            img = nib.Nifti1Image(pred.cpu().numpy().astype(np.uint8), affine)
+            tmp = out_dir / f".{case_id}.nii.gz.tmp.nii.gz"
+            nib.save(img, str(tmp))
+            os.replace(tmp, out_dir / f"{case_id}.nii.gz")
+
+
+def train(cfg: DictConfig, force: bool = False) -> dict:
+    """Train and evaluate one run; returns the content of its metrics.json."""
+    started = time.perf_counter()
+    run = run_dir(cfg)
+    metrics_path = run / "metrics.json"
+    cfg_yaml = to_yaml(cfg)
+    if force and run.exists():
+        shutil.rmtree(run)
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        print(f"{run}: already finished (use --force to run it again)")
+        print(format_summary(metrics))
+        return metrics
+    _check_same_config(run, cfg_yaml)
+
+    manifest, root = resolve_dataset(cfg)
+    method_cls = get_method(cfg.method.name)
+    split = split_pool(manifest.pool, cfg.data.fraction, cfg.data.draw)
+    used = split.labeled + (split.unlabeled if method_cls.uses_unlabeled else []) + manifest.validation + manifest.test
+    infos = verify_or_raise(manifest, root, used)  # bad data fails here, in seconds, naming every file
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run / "config.yaml", cfg_yaml)
+    atomic_write_json(run / "splits.json", {
+        "fraction": cfg.data.fraction, "draw": cfg.data.draw, "labeled": split.labeled,
+        "unlabeled": split.unlabeled, "validation": manifest.validation, "test": manifest.test})
+
+    pl.seed_everything(cfg.trainer.seed if cfg.trainer.seed is not None else cfg.data.draw, workers=True)
+    dm = SegmentationDataModule(cfg, manifest, root, split, {i.case_id: i.spacing for i in infos},
+                                uses_unlabeled=method_cls.uses_unlabeled)
+    module = method_cls(cfg, class_names=manifest.labels, case_ids=[c.id for c in manifest.cases])
+    ckpt_dir = run / CHECKPOINTS
+    best_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best-{step}", monitor="val/dice_mean", mode="max",
+                              save_top_k=1, save_last=True, auto_insert_metric_name=False)
+    timer = StepTimer()
+    loggers = _loggers(cfg, run)
+    callbacks = [best_cb, timer, LearningRateMonitor(logging_interval="step")]
+    if cfg.logging.log_images and any(isinstance(lg, WandbLogger) for lg in loggers):
+        callbacks.append(ImageOverlays())
+    t = cfg.trainer
+    trainer = pl.Trainer(
+        max_steps=t.max_steps, max_epochs=-1, val_check_interval=min(t.val_every_n_steps, t.max_steps),
+        check_val_every_n_epoch=None, num_sanity_val_steps=0, accelerator=t.accelerator, devices=t.devices,
+        strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
+        default_root_dir=str(run), logger=loggers, callbacks=callbacks)
+    last = ckpt_dir / LAST
+    resume_from = str(last) if last.is_file() else None
+    if resume_from:
+        print(f"{run}: resuming from {last}")
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+    trainer.save_checkpoint(str(last))
+    resumed_step = trainer.global_step - len(timer.durations)
+
+    best = best_cb.best_model_path or str(last)
+    for tag, path in (("last", str(last)), ("best", best)):
+        module.checkpoint_tag = tag
+        trainer.test(module, datamodule=dm, ckpt_path=path, verbose=False)
+        if tag == "last":
+            rows = list(module.test_rows)
+            if cfg.eval.save_predictions and trainer.is_global_zero:
+                _save_predictions(module, dm, run / "predictions")
+        else:
+            rows += module.test_rows
+
+    foreground = manifest.foreground_labels
+    metrics = {
+        "dataset": cfg.data.name, "method": cfg.method.name, "fraction": cfg.data.fraction, "draw": cfg.data.draw,
+        "classes": foreground, "n_labeled": len(split.labeled), "n_unlabeled": len(split.unlabeled),
+        "n_validation": len(manifest.validation), "n_test": len(manifest.test),
+        "primary": {"checkpoint": "last", "model": cfg.method.primary_model},
+        "results": _results(rows, foreground),
+        "best_checkpoint": Path(best).name, "steps": trainer.global_step, "resumed_from_step": resumed_step,
+        "seconds_per_step": timer.seconds_per_step, "wall_time_s": time.perf_counter() - started,
+        "peak_memory_mb": _peak_memory_mb(module.device), "n_parameters": count_parameters(module),
+        "n_trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "run_dir": str(run),
+    }
+    metrics["primary"].update(metrics["results"]["last"][cfg.method.primary_model])
+    if trainer.is_global_zero:
+        _write_per_case(run / "per_case.csv", rows)
+        for lg in loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+                lg.experiment.summary.update({f"test/{k}": v for k, v in metrics["primary"].items()
+                                              if isinstance(v, float)})
+                lg.experiment.finish()
+        atomic_write_json(metrics_path, metrics)  # last: its presence marks the run finished
+        print(format_summary(metrics))
+        sys.stdout.flush()
+    return metrics

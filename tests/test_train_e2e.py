@@ -1,0 +1,173 @@
+"""Supervised runs end to end on tiny synthetic data through the CLI: files, resume, skip, errors."""
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ssl_bench.cli import main
+from ssl_bench.config import load_config, to_yaml
+from ssl_bench.data.manifest import load_manifest
+from ssl_bench.data.splits import split_pool
+from conftest import PROJECT_ROOT, SHARED_DATA
+
+# A very small network and patch: a run takes seconds on two CPU cores.
+TINY = ["model.channels=[4,8,16]", "model.strides=[2,2]", "data.patch_size=[16,16,16]",
+        "data.synthetic.shape=[20,20,20]", "data.synthetic.n_cases=12", "trainer.enable_progress_bar=false",
+        "logging.wandb=false"]
+
+
+def _args(tmp_path, cache, *extra, method="supervised"):
+    return ["train", "--method", method, "--data", "synthetic", f"run.runs_dir={tmp_path / 'runs'}",
+            f"data.cache_dir={cache}", *TINY, *extra]
+
+
+def _run_dir(tmp_path, frac=0.5, method="supervised"):
+    return tmp_path / "runs" / "synthetic" / method / f"frac{frac}" / "draw0"
+
+
+def test_supervised_end_to_end_then_skip_then_force(tmp_path, synthetic_cache, capsys):
+    args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=6", "trainer.val_every_n_steps=3")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    run = _run_dir(tmp_path)
+    assert "Dice mean" in out and "organ1" in out  # the summary table
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    manifest = load_manifest(next(Path(synthetic_cache).glob("synthetic/*/manifest.json")))
+    split = split_pool(manifest.pool, 0.5, 0)
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["labeled"] == split.labeled and splits["unlabeled"] == split.unlabeled
+    assert splits["test"] == manifest.test and splits["validation"] == manifest.validation
+    assert metrics["n_labeled"] == len(split.labeled) and metrics["steps"] == 6
+    assert set(metrics["results"]) == {"last", "best"}
+    primary = metrics["primary"]
+    assert primary["checkpoint"] == "last" and primary["model"] == "student"
+    assert 0.0 <= primary["dice_mean"] <= 1.0 and math.isfinite(primary["hd95_mean"])
+    assert metrics["seconds_per_step"] > 0 and metrics["n_parameters"] > 0
+
+    with open(run / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * len(manifest.test)            # last and best, every test case once
+    assert {r["case_id"] for r in rows} == set(manifest.test)
+    assert {"dice_organ1", "hd95_organ3", "dice_mean", "checkpoint", "model"} <= set(rows[0])
+    last_mean = np.nanmean([float(r["dice_mean"]) for r in rows if r["checkpoint"] == "last"])
+    assert last_mean == pytest.approx(primary["dice_mean"])
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+
+    stamp = (run / "metrics.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (run / "metrics.json").stat().st_mtime_ns == stamp
+
+    assert main(args + ["--force"]) == 0
+    assert (run / "metrics.json").stat().st_mtime_ns != stamp
+
+
+def test_changed_config_in_same_run_folder_is_refused(tmp_path, synthetic_cache, capsys):
+    base = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=2", "trainer.val_every_n_steps=2")
+    run = _run_dir(tmp_path)
+    run.mkdir(parents=True)
+    earlier = load_config("supervised", "synthetic", base[5:] + ["optim.lr=1.0"])
+    (run / "config.yaml").write_text(to_yaml(earlier))
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "different config (optim.lr differ)" in err and "run.tag" in err
+
+
+def test_two_d_mode_trains_on_slices_and_evaluates_volumes(tmp_path, synthetic_cache):
+    args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "data.spatial_dims=2", "data.patch_size=[16,16]",
+                 "trainer.max_steps=4", "trainer.val_every_n_steps=2")
+    assert main(args) == 0
+    metrics = json.loads((_run_dir(tmp_path) / "metrics.json").read_text())
+    assert metrics["results"]["last"]["student"]["n_cases"] == metrics["n_test"]
+    assert 0.0 <= metrics["primary"]["dice_mean"] <= 1.0
+
+
+def test_bad_data_fails_before_training_naming_every_file(tmp_path, synthetic_cache, capsys):
+    # A private copy of the synthetic set with two broken cases, used through an explicit manifest + root.
+    assert main(_args(tmp_path, synthetic_cache, "trainer.max_steps=1", "trainer.val_every_n_steps=1")) == 0
+    src = next(Path(synthetic_cache).glob("synthetic/*/manifest.json")).parent
+    root = tmp_path / "copy"
+    import shutil
+    shutil.copytree(src, root)
+    manifest = load_manifest(root / "manifest.json")
+    broken_label = root / manifest.directory / manifest.case_by_id[manifest.test[0]].label
+    broken_image = root / manifest.directory / manifest.case_by_id[manifest.validation[0]].image
+    lab = nib.load(str(broken_label))
+    nib.save(nib.Nifti1Image(np.asarray(lab.dataobj) + 7, lab.affine), str(broken_label))
+    broken_image.write_bytes(b"not a nifti")
+    args = _args(tmp_path, synthetic_cache, "data.name=mycopy", f"data.manifest={root / 'manifest.json'}",
+                 f"data.root={root}", "trainer.max_steps=1")
+    started = time.perf_counter()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(broken_label) in err and "outside the declared labels" in err
+    assert str(broken_image) in err
+    assert time.perf_counter() - started < 30
+    assert not (tmp_path / "runs" / "synthetic" / "mycopy").exists()
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SSL_BENCH_DATA_ROOT", raising=False)
+    assert main(["train", "--method", "supervised", f"run.runs_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "SSL_BENCH_DATA_ROOT" in err and "ssl-bench data download hippocampus" in err
+
+
+def test_resume_after_kill(tmp_path, synthetic_cache):
+    """A real SIGKILL mid-run, then the same command: it resumes from last.ckpt and finishes."""
+    args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=120",
+                 "trainer.val_every_n_steps=10")
+    cmd = [sys.executable, "-m", "ssl_bench.cli", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    last = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not last.is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert last.is_file(), "no checkpoint was written before the deadline"
+        time.sleep(0.5)  # let it step a little past the checkpoint
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (_run_dir(tmp_path) / "metrics.json").exists()
+    done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from" in done.stdout
+    metrics = json.loads((_run_dir(tmp_path) / "metrics.json").read_text())
+    assert metrics["steps"] == 120
+    assert 0 < metrics["resumed_from_step"] < 120
+
+
+def test_wandb_offline_run_is_written_into_the_run_folder(tmp_path, synthetic_cache, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=2",
+                 "trainer.val_every_n_steps=2")
+    args = [a for a in args if a != "logging.wandb=false"]
+    assert main(args) == 0
+    offline_runs = list((_run_dir(tmp_path) / "wandb").glob("offline-run-*"))
+    assert offline_runs, "an offline W&B run should be written inside the run folder"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "Task04_Hippocampus").is_dir(), reason="real data root not present")
+def test_real_data_smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_BENCH_DATA_ROOT", str(SHARED_DATA))
+    args = ["train", "--method", "supervised", "--data", "hippocampus", f"run.runs_dir={tmp_path}",
+            "data.fraction=0.05", "trainer.max_steps=3", "trainer.val_every_n_steps=3",
+            "model.channels=[4,8,16]", "model.strides=[2,2]", "trainer.enable_progress_bar=false",
+            "logging.wandb=false"]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "hippocampus" / "supervised" / "frac0.05" / "draw0" / "metrics.json").read_text())
+    assert metrics["n_labeled"] == 10 and metrics["n_test"] == 52 and metrics["classes"] == ["anterior", "posterior"]
