@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -104,6 +105,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ssl_bench.data.download import DownloadError
     from ssl_bench.data.verify import DataVerificationError
     from ssl_bench.registry import UnknownMethodError
+    # Lightning's own deprecation notice about torch internals: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

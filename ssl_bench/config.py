@@ -79,6 +79,24 @@ class MethodConfig:
 
 
 @dataclass
+class SemiSupervisedConfig(MethodConfig):
+    """Loss = L_sup + λ(t)·L_unsup with λ(t) = lambda_max·exp(-5(1 - t/T_r)^2) (Laine & Aila 2017)."""
+    lambda_max: float = 0.1
+    # T_r as a fraction of trainer.max_steps (METHODS.md: 40% of the run).
+    rampup_fraction: float = 0.4
+
+
+@dataclass
+class NoisyConsistencyConfig(SemiSupervisedConfig):
+    """Consistency under additive input noise η ~ N(0, noise_std²) clipped to ±noise_clip per voxel.
+
+    Defaults from Yu et al. 2019 (UA-MT code): std 0.1, clip 0.2, on z-scored images.
+    """
+    noise_std: float = 0.1
+    noise_clip: float = 0.2
+
+
+@dataclass
 class OptimConfig:
     # AdamW (Loshchilov & Hutter 2019).
     lr: float = 2e-3
@@ -91,7 +109,7 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 1500
+    max_steps: int = 2000
     val_every_n_steps: int = 250
     accelerator: str = "auto"
     devices: int = 1

@@ -60,18 +60,27 @@ def resolve_dataset(cfg: DictConfig) -> Tuple[Manifest, Path]:
     return manifest, root
 
 
-def _check_same_config(run: Path, cfg_yaml: str) -> None:
+# Keys that change how a run executes or logs, not what it computes: a resumed run may change them.
+EXECUTION_KEYS = ("logging.", "trainer.enable_progress_bar", "trainer.accelerator", "trainer.devices",
+                  "trainer.strategy", "trainer.num_nodes", "eval.save_predictions", "eval.sw_batch_size",
+                  "data.num_workers", "data.cache_dir", "data.root")
+
+
+def _check_same_config(run: Path, cfg: DictConfig) -> None:
     saved = run / "config.yaml"
-    if saved.is_file() and saved.read_text() != cfg_yaml:
-        old, new = OmegaConf.create(saved.read_text()), OmegaConf.create(cfg_yaml)
-        diff = sorted(k for k in _flat(new).keys() | _flat(old).keys() if _flat(new).get(k) != _flat(old).get(k))
+    if not saved.is_file():
+        return
+    old, new = _flat(OmegaConf.to_container(OmegaConf.load(saved))), _flat(OmegaConf.to_container(cfg))
+    diff = sorted(k for k in old.keys() | new.keys()
+                  if old.get(k) != new.get(k) and not k.startswith(EXECUTION_KEYS))
+    if diff:
         raise ConfigError(f"{run} holds a run with a different config ({', '.join(diff[:8])} differ): "
                           "use run.tag=<name> for a variant, or --force to start this run over")
 
 
-def _flat(cfg, prefix: str = "") -> Dict[str, object]:
+def _flat(tree: dict, prefix: str = "") -> Dict[str, object]:
     out = {}
-    for k, v in (cfg.items() if isinstance(cfg, dict) else OmegaConf.to_container(cfg).items()):
+    for k, v in tree.items():
         if isinstance(v, dict):
             out.update(_flat(v, f"{prefix}{k}."))
         else:
@@ -173,7 +182,7 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         print(f"{run}: already finished (use --force to run it again)")
         print(format_summary(metrics))
         return metrics
-    _check_same_config(run, cfg_yaml)
+    _check_same_config(run, cfg)
 
     manifest, root = resolve_dataset(cfg)
     method_cls = get_method(cfg.method.name)

@@ -82,15 +82,27 @@ def test_changed_config_in_same_run_folder_is_refused(tmp_path, synthetic_cache,
     assert main(base) == 2
     err = capsys.readouterr().err
     assert "different config (optim.lr differ)" in err and "run.tag" in err
+    # How a run executes or logs may change between an interruption and its resume.
+    resumable = load_config("supervised", "synthetic", base[5:] + ["trainer.enable_progress_bar=true",
+                                                                   "logging.wandb_mode=online"])
+    (run / "config.yaml").write_text(to_yaml(resumable))
+    assert main(base) == 0
 
 
 def test_two_d_mode_trains_on_slices_and_evaluates_volumes(tmp_path, synthetic_cache):
     args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "data.spatial_dims=2", "data.patch_size=[16,16]",
-                 "trainer.max_steps=4", "trainer.val_every_n_steps=2")
+                 "trainer.max_steps=4", "trainer.val_every_n_steps=2", "eval.save_predictions=true")
     assert main(args) == 0
     metrics = json.loads((_run_dir(tmp_path) / "metrics.json").read_text())
     assert metrics["results"]["last"]["student"]["n_cases"] == metrics["n_test"]
     assert 0.0 <= metrics["primary"]["dice_mean"] <= 1.0
+    # Saved predictions are whole 3D volumes on the image's grid, openable next to it in a viewer.
+    manifest = load_manifest(next(Path(synthetic_cache).glob("synthetic/*/manifest.json")))
+    case = manifest.case_by_id[manifest.test[0]]
+    image = nib.load(str(manifest.path.parent / manifest.directory / case.image))
+    pred = nib.load(str(_run_dir(tmp_path) / "predictions" / f"{case.id}.nii.gz"))
+    assert pred.shape == image.shape and np.allclose(pred.affine, image.affine)
+    assert set(np.unique(np.asarray(pred.dataobj))) <= set(range(manifest.num_classes))
 
 
 def test_bad_data_fails_before_training_naming_every_file(tmp_path, synthetic_cache, capsys):

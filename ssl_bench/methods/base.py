@@ -65,7 +65,10 @@ class SegmentationMethod(pl.LightningModule):
         return None
 
     def unsupervised_weight(self) -> float:
-        """λ(t) = λ_max · exp(-5 (1 - t/T_r)^2) with T_r = rampup_fraction · max_steps (METHODS.md)."""
+        """λ(t) = λ_max · exp(-5 (1 - t/T_r)^2) with T_r = rampup_fraction · max_steps (METHODS.md).
+
+        Needs a ``SemiSupervisedConfig``; called only for methods whose unsupervised_loss returns a term.
+        """
         m = self.cfg.method
         rampup_steps = m.rampup_fraction * self.cfg.trainer.max_steps
         return m.lambda_max * sigmoid_rampup(self.global_step, rampup_steps)

@@ -1,0 +1,52 @@
+import json
+import urllib.error
+
+import pytest
+
+from ssl_bench.cli import main
+from ssl_bench.data.download import DownloadError, download_msd
+from ssl_bench.registry import method_names
+
+
+def test_methods_lists_every_registered_name(capsys):
+    assert main(["methods"]) == 0
+    assert capsys.readouterr().out.split() == method_names()
+
+
+def test_download_offline_says_how_to_point_at_a_copy(tmp_path, monkeypatch):
+    import monai.apps
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(monai.apps, "download_and_extract", offline)
+    with pytest.raises(DownloadError) as err:
+        download_msd("hippocampus", tmp_path)
+    message = str(err.value)
+    assert "Task04_Hippocampus" in message and "SSL_BENCH_DATA_ROOT" in message and "data.root" in message
+    assert main(["data", "download", "hippocampus", "--root", str(tmp_path)]) == 2
+
+
+def test_download_skips_an_existing_copy(tmp_path, capsys):
+    (tmp_path / "Task04_Hippocampus").mkdir()
+    (tmp_path / "Task04_Hippocampus" / "dataset.json").write_text("{}")
+    assert download_msd("hippocampus", tmp_path) == tmp_path / "Task04_Hippocampus"
+    assert "already exists" in capsys.readouterr().out
+
+
+def test_verify_and_import_msd_commands(tmp_path, synthetic_cache, capsys):
+    args = ["data", "verify", "--data", "synthetic", f"data.cache_dir={synthetic_cache}",
+            "data.synthetic.shape=[20,20,20]", "data.synthetic.n_cases=12"]
+    assert main(args) == 0
+    assert "12 cases OK" in capsys.readouterr().out
+
+    ds = tmp_path / "Task09_Toy"
+    ds.mkdir()
+    (ds / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "spleen"},
+                                                 "training": [{"image": f"imagesTr/t{i}.nii.gz",
+                                                               "label": f"labelsTr/t{i}.nii.gz"} for i in range(10)]}))
+    out = tmp_path / "toy.json"
+    assert main(["data", "import-msd", str(ds), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["labels"] == ["background", "spleen"]
+    assert main(["data", "import-msd", str(ds), "--out", str(out)]) == 1  # never overwrites silently
+    assert main(["data", "import-msd", str(tmp_path / "absent")]) == 2
