@@ -97,6 +97,26 @@ class NoisyConsistencyConfig(SemiSupervisedConfig):
 
 
 @dataclass
+class MeanTeacherConfig(NoisyConsistencyConfig):
+    # EMA decay α of the teacher's weights (Tarvainen & Valpola 2017; Yu et al. 2019: 0.99).
+    ema_decay: float = 0.99
+
+
+@dataclass
+class UAMTConfig(MeanTeacherConfig):
+    # Yu et al. 2019: K = 8 stochastic teacher passes; entropy threshold from 0.75 to 1.0 of ln C.
+    mc_passes: int = 8
+    threshold_start: float = 0.75
+    threshold_end: float = 1.0
+
+
+@dataclass
+class TransformConsistencyConfig(SemiSupervisedConfig):
+    # Probability of flipping each spatial axis; 0.5 makes every combination of flips equally likely.
+    flip_prob: float = 0.5
+
+
+@dataclass
 class OptimConfig:
     # AdamW (Loshchilov & Hutter 2019).
     lr: float = 2e-3
@@ -238,6 +258,23 @@ def validate(cfg: DictConfig) -> None:
     need(0.0 <= cfg.eval.sw_overlap < 1.0, "eval.sw_overlap", "must be in [0, 1)")
     need(cfg.logging.wandb_mode in ("offline", "online", "disabled"), "logging.wandb_mode",
          "must be offline, online or disabled")
+    _validate_method(cfg.method, need)
+
+
+def _validate_method(m, need) -> None:
+    """Ranges of the method hyperparameters that exist in this method's config."""
+    def check(field: str, ok, msg: str):
+        if field in m:
+            need(ok(m[field]), f"method.{field}", f"{msg}, got {m[field]}")
+
+    check("lambda_max", lambda v: v >= 0, "must be >= 0")
+    check("rampup_fraction", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    check("ema_decay", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    check("noise_std", lambda v: v >= 0, "must be >= 0")
+    check("noise_clip", lambda v: v >= 0, "must be >= 0")
+    check("mc_passes", lambda v: v >= 1, "must be >= 1")
+    check("flip_prob", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    check("threshold_end", lambda v: m.threshold_start <= v, "must be >= method.threshold_start")
 
 
 def data_root(cfg: DictConfig) -> Optional[Path]:

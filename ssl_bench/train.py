@@ -199,6 +199,9 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     dm = SegmentationDataModule(cfg, manifest, root, split, {i.case_id: i.spacing for i in infos},
                                 uses_unlabeled=method_cls.uses_unlabeled)
     module = method_cls(cfg, class_names=manifest.labels, case_ids=[c.id for c in manifest.cases])
+    if cfg.method.primary_model not in module.evaluation_networks():
+        raise ConfigError(f"method.primary_model: '{cfg.method.primary_model}' is not evaluated by "
+                          f"{cfg.method.name} (it evaluates {', '.join(module.evaluation_networks())})")
     ckpt_dir = run / CHECKPOINTS
     best_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best-{step}", monitor="val/dice_mean", mode="max",
                               save_top_k=1, save_last=True, auto_insert_metric_name=False)
@@ -242,8 +245,10 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         "results": _results(rows, foreground),
         "best_checkpoint": Path(best).name, "steps": trainer.global_step, "resumed_from_step": resumed_step,
         "seconds_per_step": timer.seconds_per_step, "wall_time_s": time.perf_counter() - started,
-        "peak_memory_mb": _peak_memory_mb(module.device), "n_parameters": count_parameters(module),
-        "n_trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        # Trained parameters (an EMA teacher or other frozen copies are counted only in the total).
+        "peak_memory_mb": _peak_memory_mb(module.device),
+        "n_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "n_parameters_total": count_parameters(module),
         "run_dir": str(run),
     }
     metrics["primary"].update(metrics["results"]["last"][cfg.method.primary_model])

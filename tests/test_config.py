@@ -66,3 +66,12 @@ def test_every_registered_method_has_its_yaml():
         cfg = load_config(name, "synthetic")
         assert cfg.method.name == name
         assert OmegaConf.is_config(cfg)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("method.ema_decay=1.0", "method.ema_decay"), ("method.mc_passes=0", "method.mc_passes"),
+    ("method.threshold_start=1.5", "method.threshold_end"), ("method.rampup_fraction=2", "method.rampup_fraction"),
+])
+def test_method_hyperparameter_ranges(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config("ua_mt", "synthetic", [override])

@@ -18,12 +18,8 @@ from ssl_bench.cli import main
 from ssl_bench.config import load_config, to_yaml
 from ssl_bench.data.manifest import load_manifest
 from ssl_bench.data.splits import split_pool
-from conftest import PROJECT_ROOT, SHARED_DATA
+from conftest import PROJECT_ROOT, SHARED_DATA, TINY
 
-# A very small network and patch: a run takes seconds on two CPU cores.
-TINY = ["model.channels=[4,8,16]", "model.strides=[2,2]", "data.patch_size=[16,16,16]",
-        "data.synthetic.shape=[20,20,20]", "data.synthetic.n_cases=12", "trainer.enable_progress_bar=false",
-        "logging.wandb=false"]
 
 
 def _args(tmp_path, cache, *extra, method="supervised"):
@@ -141,7 +137,7 @@ def test_resume_after_kill(tmp_path, synthetic_cache):
     args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=120",
                  "trainer.val_every_n_steps=10")
     cmd = [sys.executable, "-m", "ssl_bench.cli", *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     last = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -64,14 +64,17 @@ class SegmentationMethod(pl.LightningModule):
     def unsupervised_loss(self, batch: dict, cache: dict) -> Optional[torch.Tensor]:
         return None
 
-    def unsupervised_weight(self) -> float:
-        """λ(t) = λ_max · exp(-5 (1 - t/T_r)^2) with T_r = rampup_fraction · max_steps (METHODS.md).
+    def rampup(self) -> float:
+        """exp(-5 (1 - t/T_r)^2) at the current step, T_r = method.rampup_fraction · max_steps (METHODS.md).
 
-        Needs a ``SemiSupervisedConfig``; called only for methods whose unsupervised_loss returns a term.
+        Needs a ``SemiSupervisedConfig``; the one ramp every schedule of a method follows.
         """
-        m = self.cfg.method
-        rampup_steps = m.rampup_fraction * self.cfg.trainer.max_steps
-        return m.lambda_max * sigmoid_rampup(self.global_step, rampup_steps)
+        rampup_steps = self.cfg.method.rampup_fraction * self.cfg.trainer.max_steps
+        return sigmoid_rampup(self.global_step, rampup_steps)
+
+    def unsupervised_weight(self) -> float:
+        """λ(t) = λ_max · rampup(t); called only for methods whose unsupervised_loss returns a term."""
+        return self.cfg.method.lambda_max * self.rampup()
 
     def evaluation_networks(self) -> Dict[str, nn.Module]:
         return {"student": self.net}

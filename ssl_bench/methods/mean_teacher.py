@@ -1,0 +1,52 @@
+"""mean_teacher: consistency with an exponential-moving-average teacher (Tarvainen & Valpola 2017;
+Perone & Cohen-Adad 2019), as METHODS.md defines it.
+
+The teacher is a frozen copy of the student, θ' ← α θ' + (1 - α) θ after every optimizer step (buffers
+too). It is a submodule, so checkpoints hold it and a resumed run continues it, and it has no gradients,
+so the base's optimizer skips it. Consistency = MSE(softmax(student(u + η)), softmax(teacher(u + η')))
+on the unlabeled images, η and η' independent noise; the teacher's target carries no gradient. Both
+networks are evaluated; experiments/method/mean_teacher.yaml makes the teacher the primary result.
+
+Forwards per step (L labeled, U unlabeled images): student L + U with gradients (the base's clean
+supervised pass, then the noisy unlabeled pass), teacher U without; that is the minimum.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssl_bench.config import MeanTeacherConfig
+from ssl_bench.losses.consistency import probability_mse
+from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.registry import register_method
+from ssl_bench.utils.ema import ema_update, frozen_copy
+from ssl_bench.utils.noise import add_clipped_noise
+
+
+@register_method("mean_teacher")
+class MeanTeacher(SegmentationMethod):
+    config_class = MeanTeacherConfig
+    uses_unlabeled = True
+
+    def __init__(self, cfg, class_names, case_ids):
+        super().__init__(cfg, class_names, case_ids)
+        self.teacher = frozen_copy(self.net)
+
+    def evaluation_networks(self):
+        return {"student": self.net, "teacher": self.teacher}
+
+    def perturb(self, images: torch.Tensor) -> torch.Tensor:
+        return add_clipped_noise(images, self.cfg.method.noise_std, self.cfg.method.noise_clip)
+
+    def student_probs(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.perturb(images)).softmax(dim=1)
+
+    def unsupervised_loss(self, batch, cache):
+        images = batch["unlabeled"]["image"]
+        with torch.no_grad():
+            teacher_probs = self.teacher(self.perturb(images)).softmax(dim=1)
+        return probability_mse(self.student_probs(images), teacher_probs)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # Lightning calls this after the optimizer step, so the teacher follows the updated student.
+        ema_update(self.teacher, self.net, self.cfg.method.ema_decay)

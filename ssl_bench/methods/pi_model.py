@@ -1,0 +1,47 @@
+"""pi_model: consistency of two stochastic passes of one network (Laine & Aila 2017), as METHODS.md defines it.
+
+Each image, labeled and unlabeled, goes through the student twice, with independent input noise and
+(when model.dropout > 0) independent dropout masks; consistency = MSE between the two softmax maps over
+all of them. Gradients flow through both passes, as in Laine & Aila's Π-model. With model.dropout = 0
+(the protocol's shared backbone decides) the passes differ only by their noise.
+
+Cheapest correct arrangement: the supervised DiceCE is taken on the first noisy pass of the labeled images
+(Laine & Aila's supervised term is on a stochastic pass too), so no clean pass is paid for. Forwards per
+step: 2·(L + U), all with gradients, which is the minimum; each pair of passes is one batched forward.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from ssl_bench.config import NoisyConsistencyConfig
+from ssl_bench.losses.consistency import probability_mse
+from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.registry import register_method
+from ssl_bench.utils.noise import add_clipped_noise
+
+
+@register_method("pi_model")
+class PiModel(SegmentationMethod):
+    config_class = NoisyConsistencyConfig
+    uses_unlabeled = True
+
+    def two_stochastic_passes(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Logits of two noisy passes, as one forward over both copies (each copy draws its own noise and masks)."""
+        m = self.cfg.method
+        logits = self.net(add_clipped_noise(torch.cat([images, images]), m.noise_std, m.noise_clip))
+        return logits.chunk(2)
+
+    def supervised_loss(self, labeled, cache):
+        first, second = self.two_stochastic_passes(labeled["image"])
+        cache["labeled_passes"] = (first, second)
+        return self.dice_ce(first, labeled["label"])
+
+    def unsupervised_loss(self, batch, cache):
+        first_labeled, second_labeled = cache["labeled_passes"]
+        first_unlabeled, second_unlabeled = self.two_stochastic_passes(batch["unlabeled"]["image"])
+        first = torch.cat([first_labeled, first_unlabeled]).softmax(dim=1)
+        second = torch.cat([second_labeled, second_unlabeled]).softmax(dim=1)
+        return probability_mse(first, second)

@@ -1,0 +1,34 @@
+"""transform_consistency: equivariance under flips and 90° rotations (Bortsova et al. 2019; the seed's
+"F-model"), as METHODS.md defines it.
+
+For each unlabeled image u a random T (spatial flips, then quarter turns in a random plane, only those that
+keep the patch shape; see ssl_bench/utils/transforms.py) and ℓ = mean ||T(f(u)) - f(T(u))||² on softmax
+maps. Both branches get gradients (the two branches of Bortsova et al.'s Siamese network share weights
+and are trained together). T is an exact index permutation, so a network that is equivariant scores 0.
+
+Forwards per step: student L (the base's supervised pass) + 2U (u and T(u) in one batched forward), all
+with gradients: the minimum.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssl_bench.config import TransformConsistencyConfig
+from ssl_bench.losses.consistency import probability_mse
+from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.registry import register_method
+from ssl_bench.utils.transforms import apply_each, random_flip_rotation
+
+
+@register_method("transform_consistency")
+class TransformConsistency(SegmentationMethod):
+    config_class = TransformConsistencyConfig
+    uses_unlabeled = True
+
+    def unsupervised_loss(self, batch, cache):
+        images = batch["unlabeled"]["image"]
+        transforms = [random_flip_rotation(images.shape[2:], self.cfg.method.flip_prob) for _ in images]
+        probs = self.net(torch.cat([images, apply_each(transforms, images)])).softmax(dim=1)
+        of_images, of_transformed = probs.chunk(2)
+        return probability_mse(apply_each(transforms, of_images), of_transformed)

@@ -1,0 +1,219 @@
+"""Every registered method on tiny synthetic batches: its loss, its gradients, its unsupervised term, and a
+few steps end to end through the CLI. Method-specific checks (EMA teacher, UA-MT threshold, equivariance)
+follow the generic ones."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parameters_to_vector
+
+from ssl_bench.cli import main
+from ssl_bench.config import load_config
+from ssl_bench.registry import get_method, method_names
+from conftest import TINY
+
+CLASS_NAMES = ["background", "organ1", "organ2", "organ3"]
+BATCH_SIZE, SIDE = 2, 16
+TEACHER_METHODS = ["mean_teacher", "ua_mt"]
+# Variants that leave no parameter kind out: dropout in every block, and norms with affine weights and buffers.
+DIMS_AND_MODEL = {3: ["model.norm=batch", "model.dropout=0.1"], 2: ["model.dropout=0.1"]}
+
+
+def build(name, *overrides, dims=3):
+    """A method with the TINY network, whose self.log records into ``module.logged`` (no trainer needed)."""
+    shape = [f"data.spatial_dims={dims}", f"data.patch_size={[SIDE] * dims}"]
+    cfg = load_config(name, "synthetic", [*TINY, *shape, *overrides])
+    module = get_method(name)(cfg, CLASS_NAMES, case_ids=["case0"])
+    module.logged = {}
+    module.log = lambda key, value, **kwargs: module.logged.__setitem__(key, float(torch.as_tensor(value).detach()))
+    return module
+
+
+def make_batch(dims=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (BATCH_SIZE, 1) + (SIDE,) * dims
+    return {"labeled": {"image": torch.randn(shape, generator=g),
+                        "label": torch.randint(len(CLASS_NAMES), shape, generator=g)},
+            "unlabeled": {"image": torch.randn(shape, generator=g)}}
+
+
+def has_unsupervised_term(module) -> bool:
+    batch, cache = make_batch(), {}
+    module.supervised_loss(batch["labeled"], cache)
+    return module.unsupervised_loss(batch, cache) is not None
+
+
+@pytest.mark.parametrize("dims", sorted(DIMS_AND_MODEL))
+@pytest.mark.parametrize("name", method_names())
+def test_loss_is_finite_and_its_gradient_reaches_every_trainable_parameter_only(name, dims):
+    torch.manual_seed(0)
+    module = build(name, *DIMS_AND_MODEL[dims], dims=dims)
+    loss = module.training_step(make_batch(dims), 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable
+    assert [n for n, p in trainable.items() if p.grad is None or not torch.isfinite(p.grad).all()] == []
+    assert [n for n, p in module.named_parameters() if not p.requires_grad and p.grad is not None] == []
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_unsupervised_term_changes_the_student_gradient(name):
+    if not has_unsupervised_term(build(name)):
+        pytest.skip(f"{name} has no unsupervised term")
+
+    def student_gradient(lambda_max):
+        torch.manual_seed(0)  # same init, noise, dropout and transforms for both weights
+        # rampup_fraction=0 puts the ramp (λ(t), and UA-MT's threshold) at its final value from step 0.
+        module = build(name, f"method.lambda_max={lambda_max}", "method.rampup_fraction=0", "model.dropout=0.1")
+        module.training_step(make_batch(), 0).backward()
+        return parameters_to_vector(p.grad for p in module.net.parameters())
+
+    without, with_term = student_gradient(0.0), student_gradient(1.0)
+    assert torch.isfinite(with_term).all()
+    assert (with_term - without).abs().max() > 1e-6 * without.abs().max()
+
+
+# Batch sizes of the forward calls of one training step, per network, with L = U = BATCH_SIZE: every method
+# at its analytic minimum of forwarded images, each group of passes batched into one call.
+MC_PASSES = 8
+FORWARD_CALLS = {
+    "supervised": {"student": [BATCH_SIZE]},
+    "pi_model": {"student": [2 * BATCH_SIZE, 2 * BATCH_SIZE]},
+    "mean_teacher": {"student": [BATCH_SIZE, BATCH_SIZE], "teacher": [BATCH_SIZE]},
+    "ua_mt": {"student": [BATCH_SIZE, BATCH_SIZE], "teacher": [MC_PASSES * BATCH_SIZE]},
+    "transform_consistency": {"student": [BATCH_SIZE, 2 * BATCH_SIZE]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_CALLS))
+def test_forward_calls_per_training_step(name):
+    module = build(name, *([f"method.mc_passes={MC_PASSES}"] if name == "ua_mt" else []))
+    calls = {}
+    for network_name, network in module.evaluation_networks().items():
+        network.register_forward_pre_hook(lambda m, args, key=network_name: calls.setdefault(key, []).append(
+            args[0].shape[0]))
+    module.training_step(make_batch(), 0)
+    assert calls == FORWARD_CALLS[name]
+
+
+def _cli_args(name, tmp_path, cache):
+    return ["train", "--method", name, "--data", "synthetic", f"run.runs_dir={tmp_path}", f"data.cache_dir={cache}",
+            *TINY, "data.fraction=0.5", "trainer.max_steps=3", "trainer.val_every_n_steps=3"]
+
+
+def _run_folder(name, tmp_path):
+    return tmp_path / "synthetic" / name / "frac0.5" / "draw0"
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_a_few_steps_end_to_end_through_the_cli(name, tmp_path, synthetic_cache):
+    assert main(_cli_args(name, tmp_path, synthetic_cache)) == 0
+    metrics = json.loads((_run_folder(name, tmp_path) / "metrics.json").read_text())
+    assert metrics["steps"] == 3
+    assert set(metrics["results"]["last"]) == set(build(name).evaluation_networks())
+    primary = load_config(name, "synthetic").method.primary_model
+    assert metrics["primary"]["model"] == primary and math.isfinite(metrics["primary"]["dice_mean"])
+    if name in TEACHER_METHODS:
+        assert set(metrics["results"]["last"]) == {"student", "teacher"} and primary == "teacher"
+
+
+# ---- EMA teacher (mean_teacher, ua_mt) ------------------------------------------------------------------
+@pytest.mark.parametrize("name", TEACHER_METHODS)
+def test_teacher_is_frozen_outside_the_optimizer_and_inside_the_state_dict(name):
+    module = build(name)
+    teacher = module.evaluation_networks()["teacher"]
+    assert not any(p.requires_grad for p in teacher.parameters())
+    optimized = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in module.net.parameters()}
+    teacher_keys = {k for k in module.state_dict() if k.startswith("teacher.")}
+    assert len(teacher_keys) == len(teacher.state_dict()) > 0
+
+
+@pytest.mark.parametrize("name", TEACHER_METHODS)
+def test_teacher_is_the_ema_of_the_student_after_every_optimizer_step(name, tmp_path, synthetic_cache, monkeypatch):
+    method_cls = get_method(name)
+    update_teacher = method_cls.on_train_batch_end
+    updates = []  # (teacher before, teacher after, student) at each update
+    teacher_modes = []
+
+    def recording(self, outputs, batch, batch_idx):
+        teacher_modes.append(self.teacher.training)
+        before = parameters_to_vector(self.teacher.parameters()).clone()
+        update_teacher(self, outputs, batch, batch_idx)
+        updates.append((before, parameters_to_vector(self.teacher.parameters()).clone(),
+                        parameters_to_vector(self.net.parameters()).clone()))
+
+    monkeypatch.setattr(method_cls, "on_train_batch_end", recording)
+    assert main(_cli_args(name, tmp_path, synthetic_cache)) == 0
+    assert len(updates) == 3
+    assert all(teacher_modes)  # train mode during the step: its dropout (if any) is active, as the methods need
+    decay = load_config(name, "synthetic").method.ema_decay
+    initial = updates[0][0]  # the teacher starts as a copy of the initial student
+    previous_student = initial
+    for before, after, student in updates:
+        assert not torch.equal(student, previous_student)  # an optimizer step came before each update
+        torch.testing.assert_close(after, decay * before + (1 - decay) * student)
+        previous_student = student
+    checkpoint = torch.load(_run_folder(name, tmp_path) / "checkpoints" / "last.ckpt", weights_only=False)
+    restored = build(name)
+    restored.load_state_dict(checkpoint["state_dict"])
+    final_teacher, final_student = (parameters_to_vector(n.parameters()) for n in (restored.teacher, restored.net))
+    torch.testing.assert_close(final_teacher, updates[-1][1])
+    assert not torch.equal(final_teacher, initial) and not torch.equal(final_teacher, final_student)
+
+
+# ---- UA-MT: threshold and kept fraction ------------------------------------------------------------------
+def test_ua_mt_threshold_follows_the_lambda_ramp_and_kept_fraction_is_logged(monkeypatch):
+    module = build("ua_mt", "trainer.max_steps=100", "method.rampup_fraction=0.4")
+    ln_c = math.log(len(CLASS_NAMES))
+    for step, ramp in [(0, math.exp(-5)), (20, math.exp(-5 / 4)), (40, 1.0), (100, 1.0)]:
+        monkeypatch.setattr(type(module), "global_step", property(lambda self, step=step: step))
+        assert module.threshold() == pytest.approx((0.75 + 0.25 * ramp) * ln_c)
+    module.unsupervised_loss(make_batch(), {})
+    assert 0.0 <= module.logged["train/kept_fraction"] <= 1.0
+
+
+def test_ua_mt_keeps_confident_teacher_voxels_and_drops_uniform_ones():
+    module = build("ua_mt", "method.rampup_fraction=0")  # threshold at its highest: ln C
+    module.teacher = teacher = nn.Conv3d(1, len(CLASS_NAMES), kernel_size=1)
+    nn.init.zeros_(teacher.weight)
+    nn.init.zeros_(teacher.bias)  # uniform p̄: entropy ln C, not below the threshold
+    assert module.unsupervised_loss(make_batch(), {}) == 0 and module.logged["train/kept_fraction"] == 0.0
+    with torch.no_grad():
+        teacher.bias[0] = 20.0  # confident p̄: entropy ≈ 0
+    assert module.unsupervised_loss(make_batch(), {}) > 0 and module.logged["train/kept_fraction"] == 1.0
+
+
+# ---- transformation consistency: zero exactly for equivariant networks --------------------------------------
+class AddsCoordinateRamp(nn.Module):
+    """Per-voxel logits plus a ramp along the first spatial axis on the background logit only (a ramp on every
+    logit would cancel in the softmax): not equivariant to flipping that axis."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.per_voxel = nn.Conv3d(1, num_classes, kernel_size=1)
+
+    def forward(self, x):
+        logits = self.per_voxel(x)
+        logits[:, 0] += torch.linspace(0, 1, x.shape[2]).view(1, -1, 1, 1)
+        return logits
+
+
+@pytest.mark.parametrize("make_net, equivariant", [
+    (lambda classes: nn.Conv3d(1, classes, kernel_size=1), True),
+    (lambda classes: nn.Conv3d(1, classes, kernel_size=3, padding=1), False),  # random kernel: not symmetric
+    (AddsCoordinateRamp, False),
+], ids=["1x1x1 conv", "3x3x3 conv", "coordinate ramp"])
+def test_transform_consistency_measures_equivariance(make_net, equivariant):
+    torch.manual_seed(0)
+    module = build("transform_consistency")
+    module.net = make_net(len(CLASS_NAMES))
+    loss = module.unsupervised_loss(make_batch(), {})
+    if equivariant:
+        assert loss.item() == pytest.approx(0.0, abs=1e-12)
+    else:
+        assert loss.item() > 1e-6
