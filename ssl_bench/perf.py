@@ -1,17 +1,20 @@
 """``make perf``: training-step throughput of the full stack against a bare PyTorch loop, in one run.
 
-The stack is exactly what ``ssl-bench train`` runs (Lightning Trainer + SegmentationDataModule with
+Part 1, the supervised step: the stack is exactly what ``ssl-bench train`` runs (Lightning Trainer + SegmentationDataModule with
 its MONAI transforms + the method's training_step, logging included; validation and checkpoints off).
 The bare loop is the same network, loss, optimizer, schedule, batch and patch, fed batches prepared
 in advance, so the ratio is the price of everything around the arithmetic. The bare loop runs
 before and after the stack and its mean is used, so drifting machine load hits both sides alike.
+
+Part 2, every method: seconds per step through the same stack, relative to supervised and to the
+method's analytic minimum (its network passes and one optimizer step, timed alone).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from typing import List
+from typing import List, Tuple
 
 import lightning.pytorch as pl
 import torch
@@ -20,7 +23,7 @@ from ssl_bench.config import load_config
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.splits import split_pool
 from ssl_bench.data.verify import verify_or_raise
-from ssl_bench.registry import get_method
+from ssl_bench.registry import get_method, method_names
 from ssl_bench.train import resolve_dataset
 
 
@@ -92,25 +95,96 @@ def bare_steps_per_second(cfg, warmup: int, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def _recorded_passes(module, batch) -> List[Tuple[str, int, bool]]:
+    """The network passes one training step makes: (network, batch size, with gradients)."""
+    passes: List[Tuple[str, int, bool]] = []
+    handles = [net.register_forward_pre_hook(
+        lambda m, args, key=name: passes.append((key, args[0].shape[0], torch.is_grad_enabled())))
+        for name, net in module.evaluation_networks().items()]
+    module.log = lambda *args, **kwargs: None  # no trainer here to log into
+    try:
+        module.training_step(batch, 0)
+    finally:
+        for h in handles:
+            h.remove()
+    return passes
+
+
+def analytic_minimum_seconds(cfg, repeats: int) -> Tuple[float, List[Tuple[str, int, bool]]]:
+    """Seconds of the network passes a step of this method must make (forward, plus backward for passes
+    with gradients) and one optimizer step, each timed alone on the bare network: the floor that the
+    method's whole step is compared with. The forward calls themselves are pinned to their analytic
+    count by tests/test_methods.py::test_forward_calls_per_training_step."""
+    manifest, method_cls, dm = _setup(cfg)
+    module = method_cls(cfg, manifest.labels, [c.id for c in manifest.cases]).train()
+    batch, _, _ = next(iter(dm.train_dataloader()))
+    passes = _recorded_passes(module, batch)
+    networks = module.evaluation_networks()
+    optimizer = module.configure_optimizers()["optimizer"]
+    patch = tuple(cfg.data.patch_size)
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - start) / repeats
+
+    total = 0.0
+    for name, size, with_grad in passes:
+        x = torch.randn(size, 1, *patch)
+        net = networks[name]
+        if with_grad:
+            total += timed(lambda: net(x).sum().backward())
+        else:
+            with torch.no_grad():
+                total += timed(lambda: net(x))
+    total += timed(optimizer.step)
+    return total, passes
+
+
+def compare_methods(methods: List[str], data: str, overrides: List[str], warmup: int, steps: int) -> None:
+    """Seconds per step of each method through the stack, relative to supervised and to its analytic minimum."""
+    rows = []
+    for name in methods:
+        cfg = load_config(name, data, ["logging.wandb=false", *overrides])
+        per_step = 1.0 / stack_steps_per_second(cfg, warmup, steps)
+        minimum, passes = analytic_minimum_seconds(cfg, repeats=max(3, steps // 4))
+        rows.append((name, per_step, minimum, passes))
+    reference = dict((r[0], r[1]) for r in rows).get("supervised")
+    print(f"\nseconds per training step ({steps} timed steps after {warmup} warm-up; analytic minimum = "
+          "the method's network passes and one optimizer step, each timed alone)")
+    print(f"  {'method':24s} {'s/step':>8s} {'x supervised':>13s} {'minimum s':>10s} {'overhead':>9s}  passes "
+          "(network: batch, g = with gradients)")
+    for name, per_step, minimum, passes in rows:
+        ratio = f"{per_step / reference:13.2f}" if reference else f"{'-':>13s}"
+        listed = ", ".join(f"{n}:{b}{'g' if g else ''}" for n, b, g in passes)
+        print(f"  {name:24s} {per_step:8.3f} {ratio} {minimum:10.3f} {per_step / minimum - 1:8.0%}  {listed}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="hippocampus")
-    parser.add_argument("--method", default="supervised")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    cfg = load_config(args.method, args.data, ["logging.wandb=false", *args.overrides])
+    overrides = ["logging.wandb=false", *args.overrides]
+    cfg = load_config("supervised", args.data, overrides)
     bare_before = bare_steps_per_second(cfg, args.warmup, args.steps)
     stack = stack_steps_per_second(cfg, args.warmup, args.steps)
     bare_after = bare_steps_per_second(cfg, args.warmup, args.steps)
     bare = (bare_before + bare_after) / 2
     d = cfg.data
-    print(f"\nperf: {args.method} on {args.data}, batch {d.labeled_batch_size} x patch {list(d.patch_size)}, "
-          f"{args.steps} timed steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
+    print(f"\nperf on {args.data}: batch {d.labeled_batch_size} labeled (+{d.unlabeled_batch_size} unlabeled) x patch "
+          f"{list(d.patch_size)}, {torch.get_num_threads()} threads, {args.steps} timed steps after {args.warmup}")
+    print("supervised training step, Lightning stack vs bare PyTorch loop:")
     print(f"  bare PyTorch loop : {bare:7.3f} steps/s  (before {bare_before:.3f}, after {bare_after:.3f})")
     print(f"  Lightning stack   : {stack:7.3f} steps/s")
     print(f"  stack / bare      : {stack / bare:7.3f}   (target >= 0.9)")
+    methods = method_names() if args.methods == "all" else args.methods.split(",")
+    compare_methods(methods, args.data, overrides, args.warmup, args.steps)
     return 0
 
 
