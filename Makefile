@@ -1,6 +1,7 @@
 # ssl-bench front door. `make setup` once (every target depends on it), then e.g.
 #   make bench METHOD=supervised FRAC=0.1
 #   make test
+#   make sweep SWEEP=smoke RUNS=/tmp/runs && make report RUNS=/tmp/runs
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,13 +13,16 @@ DATA ?= hippocampus
 DRAW ?= 0
 STEPS ?=
 ARGS ?=
+SWEEP ?= hippocampus
+# Where sweep cells write their run folders and where report reads them (empty: the config's runs/).
+RUNS ?=
 
 # On development and CI machines the data lives beside the checkout; elsewhere set SSL_BENCH_DATA_ROOT.
 ifneq ($(wildcard ../shared/data),)
 export SSL_BENCH_DATA_ROOT ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup bench test perf methods verify clean
+.PHONY: setup bench sweep report test perf methods verify clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +37,12 @@ $(VENV)/.installed: pyproject.toml
 bench: setup
 	$(SSL_BENCH) train --method $(METHOD) --data $(DATA) data.fraction=$(FRAC) data.draw=$(DRAW) \
 		$(if $(STEPS),trainer.max_steps=$(STEPS)) $(ARGS)
+
+sweep: setup
+	$(SSL_BENCH) sweep experiments/sweeps/$(SWEEP).yaml $(if $(RUNS),run.runs_dir=$(RUNS)) $(ARGS)
+
+report: setup
+	$(SSL_BENCH) report $(RUNS) $(ARGS)
 
 methods: setup
 	@$(SSL_BENCH) methods

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
+from ssl_bench.config import LoggingConfig, RunConfig
 from ssl_bench.data.manifest import DATA_ROOT_ENV, ManifestError
 
 
@@ -17,6 +18,24 @@ def _cmd_train(args) -> int:
     from ssl_bench.train import train
     cfg = load_config(args.method, args.data, args.overrides)
     train(cfg, force=args.force)
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from ssl_bench.sweep import describe_cells, load_sweep, run_sweep
+    sweep = load_sweep(Path(args.sweep_file), args.overrides)
+    if args.dry_run:
+        print(describe_cells(sweep))
+        return 0
+    return run_sweep(sweep)
+
+
+def _cmd_report(args) -> int:
+    from ssl_bench.report import write_report
+    project = None if args.no_wandb else args.wandb_project
+    paths = write_report(Path(args.runs_dir), Path(args.out), wandb_project=project)
+    print(paths["markdown"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -73,6 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "trainer.max_steps=200 optim.lr=3e-4")
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("sweep", help="run every cell (method x fraction x draw ...) of a sweep file; resumable")
+    p.add_argument("sweep_file", help="experiments/sweeps/<name>.yaml")
+    p.add_argument("--dry-run", action="store_true", help="list the cells, finished or pending, and run nothing")
+    p.add_argument("overrides", nargs="*", help="config overrides for every cell, after the file's, e.g. "
+                   "run.runs_dir=/scratch/runs")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("report", help="summary table, statistics and plot of every finished run")
+    p.add_argument("runs_dir", nargs="?", default=RunConfig().runs_dir,
+                   help="folder holding the run folders (default: %(default)s)")
+    p.add_argument("--out", default="results", help="output folder (default: %(default)s)")
+    p.add_argument("--wandb-project", default=LoggingConfig().wandb_project, help="W&B project of the summary run")
+    p.add_argument("--no-wandb", action="store_true", help="do not log the summary to W&B")
+    p.set_defaults(func=_cmd_report)
+
     p = sub.add_parser("methods", help="list the registered methods, one per line")
     p.set_defaults(func=_cmd_methods)
 
@@ -105,12 +139,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ssl_bench.data.download import DownloadError
     from ssl_bench.data.verify import DataVerificationError
     from ssl_bench.registry import UnknownMethodError
+    from ssl_bench.report import ReportError
     # Lightning's own deprecation notice about torch internals: nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ManifestError, DataVerificationError, UnknownMethodError, DownloadError) as err:
+    except (ConfigError, ManifestError, DataVerificationError, UnknownMethodError, DownloadError, ReportError) as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
         return 2
 

@@ -158,6 +158,8 @@ class LoggingConfig:
     wandb_mode: str = "offline"
     wandb_project: str = "ssl-bench"
     wandb_entity: Optional[str] = None
+    # Extra W&B tags of every run (a sweep adds sweep=<name>); method, fraction and draw are always tagged.
+    tags: List[str] = field(default_factory=list)
     log_images: bool = True
     n_images: int = 2
 
@@ -181,24 +183,25 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def _merge(cfg: DictConfig, other, source: str) -> DictConfig:
+def merge_checked(cfg: DictConfig, other, source: str) -> DictConfig:
+    """``other`` merged onto the structured ``cfg``; an unknown key or wrong type is a ConfigError naming it."""
     try:
         return OmegaConf.merge(cfg, other)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         where = f" (key '{key}')" if key else ""
-        raise ConfigError(f"{source}{where}: {_first_line(err)}") from None
+        raise ConfigError(f"{source}{where}: {first_line(err)}") from None
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0]
 
 
-def _load_yaml(path: Path) -> DictConfig:
+def load_yaml(path: Path) -> DictConfig:
     try:
         loaded = OmegaConf.load(path)
     except Exception as err:  # yaml errors come in several types
-        raise ConfigError(f"{path}: cannot parse YAML ({_first_line(err)})") from None
+        raise ConfigError(f"{path}: cannot parse YAML ({first_line(err)})") from None
     return loaded if loaded is not None else OmegaConf.create({})
 
 
@@ -208,22 +211,22 @@ def load_config(method: str, data: str = "hippocampus", overrides: Optional[List
     method_cls = get_method(method)
     schema = OmegaConf.structured(Config(method=method_cls.config_class(name=method)))
     OmegaConf.set_struct(schema, True)
-    cfg = _merge(schema, _load_yaml(experiments_dir / "base.yaml"), str(experiments_dir / "base.yaml"))
+    cfg = merge_checked(schema, load_yaml(experiments_dir / "base.yaml"), str(experiments_dir / "base.yaml"))
     data_yaml = experiments_dir / "data" / f"{data}.yaml"
     if not data_yaml.is_file():
         known = sorted(p.stem for p in (experiments_dir / "data").glob("*.yaml"))
         raise ConfigError(f"unknown dataset '{data}': no {data_yaml} (known: {', '.join(known)})")
-    cfg = _merge(cfg, _load_yaml(data_yaml), str(data_yaml))
+    cfg = merge_checked(cfg, load_yaml(data_yaml), str(data_yaml))
     method_yaml = experiments_dir / "method" / f"{method}.yaml"
     if not method_yaml.is_file():
         raise ConfigError(f"method '{method}' is registered but has no {method_yaml}")
-    cfg = _merge(cfg, _load_yaml(method_yaml), str(method_yaml))
+    cfg = merge_checked(cfg, load_yaml(method_yaml), str(method_yaml))
     if overrides:
         try:
             dotlist = OmegaConf.from_dotlist(list(overrides))
         except OmegaConfBaseException as err:
-            raise ConfigError(f"command-line overrides: {_first_line(err)}") from None
-        cfg = _merge(cfg, dotlist, "command-line override")
+            raise ConfigError(f"command-line overrides: {first_line(err)}") from None
+        cfg = merge_checked(cfg, dotlist, "command-line override")
     if cfg.method.name != method:
         raise ConfigError(f"method.name is '{cfg.method.name}' but the method is '{method}': remove the override")
     validate(cfg)

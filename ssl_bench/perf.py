@@ -170,6 +170,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    torch.set_flush_denormal(True)  # as train() does, for both sides of the comparison
     overrides = ["logging.wandb=false", *args.overrides]
     cfg = load_config("supervised", args.data, overrides)
     bare_before = bare_steps_per_second(cfg, args.warmup, args.steps)

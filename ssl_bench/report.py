@@ -1,0 +1,310 @@
+"""Results: one table built from every finished run folder, its summary over draws, paired tests and a plot.
+
+``ssl-bench report [runs_dir] --out results`` reads every ``metrics.json`` under ``runs_dir`` (a run is
+finished exactly when it has one) and its ``per_case.csv``; there is no other state. It writes
+
+- ``summary.csv``: one row per run (dataset, method, fraction, draw, then for the last and the
+  best-on-validation checkpoints of the primary model Dice and HD95 per class and their means, then
+  cost: seconds per step, wall time, peak memory, parameters);
+- ``summary.md``: per dataset, method and fraction, mean ± std over draws with a 95% t-interval, and a
+  paired Wilcoxon signed-rank test against ``supervised`` at the same fraction;
+- ``dice_vs_fraction.png``: Dice against labeled fraction, one line per method, error bars over draws,
+  supervised at 100% labels as a horizontal reference;
+
+and logs the tables and the chart to a W&B run named ``summary`` (offline unless WANDB_MODE says otherwise).
+
+The method of a run is its method folder, ``<method>[-<tag>]`` (runs/<dataset>/<method>[-<tag>]/frac<f>/
+draw<d>/), so variants such as an extra sweep axis are reported apart, and each is compared with the
+supervised run of the same tag.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from ssl_bench.utils.io import atomic_write_text
+
+METRICS_FILE = "metrics.json"
+PER_CASE_FILE = "per_case.csv"
+REFERENCE_METHOD = "supervised"
+FULL_FRACTION = 1.0
+CONFIDENCE = 0.95
+CHECKPOINTS = ("last", "best")
+# Inches per dataset panel of the plot.
+PANEL_SIZE = (6.0, 4.5)
+
+
+class ReportError(ValueError):
+    """Nothing to report, or a run folder that cannot be read; the message names the path."""
+
+
+@dataclass
+class Run:
+    """One finished run: its metrics.json and the per-case Dice (mean over classes) of its primary result."""
+    method: str  # the method folder: <method>[-<tag>]
+    metrics: dict
+    case_dice: Dict[str, float]
+    folder: Path
+
+    @property
+    def key(self) -> Tuple[str, str, float]:
+        return self.metrics["dataset"], self.method, float(self.metrics["fraction"])
+
+    @property
+    def reference_method(self) -> str:
+        """The supervised run it is compared with: same tag, e.g. mean_teacher-lr0.001 -> supervised-lr0.001."""
+        return REFERENCE_METHOD + self.method[len(self.metrics["method"]):]
+
+    def result(self, checkpoint: str) -> dict:
+        """metrics.json's summary of the primary model at ``checkpoint`` (last or best)."""
+        return self.metrics["results"][checkpoint][self.metrics["primary"]["model"]]
+
+
+@dataclass
+class Estimate:
+    """Mean over draws, sample std and the t-interval of the mean (NaN with fewer than two draws)."""
+    n: int
+    mean: float
+    std: float
+    low: float
+    high: float
+
+
+@dataclass
+class PairedTest:
+    n_pairs: int
+    median_difference: float
+    p_value: float
+
+
+@dataclass
+class Group:
+    """A (dataset, method, fraction) over its draws."""
+    dataset: str
+    method: str
+    fraction: float
+    reference_method: str
+    classes: List[str]
+    dice: Estimate
+    class_dice: Dict[str, Estimate]
+    hd95: Estimate
+    best_dice: Estimate
+    vs_reference: Optional[PairedTest]
+
+
+def load_runs(runs_dir: Path) -> List[Run]:
+    runs = []
+    for path in sorted(Path(runs_dir).rglob(METRICS_FILE)):
+        folder = path.parent
+        metrics = json.loads(path.read_text())
+        per_case = folder / PER_CASE_FILE
+        if not per_case.is_file():
+            raise ReportError(f"{folder} has {METRICS_FILE} but no {PER_CASE_FILE}")
+        primary = metrics["primary"]
+        with open(per_case, newline="") as f:
+            case_dice = {r["case_id"]: float(r["dice_mean"]) for r in csv.DictReader(f)
+                         if r["checkpoint"] == primary["checkpoint"] and r["model"] == primary["model"]}
+        runs.append(Run(folder.parents[1].name, metrics, case_dice, folder))
+    if not runs:
+        raise ReportError(f"no finished runs (no {METRICS_FILE}) under {runs_dir}")
+    return sorted(runs, key=lambda r: (*r.key, r.metrics["draw"]))
+
+
+def _metric_keys(classes: List[str]) -> List[str]:
+    return [f"{metric}_{name}" for metric in ("dice", "hd95") for name in [*classes, "mean"]]
+
+
+def summary_row(run: Run) -> dict:
+    """The run's row of summary.csv, every number as metrics.json has it: the results of the primary model,
+    then every other scalar of metrics.json (cost: seconds per step, wall time, peak memory, parameters...)."""
+    m = run.metrics
+    row = {"dataset": m["dataset"], "method": run.method, "fraction": m["fraction"], "draw": m["draw"],
+           "primary_model": m["primary"]["model"], "run_dir": str(run.folder)}
+    for checkpoint in CHECKPOINTS:
+        row.update({f"{checkpoint}_{key}": run.result(checkpoint)[key] for key in _metric_keys(m["classes"])})
+    row.update({k: v for k, v in m.items() if k not in row and isinstance(v, (int, float, str))})
+    return row
+
+
+def estimate(values: Iterable[float]) -> Estimate:
+    from scipy import stats
+    x = np.asarray(list(values), dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return Estimate(len(x), mean, math.nan, math.nan, math.nan)
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, len(x) - 1)) * std / math.sqrt(len(x))
+    return Estimate(len(x), mean, std, mean - half, mean + half)
+
+
+def paired_test(runs: List[Run], references: List[Run]) -> Optional[PairedTest]:
+    """Wilcoxon signed-rank (two-sided) of per-case Dice against the reference's.
+
+    Pairs are (draw, test case): a run is matched with the reference run of the same draw, cases by
+    case_id, pooled over the draws both have (cases with NaN on either side dropped). A case therefore
+    counts once per draw; the draws share the test cases, so these pairs are not fully independent.
+    """
+    from scipy.stats import wilcoxon
+    reference_by_draw = {r.metrics["draw"]: r for r in references}
+    ours, theirs = [], []
+    for run in runs:
+        reference = reference_by_draw.get(run.metrics["draw"])
+        for case_id, value in run.case_dice.items():
+            other = reference.case_dice.get(case_id, math.nan) if reference else math.nan
+            if not (math.isnan(value) or math.isnan(other)):
+                ours.append(value)
+                theirs.append(other)
+    if not ours:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # identical vectors: scipy warns, p = 1
+        p_value = float(wilcoxon(ours, theirs).pvalue)
+    return PairedTest(len(ours), float(np.median(np.subtract(ours, theirs))), p_value)
+
+
+def summarize_groups(runs: List[Run]) -> List[Group]:
+    by_key: Dict[Tuple[str, str, float], List[Run]] = {}
+    for run in runs:
+        by_key.setdefault(run.key, []).append(run)
+    groups = []
+    for (dataset, method, fraction), members in by_key.items():
+        classes, reference = members[0].metrics["classes"], members[0].reference_method
+        comparable = method != reference and (dataset, reference, fraction) in by_key
+        last = [r.result("last") for r in members]
+        groups.append(Group(
+            dataset, method, fraction, reference, classes,
+            dice=estimate(r["dice_mean"] for r in last),
+            class_dice={c: estimate(r[f"dice_{c}"] for r in last) for c in classes},
+            hd95=estimate(r["hd95_mean"] for r in last),
+            best_dice=estimate(r.result("best")["dice_mean"] for r in members),
+            vs_reference=paired_test(members, by_key[(dataset, reference, fraction)]) if comparable else None))
+    return groups
+
+
+def _mean_std(e: Estimate, digits: int = 3) -> str:
+    return f"{e.mean:.{digits}f}" if e.n < 2 else f"{e.mean:.{digits}f} ± {e.std:.{digits}f}"
+
+
+def _interval(e: Estimate) -> str:
+    return f"n={e.n}, no interval" if e.n < 2 else f"[{e.low:.3f}, {e.high:.3f}]"
+
+
+def _versus(test: Optional[PairedTest]) -> str:
+    if test is None:
+        return "—"
+    return f"{test.median_difference:+.3f}, p={test.p_value:.3g} ({test.n_pairs} pairs)"
+
+
+def markdown(groups: List[Group], runs_dir: Path, n_runs: int) -> str:
+    lines = [
+        "# ssl-bench results", "",
+        f"{n_runs} finished runs under `{runs_dir}`. Primary result: the last checkpoint of each method's "
+        "primary model, evaluated on the test cases; \"best on val\" is the checkpoint with the best "
+        f"validation Dice. Mean ± std over draws; {CONFIDENCE:.0%} CI: t-interval of the mean over draws.",
+        f"\"vs {REFERENCE_METHOD}\": median per-case Dice difference and the two-sided paired Wilcoxon "
+        f"signed-rank p-value against `{REFERENCE_METHOD}` at the same fraction (scipy.stats.wilcoxon on "
+        "per-case Dice, the mean over classes of the primary result). Pairs are (draw, test case), matched by "
+        "case id within a draw and pooled over the draws both methods have; a case counts once per draw.",
+    ]
+    for dataset in dict.fromkeys(g.dataset for g in groups):
+        members = [g for g in groups if g.dataset == dataset]
+        classes = members[0].classes
+        header = ["method", "fraction", "draws", "Dice", f"{CONFIDENCE:.0%} CI", *(f"Dice {c}" for c in classes),
+                  "HD95 (mm)", "Dice best on val", f"vs {REFERENCE_METHOD}"]
+        lines += ["", f"## {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for g in sorted(members, key=lambda g: (g.fraction, g.method)):
+            cells = [g.method, f"{g.fraction:g}", str(g.dice.n), _mean_std(g.dice), _interval(g.dice),
+                     *(_mean_std(g.class_dice[c]) for c in classes), _mean_std(g.hd95, 2), _mean_std(g.best_dice),
+                     _versus(g.vs_reference)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_dice_vs_fraction(groups: List[Group], path: Path) -> Path:
+    """One panel per dataset: a line per method with error bars (std over draws), supervised at 100% dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(g.dataset for g in groups))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(PANEL_SIZE[0] * len(datasets), PANEL_SIZE[1]), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        members = sorted((g for g in groups if g.dataset == dataset), key=lambda g: g.fraction)
+        for method in dict.fromkeys(g.method for g in members):
+            points = [g for g in members if g.method == method]
+            ax.errorbar([g.fraction for g in points], [g.dice.mean for g in points],
+                        yerr=[0.0 if math.isnan(g.dice.std) else g.dice.std for g in points],
+                        marker="o", capsize=3, label=method)
+        for g in members:
+            if g.method == g.reference_method and g.fraction == FULL_FRACTION:
+                ax.axhline(g.dice.mean, linestyle="--", color="grey", label=f"{g.method}, 100% labels")
+        fractions = sorted({g.fraction for g in members})
+        ax.set_xscale("log")
+        ax.set_xticks(fractions, labels=[f"{f:.0%}" for f in fractions])
+        ax.minorticks_off()
+        ax.set(title=dataset, xlabel="labeled fraction of the training pool", ylabel="test Dice (mean over classes)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    # savefig writes in pieces: write beside the target, then rename, so a kill never leaves half a PNG.
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _csv_text(rows: List[dict]) -> str:
+    fields = list(dict.fromkeys(k for row in rows for k in row))  # runs of several datasets: union of columns
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _group_record(g: Group) -> dict:
+    test = g.vs_reference
+    return {"dataset": g.dataset, "method": g.method, "fraction": g.fraction, "draws": g.dice.n,
+            "dice_mean": g.dice.mean, "dice_std": g.dice.std, "dice_ci_low": g.dice.low, "dice_ci_high": g.dice.high,
+            "hd95_mean": g.hd95.mean, "best_dice_mean": g.best_dice.mean,
+            **{f"vs_{REFERENCE_METHOD}_{k}": v for k, v in (asdict(test) if test else {}).items()}}
+
+
+def log_to_wandb(rows: List[dict], groups: List[Group], chart: Path, out: Path, project: str) -> None:
+    import wandb
+    run = wandb.init(project=project, name="summary", group="summary", job_type="report", dir=str(out),
+                     mode=os.environ.get("WANDB_MODE", "offline"))
+
+    def table(records: List[dict]) -> "wandb.Table":
+        columns = list(dict.fromkeys(k for r in records for k in r))
+        return wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in records])
+
+    run.log({"runs": table(rows), "summary": table([_group_record(g) for g in groups]),
+             "dice_vs_fraction": wandb.Image(str(chart))})
+    run.finish()
+
+
+def write_report(runs_dir: Path, out: Path, wandb_project: Optional[str] = None) -> Dict[str, Path]:
+    """Writes summary.csv, summary.md and dice_vs_fraction.png into ``out``; logs them to W&B if a project is given."""
+    runs_dir, out = Path(runs_dir), Path(out)
+    runs = load_runs(runs_dir)
+    rows = [summary_row(r) for r in runs]
+    groups = summarize_groups(runs)
+    paths = {"csv": out / "summary.csv", "markdown": out / "summary.md", "plot": out / "dice_vs_fraction.png"}
+    atomic_write_text(paths["csv"], _csv_text(rows))
+    atomic_write_text(paths["markdown"], markdown(groups, runs_dir, len(runs)))
+    plot_dice_vs_fraction(groups, paths["plot"])
+    if wandb_project:
+        log_to_wandb(rows, groups, paths["plot"], out, wandb_project)
+    return paths

@@ -1,0 +1,351 @@
+"""Sweeps: methods x labeled fractions x draws (x any extra config axis), each cell an ordinary run of train().
+
+A sweep file (``experiments/sweeps/<name>.yaml``) is validated against ``SweepConfig``::
+
+    data: hippocampus                    # experiments/data/<data>.yaml
+    methods: all                         # every registered method, or a list of names
+    fractions: [0.05, 0.1, 0.2]          # labeled fractions, each in (0, 1]
+    draws: [0, 1, 2]                     # split draws
+    extra_cells:                         # (method, fraction) cells outside the grid, for every draw and axis value
+      - {method: supervised, fraction: 1.0}
+    axes:                                # extra axes crossed with everything: dotted config key -> values
+      optim.lr: [0.001, 0.002]
+    overrides: [trainer.max_steps=500]   # config overrides applied to every cell
+    launcher: local                      # local | slurm
+    slurm: {partition: gpu, gpus_per_node: 1, nodes: 1, cpus_per_task: 8, mem_gb: 32, timeout_min: 240}
+    name: hippocampus                    # sweep id (default: the file's name)
+
+A cell's folder is ``run_dir(cfg)``; a cell on an extra axis gets ``run.tag=<last key part><value>``
+(e.g. ``lr0.001``, joined to any run.tag of the overrides) so that its folder differs from its neighbours'.
+Resuming is train()'s: a finished cell (metrics.json present) is skipped and an interrupted one resumes
+from its last checkpoint, so a sweep killed at any moment is completed by starting it again.
+
+Cells run draw by draw (then by extra-axis value, fraction and method), so the first draw is complete
+first. Work shared by several cells (e.g. contrastive pretraining per dataset and draw, METHODS.md) is
+an ordinary run that the method's train() produces on first use and reuses afterwards; with the local
+launcher the cells of a draw run one after another, so it is done once. Under ``launcher: slurm`` cells
+run in parallel; a method with such a prerequisite would need it submitted first as a cell of its own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from itertools import product
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import submitit
+import submitit.helpers
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ssl_bench.config import ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir
+from ssl_bench.registry import method_names
+from ssl_bench.report import METRICS_FILE
+
+LAUNCHERS = ("local", "slurm")
+ALL_METHODS = "all"
+# Keys a cell sets itself; an override or an extra axis on them would silently collide with the grid.
+CELL_KEYS = ("data.fraction", "data.draw")
+# How often the slurm launcher asks the scheduler whether jobs are done (submitit caches the queries).
+SLURM_POLL_S = 30.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class SweepError(ConfigError):
+    """A sweep file that cannot be run; the message names the file and the key."""
+
+
+@dataclass
+class ExtraCell:
+    method: str
+    fraction: float
+
+
+@dataclass
+class SlurmConfig:
+    partition: str = ""  # empty: the cluster's default partition
+    # One task per GPU (Lightning's SLURM DDP); 0 runs CPU-only jobs of one task.
+    gpus_per_node: int = 1
+    nodes: int = 1
+    cpus_per_task: int = 8
+    mem_gb: int = 32
+    timeout_min: int = 240
+
+
+@dataclass
+class SweepConfig:
+    data: str = "hippocampus"
+    methods: Any = ALL_METHODS  # "all" or a list of names: a union type, checked in _validate
+    fractions: List[float] = field(default_factory=list)
+    draws: List[int] = field(default_factory=lambda: [0])
+    extra_cells: List[ExtraCell] = field(default_factory=list)
+    axes: Dict[str, Any] = field(default_factory=dict)
+    overrides: List[str] = field(default_factory=list)
+    launcher: str = "local"
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the sweep: what train() gets, and the folder it writes."""
+    method: str
+    data: str
+    fraction: float
+    draw: int
+    axis_values: Tuple[Tuple[str, Any], ...]
+    overrides: Tuple[str, ...]
+    run_dir: Path
+
+    def describe(self) -> str:
+        axes = "".join(f" {key}={_text(value)}" for key, value in self.axis_values)
+        return f"method={self.method} fraction={self.fraction:g} draw={self.draw}{axes}"
+
+    def finished(self) -> bool:
+        return (self.run_dir / METRICS_FILE).is_file()
+
+    def config(self):
+        return load_config(self.method, self.data, list(self.overrides))
+
+    def command(self) -> List[str]:
+        return [sys.executable, "-m", "ssl_bench.cli", "train", "--method", self.method, "--data", self.data,
+                *self.overrides]
+
+
+@dataclass
+class Sweep:
+    config: SweepConfig
+    source: Path
+    cells: List[Cell]
+
+
+def load_sweep(path: Path, overrides: Optional[List[str]] = None) -> Sweep:
+    """The validated sweep of ``path`` with its cells; ``overrides`` are applied to every cell after the file's."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"no sweep file {path}")
+    merged = merge_checked(OmegaConf.structured(SweepConfig), load_yaml(path), str(path))
+    try:
+        spec: SweepConfig = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:  # e.g. an extra cell without a fraction
+        raise SweepError(f"{path}: {first_line(err)}") from None
+    spec.name = spec.name or path.stem
+    spec.overrides = list(spec.overrides) + list(overrides or [])
+    _validate(spec, path)
+    return Sweep(spec, path, _expand(spec, path))
+
+
+def _validate(spec: SweepConfig, path: Path) -> None:
+    def need(ok: bool, key: str, msg: str):
+        if not ok:
+            raise SweepError(f"{path}: {key}: {msg}")
+
+    registered = method_names()
+    need(spec.methods == ALL_METHODS or (isinstance(spec.methods, list) and spec.methods), "methods",
+         f"must be '{ALL_METHODS}' or a non-empty list of method names")
+    need(bool(spec.fractions), "fractions", "must list at least one labeled fraction")
+    cells = [("methods", "fractions", name, fraction) for name in _methods(spec) for fraction in spec.fractions]
+    cells += [(f"extra_cells[{i}].method", f"extra_cells[{i}].fraction", c.method, c.fraction)
+              for i, c in enumerate(spec.extra_cells)]
+    for method_key, fraction_key, name, fraction in cells:
+        need(name in registered, method_key, f"unknown method '{name}' (registered: {', '.join(registered)})")
+        need(0.0 < fraction <= 1.0, fraction_key, f"labeled fraction must be in (0, 1], got {fraction}")
+    need(bool(spec.draws) and min(spec.draws) >= 0, "draws", "must list at least one draw, each >= 0")
+    for key, values in spec.axes.items():
+        need(isinstance(values, list) and bool(values), f"axes.{key}", "must be a non-empty list of values")
+        need(key not in CELL_KEYS, f"axes.{key}", "is set by the grid: use fractions / draws")
+    short_names = [key.rsplit(".", 1)[-1] for key in spec.axes]
+    need(len(set(short_names)) == len(short_names), "axes", "two keys end in the same name; run tags would clash")
+    for override in spec.overrides:
+        need(override.split("=", 1)[0] not in CELL_KEYS + tuple(spec.axes), "overrides",
+             f"'{override}' sets a key the grid sets for each cell")
+    need(spec.launcher in LAUNCHERS, "launcher", f"must be one of {', '.join(LAUNCHERS)}, got '{spec.launcher}'")
+    s = spec.slurm
+    need(s.gpus_per_node >= 0 and s.nodes >= 1, "slurm", "needs gpus_per_node >= 0 and nodes >= 1")
+    need(s.gpus_per_node > 0 or s.nodes == 1, "slurm.nodes", "CPU-only jobs (gpus_per_node: 0) run on one node")
+
+
+def _methods(spec: SweepConfig) -> List[str]:
+    return method_names() if spec.methods == ALL_METHODS else list(spec.methods)
+
+
+def _expand(spec: SweepConfig, path: Path) -> List[Cell]:
+    """Every cell once, in run order (draw, axis values, fraction, method; extra cells after each draw's grid)."""
+    pairs = [(f, m) for f in spec.fractions for m in _methods(spec)] + [(c.fraction, c.method) for c in spec.extra_cells]
+    axis_keys = list(spec.axes)
+    cells: Dict[Path, Cell] = {}
+    for draw, axis_combo in product(spec.draws, product(*spec.axes.values())):
+        axis_values = tuple(zip(axis_keys, axis_combo))
+        for fraction, method in pairs:
+            cell = _cell(spec, path, method, fraction, draw, axis_values)
+            cells.setdefault(cell.run_dir, cell)  # an extra cell that is also in the grid runs once
+    return list(cells.values())
+
+
+def _cell(spec: SweepConfig, path: Path, method: str, fraction: float, draw: int,
+          axis_values: Tuple[Tuple[str, Any], ...]) -> Cell:
+    # JSON is YAML, so every axis value (number, string, list) reads back as itself in a dotlist.
+    overrides = (*spec.overrides, f"data.fraction={fraction}", f"data.draw={draw}", f"logging.tags=[sweep={spec.name}]",
+                 *(f"{key}={json.dumps(value)}" for key, value in axis_values))
+    cell = Cell(method, spec.data, fraction, draw, axis_values, overrides, run_dir=Path())
+    try:
+        cfg = cell.config()
+        axis_tag = "-".join(f"{key.rsplit('.', 1)[-1]}{_text(value)}" for key, value in axis_values)
+        if axis_tag:
+            tag = "-".join(filter(None, (cfg.run.tag, axis_tag)))
+            cell = replace(cell, overrides=overrides + (f"run.tag={tag}",))
+            cfg = cell.config()
+    except ConfigError as err:
+        raise SweepError(f"{path}: cell {cell.describe()}: {err}") from None
+    return replace(cell, run_dir=run_dir(cfg))
+
+
+def _text(value: Any) -> str:
+    """An axis value in a progress line or a run tag: lists without spaces, so tags stay one word."""
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
+
+
+class Progress:
+    """``[sweep] cell k/n: ... (ETA ...)``, the ETA from the mean wall time of the cells run so far."""
+
+    def __init__(self, n_cells: int, n_pending: int):
+        self.n_cells, self.left = n_cells, n_pending
+        self.started: Optional[float] = None
+        self.done = 0
+
+    def line(self, k: int, cell: Cell, note: str = "") -> str:
+        if self.started is None:
+            self.started = time.monotonic()
+        if self.done:
+            mean = (time.monotonic() - self.started) / self.done
+            note = note or f"ETA {timedelta(seconds=round(mean * self.left))}"
+        return f"[sweep] cell {k}/{self.n_cells}: {cell.describe()} ({note or 'ETA after the first cell'})"
+
+    def finish_one(self) -> None:
+        self.done += 1
+        self.left -= 1
+
+
+def run_sweep(sweep: Sweep, slurm_cluster: str = "slurm", slurm_poll_s: float = SLURM_POLL_S) -> int:
+    """Runs every unfinished cell; 0 when all cells are finished. ``slurm_cluster="local"`` runs the slurm
+    launcher's jobs through submitit's local executor (subprocesses on this machine)."""
+    cells = sweep.cells
+    n_pending = sum(not c.finished() for c in cells)
+    print(f"[sweep] {sweep.config.name}: {len(cells)} cells, {len(cells) - n_pending} already finished "
+          f"({sweep.source})", flush=True)
+    try:
+        if sweep.config.launcher == "local":
+            failed = _run_local(cells, n_pending)
+        else:
+            failed = _run_submitit(sweep, n_pending, slurm_cluster, slurm_poll_s)
+    except KeyboardInterrupt:
+        print("[sweep] interrupted: run the same command again to resume", flush=True)
+        return 130
+    for cell in failed:
+        print(f"[sweep] failed: {cell.describe()} ({cell.run_dir})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def describe_cells(sweep: Sweep) -> str:
+    """One line per cell with its state and folder (``ssl-bench sweep --dry-run``)."""
+    return "\n".join(f"{k}/{len(sweep.cells)} {'finished' if c.finished() else 'pending '} {c.describe()}  {c.run_dir}"
+                     for k, c in enumerate(sweep.cells, 1))
+
+
+def _run_local(cells: List[Cell], n_pending: int) -> List[Cell]:
+    """Each cell in a child process of its own, one after another, because:
+
+    - train() reports peak memory from process-wide counters (ru_maxrss, CUDA peak stats), which
+      in one process would carry the earlier cells' peaks into every later cell;
+    - Lightning's DDP launcher starts the other ranks by re-running the current command line, which must
+      then be the cell's own ``ssl-bench train``, not the whole sweep;
+    - a crash or out-of-memory in one cell leaves the others running, and each cell starts clean.
+    The cost, about ten seconds of imports per cell, is small beside a real run.
+    """
+    progress, failed = Progress(len(cells), n_pending), []
+    for k, cell in enumerate(cells, 1):
+        if cell.finished():
+            print(progress.line(k, cell, "already finished"), flush=True)
+            continue
+        print(progress.line(k, cell), flush=True)
+        code = subprocess.run(cell.command(), preexec_fn=_die_with_parent(os.getpid())).returncode
+        progress.finish_one()
+        if code != 0:
+            failed.append(cell)
+    return failed
+
+
+def _die_with_parent(parent_pid: int):
+    """A child set-up that has the kernel kill the cell when the sweep dies, even by SIGKILL (Linux), so that
+    a restarted sweep never trains a cell beside an orphan of the previous one."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arrange() -> None:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the sweep died before prctl took effect
+            os._exit(1)
+    return arrange
+
+
+class CellJob(submitit.helpers.Checkpointable):
+    """A submitit job: one cell, run by every task of the job (one per GPU: Lightning's SLURM DDP).
+
+    Checkpointable: a job that reaches its time limit or is preempted is requeued with the same cell, and
+    train() resumes it from last.ckpt.
+    """
+
+    def __call__(self, cell: Cell) -> None:
+        from ssl_bench.train import train
+        train(cell.config())
+
+
+def _slurm_overrides(slurm: SlurmConfig) -> List[str]:
+    """The job's GPUs decide trainer.devices / num_nodes / strategy, whatever the sweep's overrides say."""
+    if slurm.gpus_per_node == 0:
+        return ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=1"]
+    ddp = slurm.gpus_per_node * slurm.nodes > 1
+    return ["trainer.accelerator=gpu", f"trainer.devices={slurm.gpus_per_node}", f"trainer.num_nodes={slurm.nodes}",
+            f"trainer.strategy={'ddp' if ddp else 'auto'}"]
+
+
+def _run_submitit(sweep: Sweep, n_pending: int, cluster: str, poll_s: float) -> List[Cell]:
+    """Submits every unfinished cell as one job array, then waits, printing a line as each cell ends.
+
+    Do not start the sweep again while its jobs are queued or running: those cells would be submitted twice.
+    """
+    s = sweep.config.slurm
+    pending = [(k, c) for k, c in enumerate(sweep.cells, 1) if not c.finished()]
+    if not pending:
+        return []
+    jobs_cells = [(k, replace(c, overrides=c.overrides + tuple(_slurm_overrides(s)))) for k, c in pending]
+    folder = Path(jobs_cells[0][1].config().run.runs_dir) / ".submitit" / sweep.config.name
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    executor.update_parameters(
+        name=f"ssl-bench-{sweep.config.name}", timeout_min=s.timeout_min, nodes=s.nodes,
+        tasks_per_node=max(1, s.gpus_per_node), gpus_per_node=s.gpus_per_node, cpus_per_task=s.cpus_per_task,
+        mem_gb=s.mem_gb, slurm_partition=s.partition or None)
+    with executor.batch():
+        jobs = [executor.submit(CellJob(), cell) for _, cell in jobs_cells]
+    print(f"[sweep] submitted {len(jobs)} cells to {cluster} (jobs {jobs[0].job_id}...); logs in {folder}", flush=True)
+    cell_of_job = {job.job_id: kc for job, kc in zip(jobs, jobs_cells)}
+    progress, failed = Progress(len(sweep.cells), n_pending), []
+    progress.started = time.monotonic()
+    for job in submitit.helpers.as_completed(jobs, poll_frequency=poll_s):
+        k, cell = cell_of_job[job.job_id]
+        progress.finish_one()
+        state = "finished"
+        if job.exception() is not None:
+            failed.append(cell)
+            state = f"failed: see {job.paths.stderr}"
+        print(progress.line(k, cell) + f" {state} (job {job.job_id})", flush=True)
+    return failed

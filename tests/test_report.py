@@ -1,0 +1,164 @@
+"""The report: summary.csv from fake run folders, mean ± std and t-intervals over draws, the paired Wilcoxon test,
+the plot, the W&B summary run and errors."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from ssl_bench.cli import main
+from ssl_bench.report import Run, load_runs, summarize_groups, write_report
+
+CLASSES = ["a", "b"]
+T_975_ONE_DEGREE_OF_FREEDOM = 12.706204736174707  # Student's t, 97.5% quantile, 1 degree of freedom
+# Per-case Dice (class a, class b) of the primary result, by (method, fraction, draw): hand-written numbers.
+DICE = {
+    ("supervised", 0.5, 0): {"c1": (0.70, 0.50), "c2": (0.80, 0.60), "c3": (0.60, 0.40)},
+    ("supervised", 0.5, 1): {"c1": (0.72, 0.52), "c2": (0.78, 0.56), "c3": (0.66, 0.42)},
+    ("mean_teacher", 0.5, 0): {"c1": (0.75, 0.55), "c2": (0.81, 0.65), "c3": (0.61, 0.49)},
+    # c3 has no class b in ground truth or prediction (NaN): its case Dice is class a's alone.
+    ("mean_teacher", 0.5, 1): {"c1": (0.74, 0.58), "c2": (0.70, 0.50), "c3": (0.69, math.nan)},
+    ("supervised", 1.0, 0): {"c1": (0.90, 0.80), "c2": (0.88, 0.82), "c3": (0.86, 0.78)},
+}
+BEST_OFFSET = -0.01  # the best-on-validation checkpoint scores a little lower in these fakes
+PRIMARY = {"supervised": "student", "mean_teacher": "teacher"}
+
+
+def _hd95(dice: float) -> float:
+    return 10.0 * (1.0 - dice)
+
+
+def _case_row(checkpoint, model, case_id, per_class):
+    hd = [_hd95(d) for d in per_class]
+    return {"checkpoint": checkpoint, "model": model, "case_id": case_id,
+            **{f"dice_{c}": d for c, d in zip(CLASSES, per_class)}, "dice_mean": float(np.nanmean(per_class)),
+            **{f"hd95_{c}": h for c, h in zip(CLASSES, hd)}, "hd95_mean": float(np.nanmean(hd))}
+
+
+def _summary(rows):
+    return {"n_cases": len(rows), **{k: float(np.nanmean([r[k] for r in rows]))
+                                     for k in rows[0] if k.startswith(("dice_", "hd95_"))}}
+
+
+def _write_fake_run(runs, method, fraction, draw, cases):
+    """A run folder as train() leaves it: per_case.csv and metrics.json, in the layout of run_dir()."""
+    folder = runs / "toy" / method / f"frac{fraction}" / f"draw{draw}"
+    folder.mkdir(parents=True)
+    rows = []
+    for checkpoint, offset in (("last", 0.0), ("best", BEST_OFFSET)):
+        for model in dict.fromkeys((PRIMARY[method], "student")):
+            # The student of a teacher method is off by 0.1: the report must read only the primary model.
+            shift = offset + (0.0 if model == PRIMARY[method] else -0.1)
+            rows += [_case_row(checkpoint, model, case_id, [d + shift for d in dice]) for case_id, dice in cases.items()]
+    with open(folder / "per_case.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    results = {ckpt: {model: _summary([r for r in rows if r["checkpoint"] == ckpt and r["model"] == model])
+                      for model in dict.fromkeys(r["model"] for r in rows)} for ckpt in ("last", "best")}
+    metrics = {"dataset": "toy", "method": method, "fraction": fraction, "draw": draw, "classes": CLASSES,
+               "n_labeled": 2, "n_unlabeled": 2, "n_validation": 1, "n_test": len(cases),
+               "primary": {"checkpoint": "last", "model": PRIMARY[method]}, "results": results,
+               "best_checkpoint": "best-10.ckpt", "steps": 20, "resumed_from_step": 0,
+               "seconds_per_step": 0.25 + draw, "wall_time_s": 100.0 + draw, "peak_memory_mb": 512.5,
+               "n_parameters": 1000, "run_dir": str(folder)}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+@pytest.fixture
+def fake_runs(tmp_path):
+    runs = tmp_path / "runs"
+    metrics = {key: _write_fake_run(runs, *key, cases) for key, cases in DICE.items()}
+    return runs, metrics
+
+
+def _case_dice(key, case_id):
+    return float(np.nanmean(DICE[key][case_id]))
+
+
+def test_summary_csv_has_one_row_per_run_with_the_numbers_of_metrics_json(fake_runs, tmp_path):
+    runs, metrics = fake_runs
+    paths = write_report(runs, tmp_path / "results")
+    with open(paths["csv"]) as f:
+        rows = {(r["method"], float(r["fraction"]), int(r["draw"])): r for r in csv.DictReader(f)}
+    assert set(rows) == set(DICE)
+    row = rows["mean_teacher", 0.5, 1]
+    assert row["primary_model"] == "teacher" and row["dataset"] == "toy"
+    # By hand: the teacher's last checkpoint; c3's class b is NaN, so class b is the mean of two cases.
+    assert float(row["last_dice_a"]) == pytest.approx((0.74 + 0.70 + 0.69) / 3)
+    assert float(row["last_dice_b"]) == pytest.approx((0.58 + 0.50) / 2)
+    assert float(row["last_dice_mean"]) == pytest.approx((0.66 + 0.60 + 0.69) / 3)
+    assert float(row["best_dice_mean"]) == pytest.approx((0.66 + 0.60 + 0.69) / 3 + BEST_OFFSET)
+    assert float(row["last_hd95_a"]) == pytest.approx(10 * (1 - (0.74 + 0.70 + 0.69) / 3))
+    assert float(row["seconds_per_step"]) == 1.25 and float(row["wall_time_s"]) == 101.0
+    assert float(row["peak_memory_mb"]) == 512.5 and int(row["n_parameters"]) == 1000
+    for key, m in metrics.items():  # every number exactly as metrics.json has it
+        assert float(rows[key]["last_dice_mean"]) == m["results"]["last"][PRIMARY[key[0]]]["dice_mean"]
+        assert float(rows[key]["best_hd95_mean"]) == m["results"]["best"][PRIMARY[key[0]]]["hd95_mean"]
+
+
+def test_mean_std_and_t_interval_over_draws(fake_runs, tmp_path):
+    runs, metrics = fake_runs
+    groups = {(g.method, g.fraction): g for g in summarize_groups(load_runs(runs))}
+    draws = [metrics["mean_teacher", 0.5, d]["results"]["last"]["teacher"]["dice_mean"] for d in (0, 1)]
+    mean, std = (draws[0] + draws[1]) / 2, abs(draws[0] - draws[1]) / math.sqrt(2)
+    dice = groups["mean_teacher", 0.5].dice
+    assert (dice.n, dice.mean, dice.std) == (2, pytest.approx(mean), pytest.approx(std))
+    half = T_975_ONE_DEGREE_OF_FREEDOM * std / math.sqrt(2)
+    assert (dice.low, dice.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    full = groups["supervised", 1.0].dice
+    assert full.n == 1 and math.isnan(full.std) and math.isnan(full.low)
+
+    text = write_report(runs, tmp_path / "results")["markdown"].read_text()
+    assert f"| mean_teacher | 0.5 | 2 | {mean:.3f} ± {std:.3f} | [{mean - half:.3f}, {mean + half:.3f}] |" in text
+    assert f"| supervised | 1 | 1 | {full.mean:.3f} | n=1, no interval |" in text
+
+
+def test_wilcoxon_pairs_cases_within_draws_and_equals_scipy(fake_runs, tmp_path):
+    runs, _ = fake_runs
+    groups = {(g.method, g.fraction): g for g in summarize_groups(load_runs(runs))}
+    ours, theirs = [], []
+    for draw in (0, 1):
+        for case_id in ("c1", "c2", "c3"):
+            ours.append(_case_dice(("mean_teacher", 0.5, draw), case_id))
+            theirs.append(_case_dice(("supervised", 0.5, draw), case_id))
+    test = groups["mean_teacher", 0.5].vs_reference
+    assert test.n_pairs == 6
+    assert test.p_value == pytest.approx(wilcoxon(ours, theirs).pvalue, rel=1e-12)
+    assert test.median_difference == pytest.approx(float(np.median(np.subtract(ours, theirs))))
+    assert groups["supervised", 0.5].vs_reference is None  # the reference itself
+    assert groups["supervised", 1.0].vs_reference is None
+    text = write_report(runs, tmp_path / "results")["markdown"].read_text()
+    assert f"p={test.p_value:.3g} (6 pairs)" in text
+
+
+def test_plot_is_a_png(fake_runs, tmp_path):
+    import matplotlib.image
+    runs, _ = fake_runs
+    png = write_report(runs, tmp_path / "results")["plot"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.image.imread(png).ndim == 3
+    assert not list(png.parent.glob(".*"))  # no temporary file left behind
+
+
+def test_variant_is_compared_with_the_supervised_run_of_its_tag():
+    run = Run("mean_teacher-lr0.001", {"method": "mean_teacher"}, {}, None)
+    assert run.reference_method == "supervised-lr0.001"
+
+
+def test_report_command_logs_a_wandb_summary_run(fake_runs, tmp_path, monkeypatch, capsys):
+    runs, _ = fake_runs
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "results"
+    assert main(["report", str(runs), "--out", str(out), "--wandb-project", "ssl-bench-test"]) == 0
+    assert "## toy" in capsys.readouterr().out
+    assert list((out / "wandb").glob("offline-run-*")), "the summary run is written offline beside the results"
+
+
+def test_report_without_finished_runs_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "results"), "--no-wandb"]) == 2
+    assert f"no finished runs (no metrics.json) under {tmp_path}" in capsys.readouterr().err

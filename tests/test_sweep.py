@@ -1,0 +1,210 @@
+"""Sweeps: grid expansion and validation, the smoke sweep end to end, resume after a SIGKILL of the sweep,
+DDP evaluation equal to one process, and the SLURM path through submitit's local executor."""
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ssl_bench.cli import main
+from ssl_bench.config import ConfigError
+from ssl_bench.registry import method_names
+from ssl_bench.sweep import load_sweep, run_sweep
+from conftest import PROJECT_ROOT
+from test_train_e2e import TINY
+
+SWEEPS = PROJECT_ROOT / "experiments" / "sweeps"
+DDP_SCRIPT = Path(__file__).with_name("ddp_eval_script.py")
+SUBPROCESS_TIMEOUT_S = 300
+
+
+def _execution_overrides(runs: Path, cache) -> list:
+    """Where a test sweep writes and finds its data; W&B off to keep tests fast."""
+    return [f"run.runs_dir={runs}", f"data.cache_dir={cache}", "logging.wandb=false"]
+
+
+def _write_sweep(path: Path, **spec) -> Path:
+    path.write_text(yaml.safe_dump({"data": "synthetic", "methods": ["supervised"], "fractions": [0.5], **spec}))
+    return path
+
+
+def _metrics_files(runs: Path) -> list:
+    return sorted(runs.rglob("metrics.json"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_process():
+    """Cells and jobs run in subprocesses, some at once. Tiny nets gain nothing from a second thread, and on a
+    busy two-core machine OpenMP's waiting threads made these tests three to five times slower."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory, synthetic_cache):
+    """experiments/sweeps/smoke.yaml run once through the CLI, as `make sweep SWEEP=smoke RUNS=...` does."""
+    runs = tmp_path_factory.mktemp("smoke") / "runs"
+    assert main(["sweep", str(SWEEPS / "smoke.yaml"), *_execution_overrides(runs, synthetic_cache)]) == 0
+    return runs
+
+
+def test_hippocampus_sweep_is_every_method_by_fraction_by_draw_plus_full_supervision():
+    sweep = load_sweep(SWEEPS / "hippocampus.yaml")
+    expected = {(m, f, d) for m in method_names() for f in (0.05, 0.1, 0.2) for d in (0, 1, 2)}
+    expected |= {("supervised", 1.0, d) for d in (0, 1, 2)}
+    cells = [(c.method, c.fraction, c.draw) for c in sweep.cells]
+    assert len(cells) == len(expected) and set(cells) == expected
+    assert len({c.run_dir for c in sweep.cells}) == len(cells)
+    assert [c.draw for c in sweep.cells] == sorted(c.draw for c in sweep.cells)  # draw by draw
+    cfg = sweep.cells[0].config()
+    assert (cfg.data.name, cfg.data.fraction, cfg.data.draw) == ("hippocampus", 0.05, 0)
+    assert sweep.config.name == "hippocampus" and sweep.config.launcher == "local"
+
+
+def test_extra_axis_cells_get_their_own_run_folders(tmp_path):
+    path = _write_sweep(tmp_path / "lr.yaml", draws=[0, 1], axes={"optim.lr": [0.001, 0.002]},
+                        extra_cells=[{"method": "supervised", "fraction": 1.0},
+                                     {"method": "supervised", "fraction": 0.5}],  # already in the grid: once
+                        overrides=["run.tag=v"])
+    sweep = load_sweep(path, ["run.runs_dir=elsewhere"])
+    assert len(sweep.cells) == 2 * 2 * 2  # draws x lr x (grid cell + the 100% cell)
+    for cell in sweep.cells:
+        cfg = cell.config()
+        lr = dict(cell.axis_values)["optim.lr"]
+        assert cfg.optim.lr == lr and cfg.run.tag == f"v-lr{lr}"
+        assert list(cfg.logging.tags) == ["sweep=lr"]  # the sweep id, as a W&B tag of every cell
+        assert cell.run_dir == Path("elsewhere", "synthetic", f"supervised-v-lr{lr}", f"frac{cell.fraction}",
+                                    f"draw{cell.draw}")
+    assert "optim.lr=0.001" in sweep.cells[0].describe()
+
+
+@pytest.mark.parametrize("spec, key, message", [
+    ({"fractoins": [0.1]}, "fractoins", "not in 'SweepConfig'"),
+    ({"methods": ["supervised", "no_such_method"]}, "methods", "unknown method 'no_such_method'"),
+    ({"fractions": [0.0]}, "fractions", "must be in (0, 1]"),
+    ({"extra_cells": [{"method": "supervised", "fraction": 1.5}]}, "extra_cells[0].fraction", "must be in (0, 1]"),
+    ({"launcher": "kubernetes"}, "launcher", "must be one of local, slurm"),
+    ({"axes": {"optim.lrr": [1.0]}}, "optim.lrr", "not in 'OptimConfig'"),
+    ({"overrides": ["data.fraction=0.2"]}, "overrides", "sets a key the grid sets"),
+])
+def test_invalid_sweep_files_name_the_file_and_key(tmp_path, spec, key, message):
+    path = _write_sweep(tmp_path / "bad.yaml", **spec)
+    with pytest.raises(ConfigError) as err:  # SweepError is one; schema errors come from the config merge
+        load_sweep(path)
+    assert str(path) in str(err.value) and key in str(err.value) and message in str(err.value)
+
+
+def test_smoke_sweep_end_to_end_then_skips_finished_cells(smoke_runs, synthetic_cache, tmp_path, capsys):
+    metrics = [json.loads(p.read_text()) for p in _metrics_files(smoke_runs)]
+    assert sorted(m["method"] for m in metrics) == ["mean_teacher", "supervised"]
+    assert all(m["fraction"] == 0.5 and m["draw"] == 0 and m["steps"] == 6 for m in metrics)
+
+    stamps = [p.stat().st_mtime_ns for p in _metrics_files(smoke_runs)]
+    assert main(["sweep", str(SWEEPS / "smoke.yaml"), *_execution_overrides(smoke_runs, synthetic_cache)]) == 0
+    out = capsys.readouterr().out
+    assert "[sweep] cell 1/2: method=supervised fraction=0.5 draw=0 (already finished)" in out
+    assert "[sweep] cell 2/2: method=mean_teacher fraction=0.5 draw=0 (already finished)" in out
+    assert [p.stat().st_mtime_ns for p in _metrics_files(smoke_runs)] == stamps
+
+    assert main(["report", str(smoke_runs), "--out", str(tmp_path / "results"), "--no-wandb"]) == 0
+    with open(tmp_path / "results" / "summary.csv") as f:
+        assert sorted(r["method"] for r in csv.DictReader(f)) == ["mean_teacher", "supervised"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_sweep_passes_the_sweep_file_and_runs_folder():
+    dry = subprocess.run(["make", "-n", "sweep", "SWEEP=smoke", "RUNS=/tmp/somewhere"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert "ssl-bench sweep experiments/sweeps/smoke.yaml run.runs_dir=/tmp/somewhere" in dry.stdout
+
+
+def _processes_mentioning(text: str) -> list:
+    """Live processes whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(cmdline.parent.name)
+        except OSError:  # the process ended while we looked
+            pass
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sweep's children die with it on Linux only")
+def test_killed_sweep_resumes_with_exactly_one_result_per_cell(tmp_path, synthetic_cache, capfd):
+    """A real SIGKILL of the sweep while its second cell trains, then the same command again."""
+    runs = tmp_path / "runs"
+    # An extra axis makes the first cell short and the second long enough to be killed mid-training.
+    path = _write_sweep(tmp_path / "kill.yaml", axes={"trainer.max_steps": [8, 100]},
+                        overrides=[*TINY, "trainer.val_every_n_steps=20"])
+    args = ["sweep", str(path), *_execution_overrides(runs, synthetic_cache)]
+    second = runs / "synthetic" / "supervised-max_steps100" / "frac0.5" / "draw0"
+    proc = subprocess.Popen([sys.executable, "-m", "ssl_bench.cli", *args], cwd=PROJECT_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + SUBPROCESS_TIMEOUT_S
+        while not (second / "checkpoints" / "last.ckpt").is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert (second / "checkpoints" / "last.ckpt").is_file(), "the second cell wrote no checkpoint in time"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 10
+    while _processes_mentioning(str(runs)) and time.time() < deadline:  # the cell dies with the sweep
+        time.sleep(0.1)
+    assert not _processes_mentioning(str(runs)), "a cell outlived the killed sweep"
+    assert len(_metrics_files(runs)) == 1 and not (second / "metrics.json").exists()
+    for path_written in [*runs.rglob("*.json"), *runs.rglob("*.yaml")]:  # written atomically: never half a file
+        yaml.safe_load(path_written.read_text())
+
+    assert main(args) == 0
+    out = capfd.readouterr().out
+    assert "cell 1/2: method=supervised fraction=0.5 draw=0 trainer.max_steps=8 (already finished)" in out
+    assert "cell 2/2: method=supervised fraction=0.5 draw=0 trainer.max_steps=100 (ETA" in out
+    assert "resuming from" in out
+    metrics = [json.loads(p.read_text()) for p in _metrics_files(runs)]
+    assert sorted(m["steps"] for m in metrics) == [8, 100]
+    resumed = next(m for m in metrics if m["steps"] == 100)
+    assert 0 < resumed["resumed_from_step"] < 100
+
+
+def test_ddp_test_metrics_equal_one_process_per_case(smoke_runs, tmp_path):
+    """trainer.test of one checkpoint on 2 gloo processes gives the single-process per-case Dice, every case once,
+    on an odd number of test cases (so the DistributedSampler pads one duplicate)."""
+    run = smoke_runs / "synthetic" / "mean_teacher" / "frac0.5" / "draw0"
+    out = tmp_path / "ddp.json"
+    done = subprocess.run([sys.executable, str(DDP_SCRIPT), str(run), str(out), "2"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = json.loads(out.read_text())
+    assert ddp["world_size"] == 2
+    with open(run / "per_case.csv") as f:  # train()'s own single-process trainer.test of last.ckpt
+        single = [r for r in csv.DictReader(f) if r["checkpoint"] == "last"]
+    n_test = json.loads((run / "metrics.json").read_text())["n_test"]
+    assert n_test % 2 == 1 and len(single) == 2 * n_test  # student and teacher
+    assert sorted((r["model"], r["case_id"]) for r in ddp["rows"]) == sorted((r["model"], r["case_id"]) for r in single)
+    ddp_rows = {(r["model"], r["case_id"]): r for r in ddp["rows"]}
+    for row in single:
+        other = ddp_rows[row["model"], row["case_id"]]
+        for column in (c for c in row if c.startswith(("dice_", "hd95_"))):
+            assert other[column] == pytest.approx(float(row[column]), abs=1e-9), (row["case_id"], column)
+
+
+def test_slurm_launcher_runs_a_two_cell_sweep_through_submitit_local_executor(tmp_path, synthetic_cache):
+    smoke = yaml.safe_load((SWEEPS / "smoke.yaml").read_text())
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump({**smoke, "methods": ["supervised"], "fractions": [0.25, 0.5], "launcher": "slurm",
+                                    "slurm": {"gpus_per_node": 0, "timeout_min": 10}}))
+    runs = tmp_path / "runs"
+    sweep = load_sweep(path, _execution_overrides(runs, synthetic_cache))
+    assert run_sweep(sweep, slurm_cluster="local", slurm_poll_s=0.5) == 0
+    assert sorted(json.loads(p.read_text())["fraction"] for p in _metrics_files(runs)) == [0.25, 0.5]
+    assert list((runs / ".submitit" / "cluster").glob("*_log.out")), "submitit's job logs are kept beside the runs"
