@@ -35,6 +35,14 @@ class SyntheticConfig:
 
 
 @dataclass
+class PartialConfig:
+    """The partial-annotation protocol (METHODS.md; Petit et al. 2018): for each foreground class
+    independently, the annotation is removed from ``alpha`` of the labeled training cases, seeded by the
+    draw and nested as alpha grows (ssl_bench/data/partial.py). 0 keeps every annotation."""
+    alpha: float = 0.0
+
+
+@dataclass
 class DataConfig:
     name: str = "hippocampus"
     # Manifest JSON, relative to the project root or absolute; "" for synthetic (it is generated).
@@ -57,6 +65,7 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: str = ".cache/ssl_bench"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    partial: PartialConfig = field(default_factory=PartialConfig)
 
 
 @dataclass
@@ -114,6 +123,27 @@ class UAMTConfig(MeanTeacherConfig):
 class TransformConsistencyConfig(SemiSupervisedConfig):
     # Probability of flipping each spatial axis; 0.5 makes every combination of flips equally likely.
     flip_prob: float = 0.5
+
+
+@dataclass
+class SmileConfig(MethodConfig):
+    """SMILE (Petit et al. 2018): K sigmoid binary classifiers, BCE weighted by the ambiguity map."""
+    # Soft Dice on the annotated (case, organ) pairs added to the BCE ("Dice may be added", METHODS.md).
+    dice_on_annotated: bool = True
+    # Organ k is predicted where sigmoid(ŷ_k) > threshold (Petit et al. 2018: 0.5); also SMILEr's
+    # "predicted positive".
+    threshold: float = 0.5
+
+
+@dataclass
+class SmilerConfig(SmileConfig):
+    """SMILEr (Petit et al. 2018): SMILE, then R curriculum relabeling rounds with γ_t = (t/R)·γ_max."""
+    # R and γ_max of Petit et al. 2018.
+    relabel_rounds: int = 3
+    gamma_max: float = 1.0
+    # Plain SMILE for this fraction of trainer.max_steps; the R rounds then start evenly spaced over the rest,
+    # so SMILEr has the same total budget as every method. Petit et al. train SMILE first, then relabel.
+    smile_phase_fraction: float = 0.5
 
 
 @dataclass
@@ -248,6 +278,8 @@ def validate(cfg: DictConfig) -> None:
     need(d.labeled_batch_size >= 1, "data.labeled_batch_size", "must be >= 1")
     need(d.unlabeled_batch_size >= 1, "data.unlabeled_batch_size", "must be >= 1")
     need(0.0 <= d.flip_prob <= 1.0, "data.flip_prob", "must be in [0, 1]")
+    need(0.0 <= d.partial.alpha <= 1.0, "data.partial.alpha",
+         f"fraction of cases whose annotation of each class is removed must be in [0, 1], got {d.partial.alpha}")
     need(cfg.model.arch in ("unet", "basic_unet"), "model.arch", f"unknown architecture '{cfg.model.arch}'")
     if cfg.model.arch == "unet":
         need(len(cfg.model.strides) == len(cfg.model.channels) - 1, "model.strides",
@@ -278,6 +310,10 @@ def _validate_method(m, need) -> None:
     check("mc_passes", lambda v: v >= 1, "must be >= 1")
     check("flip_prob", lambda v: 0 <= v <= 1, "must be in [0, 1]")
     check("threshold_end", lambda v: m.threshold_start <= v, "must be >= method.threshold_start")
+    check("threshold", lambda v: 0 < v < 1, "must be in (0, 1)")
+    check("relabel_rounds", lambda v: v >= 1, "must be >= 1")
+    check("gamma_max", lambda v: 0 < v <= 1, "must be in (0, 1]")
+    check("smile_phase_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)")
 
 
 def data_root(cfg: DictConfig) -> Optional[Path]:

@@ -47,7 +47,7 @@ def _setup(cfg):
     split = split_pool(manifest.pool, cfg.data.fraction, cfg.data.draw)
     infos = verify_or_raise(manifest, root, split.labeled + split.unlabeled + manifest.validation + manifest.test)
     dm = SegmentationDataModule(cfg, manifest, root, split, {i.case_id: i.spacing for i in infos},
-                                uses_unlabeled=method_cls.uses_unlabeled)
+                                uses_unlabeled=method_cls.uses_unlabeled, voxel_index=method_cls.uses_voxel_index)
     return manifest, method_cls, dm
 
 

@@ -1,6 +1,7 @@
 """One run: a method at a labeled fraction and draw, trained, then evaluated on the test cases.
 
 Run folder ``runs/<dataset>/<method>/frac<f>/draw<d>/`` holds ``config.yaml``, ``splits.json``,
+``partial_annotations.json`` (which organs of which labeled case are annotated, data.partial),
 ``checkpoints/`` (``last.ckpt``, ``best-*.ckpt``), ``csv/`` logs, ``wandb/`` (offline runs),
 ``per_case.csv`` and ``metrics.json``. ``metrics.json`` is written last and atomically: it is the mark
 of a finished run. Re-running the same command resumes from ``last.ckpt``; a finished run is
@@ -30,6 +31,7 @@ from ssl_bench.callbacks import ImageOverlays, StepTimer
 from ssl_bench.config import ConfigError, data_root, resolve_project_path, run_dir, to_yaml
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
+from ssl_bench.data.partial import partial_annotation_flags
 from ssl_bench.data.splits import split_pool
 from ssl_bench.data.synthetic import SyntheticSpec, ensure_synthetic
 from ssl_bench.data.verify import verify_or_raise
@@ -43,11 +45,12 @@ LAST = "last.ckpt"
 
 
 def resolve_dataset(cfg: DictConfig) -> Tuple[Manifest, Path]:
-    """The manifest and data root of ``cfg.data``; synthetic data is generated into the cache if missing."""
-    if cfg.data.name == "synthetic":
+    """The manifest and data root of ``cfg.data``; synthetic data (any dataset without a manifest, e.g.
+    synthetic or synthetic_multiorgan) is generated into the cache if missing."""
+    if not cfg.data.manifest:
         s = cfg.data.synthetic
         spec = SyntheticSpec(n_cases=s.n_cases, shape=tuple(s.shape), n_organs=s.n_organs,
-                             spacing=(1.0,) * len(s.shape), seed=s.seed)
+                             spacing=(1.0,) * len(s.shape), seed=s.seed, name=cfg.data.name)
         path = ensure_synthetic(Path(cfg.data.cache_dir) / "synthetic", spec=spec)
         return load_manifest(path), path.parent
     manifest = load_manifest(resolve_project_path(cfg.data.manifest))
@@ -194,13 +197,18 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     atomic_write_json(run / "splits.json", {
         "fraction": cfg.data.fraction, "draw": cfg.data.draw, "labeled": split.labeled,
         "unlabeled": split.unlabeled, "validation": manifest.validation, "test": manifest.test})
+    annotated = partial_annotation_flags(split.labeled, manifest.num_classes - 1, cfg.data.partial.alpha, cfg.data.draw)
+    atomic_write_json(run / "partial_annotations.json", {
+        "alpha": cfg.data.partial.alpha, "draw": cfg.data.draw, "classes": manifest.foreground_labels,
+        "annotated": {case_id: dict(zip(manifest.foreground_labels, flags)) for case_id, flags in annotated.items()}})
 
     # Subnormal floats appear in the optimizer state and normalisation as a run converges; on CPU each one
     # costs a microcode assist, slowing training steps several-fold. Flushing them changes nothing visible.
     torch.set_flush_denormal(True)
     pl.seed_everything(cfg.trainer.seed if cfg.trainer.seed is not None else cfg.data.draw, workers=True)
     dm = SegmentationDataModule(cfg, manifest, root, split, {i.case_id: i.spacing for i in infos},
-                                uses_unlabeled=method_cls.uses_unlabeled)
+                                uses_unlabeled=method_cls.uses_unlabeled, annotated=annotated,
+                                voxel_index=method_cls.uses_voxel_index)
     module = method_cls(cfg, class_names=manifest.labels, case_ids=[c.id for c in manifest.cases])
     if cfg.method.primary_model not in module.evaluation_networks():
         raise ConfigError(f"method.primary_model: '{cfg.method.primary_model}' is not evaluated by "
@@ -226,6 +234,9 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         print(f"{run}: resuming from {last}")
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     trainer.save_checkpoint(str(last))
+    if trainer.is_global_zero:
+        for name, content in module.run_records().items():
+            atomic_write_json(run / name, content)
     resumed_step = trainer.global_step - len(timer.durations)
 
     best = best_cb.best_model_path or str(last)

@@ -35,8 +35,10 @@ def build(name, *overrides, dims=3):
 def make_batch(dims=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     shape = (BATCH_SIZE, 1) + (SIDE,) * dims
+    # As the data module sends them: every organ annotated unless data.partial.alpha > 0.
     return {"labeled": {"image": torch.randn(shape, generator=g),
-                        "label": torch.randint(len(CLASS_NAMES), shape, generator=g)},
+                        "label": torch.randint(len(CLASS_NAMES), shape, generator=g),
+                        "annotated": torch.ones(BATCH_SIZE, len(CLASS_NAMES) - 1, dtype=torch.bool)},
             "unlabeled": {"image": torch.randn(shape, generator=g)}}
 
 
@@ -86,6 +88,8 @@ FORWARD_CALLS = {
     "mean_teacher": {"student": [BATCH_SIZE, BATCH_SIZE], "teacher": [BATCH_SIZE]},
     "ua_mt": {"student": [BATCH_SIZE, BATCH_SIZE], "teacher": [MC_PASSES * BATCH_SIZE]},
     "transform_consistency": {"student": [BATCH_SIZE, 2 * BATCH_SIZE]},
+    "smile": {"student": [BATCH_SIZE]},
+    "smiler": {"student": [BATCH_SIZE]},  # relabeling rounds predict whole volumes, a few times per run
 }
 
 

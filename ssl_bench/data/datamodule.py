@@ -4,6 +4,10 @@ Training batches are ``{"labeled": {...}, "unlabeled": {...}}`` from Lightning's
 unlabeled stream exists only for methods that use it. Every method sees the same transforms, patch
 and batch sizes (the protocol's "same budget"). Validation and test cases come whole, one per batch,
 for sliding-window inference and 3D metrics.
+
+Labeled training batches carry ``annotated`` (B, K): the partial-annotation flags of their cases
+(ssl_bench/data/partial.py; all True unless data.partial.alpha > 0). Removed organs are background in
+``label`` for every method; only the flags tell SMILE which background is ambiguous.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from monai import transforms as T
-from monai.data import CacheDataset, DataLoader, list_data_collate
+from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
 from torch.utils.data import RandomSampler
 
 from ssl_bench.data.manifest import Manifest
+from ssl_bench.data.partial import RemoveUnannotatedOrgans
 from ssl_bench.data.splits import PoolSplit
 
 
@@ -66,7 +71,10 @@ def _train_transforms(keys: Sequence[str], cfg) -> list:
 
 class SegmentationDataModule(pl.LightningDataModule):
     def __init__(self, cfg, manifest: Manifest, data_root: Path, split: PoolSplit,
-                 spacings: Dict[str, Sequence[float]], uses_unlabeled: bool):
+                 spacings: Dict[str, Sequence[float]], uses_unlabeled: bool,
+                 annotated: Optional[Dict[str, List[bool]]] = None, voxel_index: bool = False):
+        """``annotated``: partial-annotation flags per labeled case (None: every organ annotated);
+        ``voxel_index``: labeled patches carry each voxel's index in its volume (for per-volume pseudo-labels)."""
         super().__init__()
         self.cfg = cfg
         self.manifest = manifest
@@ -74,6 +82,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.split = split
         self.spacings = spacings
         self.uses_unlabeled = uses_unlabeled
+        n_foreground = manifest.num_classes - 1
+        self.annotated = annotated or {case_id: [True] * n_foreground for case_id in split.labeled}
+        self.voxel_index = voxel_index
         self.case_index = {c.id: i for i, c in enumerate(manifest.cases)}
         self._datasets: Dict[str, CacheDataset] = {}
 
@@ -86,6 +97,8 @@ class SegmentationDataModule(pl.LightningDataModule):
                    "spacing": torch.tensor(self.spacings[case_id], dtype=torch.float64)}
             if with_label:
                 rec["label"] = str(self.dataset_dir / case.label)
+            if case_id in self.annotated:
+                rec["annotated"] = torch.tensor(self.annotated[case_id], dtype=torch.bool)
             out.append(rec)
         return out
 
@@ -98,8 +111,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         if name not in self._datasets:
             labeled_keys, image_keys = ("image", "label"), ("image",)
             if name == "labeled":
-                recs, keys = self._records(self.split.labeled, True), labeled_keys
-                xform = T.Compose(_base_transforms(keys) + _train_transforms(keys, self.cfg))
+                recs = self._records(self.split.labeled, True)
+                patch_keys = labeled_keys + (("voxel_index",) if self.voxel_index else ())
+                xform = T.Compose(_base_transforms(labeled_keys) + [RemoveUnannotatedOrgans(voxel_index=self.voxel_index)]
+                                  + _train_transforms(patch_keys, self.cfg))
             elif name == "unlabeled":
                 recs, keys = self._records(self.unlabeled_ids(), False), image_keys
                 xform = T.Compose(_base_transforms(keys) + _train_transforms(keys, self.cfg))
@@ -109,6 +124,14 @@ class SegmentationDataModule(pl.LightningDataModule):
                 xform = T.Compose(_base_transforms(labeled_keys))
             self._datasets[name] = CacheDataset(recs, xform, cache_rate=1.0, num_workers=None, progress=False)
         return self._datasets[name]
+
+    def labeled_volumes_loader(self) -> DataLoader:
+        """Whole labeled training volumes, one per batch, with ``label`` (removed organs as background),
+        ``label_full`` (untouched) and ``annotated``: what SMILEr relabels and measures. Not cached: read
+        once per relabeling round."""
+        recs = self._records(self.split.labeled, True)
+        xform = T.Compose(_base_transforms(("image", "label")) + [RemoveUnannotatedOrgans(keep_full=True)])
+        return DataLoader(Dataset(recs, xform), batch_size=1, shuffle=False, num_workers=0)
 
     def _train_loader(self, name: str, batch_size: int) -> DataLoader:
         ds = self._dataset(name)

@@ -34,6 +34,8 @@ class SegmentationMethod(pl.LightningModule):
     config_class = MethodConfig
     # Whether training batches carry an "unlabeled" stream (loaded only for methods that use it).
     uses_unlabeled = False
+    # Whether labeled patches carry ``voxel_index`` (each voxel's index in its volume; see data/partial.py).
+    uses_voxel_index = False
     method_name = "base"
 
     def __init__(self, cfg, class_names: List[str], case_ids: List[str]):
@@ -82,6 +84,11 @@ class SegmentationMethod(pl.LightningModule):
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (B, C, ...) to a label map (B, ...)."""
         return logits.argmax(dim=1)
+
+    def run_records(self) -> Dict[str, object]:
+        """{file name: JSON-able content} the runner writes into the run folder after training (e.g. SMILEr's
+        relabeling rounds)."""
+        return {}
 
     # ---- training --------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):

@@ -1,0 +1,109 @@
+"""SMILE's loss and SMILEr's relabeling (Petit et al. 2018), as METHODS.md ("smile / smiler") defines them.
+
+Pure functions on tensors. Shapes: ``logits`` (B, K, *spatial), one sigmoid output per organ (K = C - 1, no
+background channel); ``label`` (B, 1, *spatial) integers in 0..K, where a removed organ is already
+background; ``annotated`` (B, K) bool flags; ``pseudo_positive`` (B, K, *spatial) bool, SMILEr's relabeled
+voxels (or None).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+# Numerator and denominator smoothing of the soft Dice, as MONAI's DiceLoss defaults (1e-5).
+_DICE_SMOOTH = 1e-5
+
+
+def _expand_flags(annotated: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(B, K) -> (B, K, 1, ..., 1), broadcastable over the spatial axes."""
+    return annotated.bool().reshape(*annotated.shape, *([1] * (ndim - 2)))
+
+
+def organ_targets(label: torch.Tensor, n_organs: int) -> torch.Tensor:
+    """(B, K, *spatial) bool: voxel is labeled as organ k (channel k - 1)."""
+    organs = torch.arange(1, n_organs + 1, device=label.device).reshape(1, n_organs, *([1] * (label.ndim - 2)))
+    return label == organs
+
+
+def ambiguity_map(label: torch.Tensor, annotated: torch.Tensor, n_organs: int) -> torch.Tensor:
+    """w_k per voxel, (B, K, *spatial) float in {0, 1}.
+
+    Organ k annotated in the case: every voxel counts (1). Organ k not annotated: voxels labeled as another
+    organ are certain negatives for k (1); every other voxel (background, which includes the removed organ
+    itself) is ambiguous (0).
+    """
+    other_organ = (label > 0) & ~organ_targets(label, n_organs)
+    return (_expand_flags(annotated, label.ndim) | other_organ).float()
+
+
+def smile_targets_and_weights(label: torch.Tensor, annotated: torch.Tensor, n_organs: int,
+                              pseudo_positive: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(y*, w): organ targets and the ambiguity map; SMILEr's relabeled voxels are positives that count."""
+    targets = organ_targets(label, n_organs)
+    weights = ambiguity_map(label, annotated, n_organs)
+    if pseudo_positive is not None:
+        # Relabeling applies to missing organs only, on ambiguous voxels (relabel_top_fraction's candidates).
+        pseudo_positive = pseudo_positive & ~_expand_flags(annotated, label.ndim)
+        targets = targets | pseudo_positive
+        weights = weights.masked_fill(pseudo_positive, 1.0)
+    return targets.float(), weights
+
+
+def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ w·BCE(sigmoid(logits), targets) / Σ w: the mean BCE over the voxels that count (0 if none does).
+
+    With every weight 1 it is plain mean BCE; a voxel with weight 0 contributes exactly zero gradient.
+    """
+    per_voxel = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (per_voxel * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def annotated_soft_dice_loss(logits: torch.Tensor, targets: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice of sigmoid(logits), per (case, organ), averaged over the annotated pairs only (0 if none)."""
+    probs = logits.sigmoid()
+    axes = tuple(range(2, logits.ndim))
+    intersection = (probs * targets).sum(axes)
+    denominator = probs.sum(axes) + targets.sum(axes)
+    dice = (2 * intersection + _DICE_SMOOTH) / (denominator + _DICE_SMOOTH)
+    pairs = annotated.to(dice.dtype)
+    return ((1 - dice) * pairs).sum() / pairs.sum().clamp_min(1.0)
+
+
+def smile_loss(logits: torch.Tensor, label: torch.Tensor, annotated: torch.Tensor, dice_on_annotated: bool,
+               pseudo_positive: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """SMILE: ambiguity-weighted BCE (+ soft Dice on the annotated organs); SMILEr passes its relabeled voxels."""
+    targets, weights = smile_targets_and_weights(label, annotated, logits.shape[1], pseudo_positive)
+    loss = weighted_bce(logits, targets, weights)
+    if dice_on_annotated:
+        loss = loss + annotated_soft_dice_loss(logits, targets, annotated)
+    return loss
+
+
+def decode_sigmoid(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, K, ...) logits to a (B, ...) label map: organ k where sigmoid > threshold, overlaps resolved by the
+    highest score, background (0) elsewhere."""
+    probs = logits.sigmoid()
+    best_score, best_organ = probs.max(dim=1)
+    return torch.where(best_score > threshold, best_organ + 1, torch.zeros_like(best_organ))
+
+
+def relabel_top_fraction(scores: torch.Tensor, candidates: torch.Tensor, gamma: float,
+                         threshold: float = 0.5) -> torch.Tensor:
+    """SMILEr's relabeling of one organ in one case: bool mask, same shape as ``scores`` (probabilities).
+
+    Among candidate voxels predicted positive (score > threshold), the round(γ·n) with the highest scores,
+    n the number of predicted positives; none when nothing is predicted positive.
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    positive = candidates.bool() & (scores > threshold)
+    n_keep = math.floor(gamma * int(positive.sum()) + 0.5)
+    selected = torch.zeros(positive.numel(), dtype=torch.bool, device=positive.device)
+    if n_keep > 0:
+        flat_scores = torch.where(positive, scores, torch.full_like(scores, -math.inf)).flatten()
+        selected[flat_scores.topk(n_keep).indices] = True
+    return selected.reshape(positive.shape)

@@ -1,0 +1,114 @@
+"""smiler: SMILE with curriculum relabeling (Petit et al. 2018, "SMILEr"), as METHODS.md defines it.
+
+Plain SMILE for the first method.smile_phase_fraction of trainer.max_steps; then R rounds start evenly
+spaced over the rest of the same budget. At the start of round t the current network predicts every
+labeled training volume whole (sliding window, eval mode); for each case and each organ missing in it,
+the top γ_t = (t/R)·γ_max of its predicted positives (sigmoid > threshold) among the ambiguous voxels
+become positive pseudo-labels (weight 1), replacing the previous round's (relabel_top_fraction in
+ssl_bench/losses/partial_label.py). Training continues on them until the next round.
+
+Pseudo-labels live in the module, per labeled case as a (K, voxels) bool volume, and go into checkpoints,
+so a resumed run keeps them. Random patches find their voxels through ``voxel_index`` (each voxel's flat
+index in its volume), which the data pipeline crops, pads, flips and slices with the label
+(ssl_bench/data/partial.py). Each round logs relabel/{round,gamma,voxels,precision} and per organ, where
+precision is measured against the untouched label (the removed truth, known because removal is simulated);
+run_records() puts the rounds into the run folder as relabeling.json.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import torch
+
+from ssl_bench.config import SmilerConfig
+from ssl_bench.losses.partial_label import relabel_top_fraction
+from ssl_bench.methods.smile import Smile
+from ssl_bench.registry import register_method
+
+
+@register_method("smiler")
+class Smiler(Smile):
+    config_class = SmilerConfig
+    uses_voxel_index = True
+
+    def __init__(self, cfg, class_names, case_ids):
+        super().__init__(cfg, class_names, case_ids)
+        self.pseudo: Dict[int, torch.Tensor] = {}  # case index -> (K, voxels) bool
+        self.rounds_done = 0
+        self.relabel_history: List[dict] = []
+
+    def round_start_steps(self) -> List[int]:
+        m, total = self.cfg.method, self.cfg.trainer.max_steps
+        start = math.floor(total * m.smile_phase_fraction + 1e-9)  # the epsilon keeps 0.3 x 10 at 3, not 2
+        return [start + (total - start) * t // m.relabel_rounds for t in range(m.relabel_rounds)]
+
+    def on_train_batch_start(self, batch, batch_idx):
+        due = sum(step <= self.global_step for step in self.round_start_steps())
+        if due > self.rounds_done:  # rounds sharing a step (tiny budgets): the latest one
+            self.relabel(due)
+
+    def pseudo_positives(self, labeled) -> Optional[torch.Tensor]:
+        if not self.pseudo:
+            return None
+        index = labeled["voxel_index"][:, 0]
+        out = []
+        for b, case in enumerate(labeled["case_index"].tolist()):
+            volume = self.pseudo.get(int(case))
+            if volume is None:
+                out.append(torch.zeros((self.n_organs, *index.shape[1:]), dtype=torch.bool, device=index.device))
+                continue
+            if volume.device != index.device:  # restored from a checkpoint on the CPU: move once
+                volume = self.pseudo[int(case)] = volume.to(index.device)
+            out.append(volume[:, (index[b] - 1).clamp_min(0)] & (index[b] > 0))  # index 0: padding
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def relabel(self, round_t: int) -> dict:
+        m = self.cfg.method
+        gamma = round_t / m.relabel_rounds * m.gamma_max
+        was_training = self.net.training
+        self.net.eval()
+        pseudo, voxels, correct = {}, [0] * self.n_organs, [0] * self.n_organs
+        for volume in self.trainer.datamodule.labeled_volumes_loader():
+            scores = self.predict_logits(self.net, volume["image"].to(self.device))[0].sigmoid()
+            label, full = volume["label"][0, 0].to(self.device), volume["label_full"][0, 0].to(self.device)
+            relabeled = torch.zeros(scores.shape, dtype=torch.bool, device=self.device)
+            for k in (~volume["annotated"][0]).nonzero().flatten().tolist():
+                relabeled[k] = relabel_top_fraction(scores[k], label == 0, gamma, m.threshold)
+                voxels[k] += int(relabeled[k].sum())
+                correct[k] += int((relabeled[k] & (full == k + 1)).sum())
+            pseudo[int(volume["case_index"][0])] = relabeled.flatten(1)
+        self.net.train(was_training)
+        self.pseudo, self.rounds_done = pseudo, round_t
+
+        def precision(right: int, total: int) -> float:
+            return right / total if total else math.nan
+
+        record = {"round": round_t, "step": int(self.global_step), "gamma": gamma, "relabeled_voxels": sum(voxels),
+                  "precision": precision(sum(correct), sum(voxels)),
+                  "per_organ": {name: {"relabeled_voxels": v, "precision": precision(c, v)}
+                                for name, v, c in zip(self.foreground, voxels, correct)}}
+        self.relabel_history.append(record)
+        metrics = {"relabel/round": float(round_t), "relabel/gamma": gamma,
+                   "relabel/voxels": float(record["relabeled_voxels"]), "relabel/precision": record["precision"],
+                   **{f"relabel/{key}_{name}": float(v[key]) for name, v in record["per_organ"].items()
+                      for key in ("relabeled_voxels", "precision")}}
+        # Straight to the loggers: self.log would keep a round's values only on a log_every_n_steps step.
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
+        return record
+
+    def run_records(self):
+        return {"relabeling.json": self.relabel_history}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["smiler"] = {"rounds_done": self.rounds_done, "history": self.relabel_history,
+                                "pseudo": {case: v.cpu() for case, v in self.pseudo.items()}}
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("smiler", {})
+        self.rounds_done = state.get("rounds_done", 0)
+        self.relabel_history = list(state.get("history", []))
+        self.pseudo = dict(state.get("pseudo", {}))
