@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train and evaluate one method at one labeled fraction and draw")
     p.add_argument("--method", default="supervised", help="registered method name (see `ssl-bench methods`)")
-    p.add_argument("--data", default="hippocampus", help="experiments/data/<name>.yaml (hippocampus, synthetic)")
+    p.add_argument("--data", default="hippocampus", help="experiments/data/<name>.yaml (hippocampus, synthetic, synthetic_multiorgan)")
     p.add_argument("--force", action="store_true", help="start over even if the run folder holds a finished run")
     p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. data.fraction=0.1 "
                    "trainer.max_steps=200 optim.lr=3e-4")
