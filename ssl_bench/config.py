@@ -147,6 +147,38 @@ class SmilerConfig(SmileConfig):
 
 
 @dataclass
+class AdversarialConfig(MethodConfig):
+    """Adversarial learning on probability maps (Zhang et al. 2017 DAN; Hung et al. 2018): defaults are Hung
+    et al.'s semi-supervised setting, as METHODS.md lists them. The weights are constant (no λ(t) ramp):
+    Hung et al. delay the self-training term instead (semi_start_fraction)."""
+    # Segmenter's BCE(D(p), 1) on labeled and on unlabeled images (Hung et al.: λ_adv = 0.001).
+    lambda_adv_labeled: float = 0.001
+    lambda_adv_unlabeled: float = 0.001
+    # Confidence-masked self-training CE on unlabeled images (Hung et al.: λ_semi = 0.1, T_semi = 0.2).
+    lambda_semi: float = 0.1
+    semi_threshold: float = 0.2
+    # Self-training starts after this fraction of trainer.max_steps (METHODS.md: 5% of the run).
+    semi_start_fraction: float = 0.05
+    # D: Adam, lr 1e-4, betas (0.9, 0.99); four stride-2 convolutions of 64-512 channels (Hung et al.).
+    discriminator_lr: float = 1e-4
+    discriminator_betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    discriminator_channels: List[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    # Hung et al. feed D the probability map only; Zhang et al.'s DAN concatenates the image.
+    discriminator_with_image: bool = False
+
+
+@dataclass
+class CoTrainingConfig(SemiSupervisedConfig):
+    """Uncertainty-aware multi-view co-training (UMCT, Xia et al. 2020), with the protocol's λ(t) ramp."""
+    # Views = cyclic permutations of the spatial axes; None: one per spatial axis (3D: 3, 2D: 2), as UMCT.
+    views: Optional[int] = None
+    # MC-dropout passes per view for the confidence (UMCT: Bayesian via MC dropout; K = 8 as UA-MT here).
+    mc_passes: int = 8
+    # Keeps the confidence 1/(variance + ε) finite where all passes agree exactly.
+    variance_epsilon: float = 1e-6
+
+
+@dataclass
 class OptimConfig:
     # AdamW (Loshchilov & Hutter 2019).
     lr: float = 2e-3
@@ -294,6 +326,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.logging.wandb_mode in ("offline", "online", "disabled"), "logging.wandb_mode",
          "must be offline, online or disabled")
     _validate_method(cfg.method, need)
+    _validate_views(cfg, need)
 
 
 def _validate_method(m, need) -> None:
@@ -314,6 +347,26 @@ def _validate_method(m, need) -> None:
     check("relabel_rounds", lambda v: v >= 1, "must be >= 1")
     check("gamma_max", lambda v: 0 < v <= 1, "must be in (0, 1]")
     check("smile_phase_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    for weight in ("lambda_adv_labeled", "lambda_adv_unlabeled", "lambda_semi"):
+        check(weight, lambda v: v >= 0, "must be >= 0")
+    check("semi_threshold", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    check("semi_start_fraction", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    check("discriminator_lr", lambda v: v > 0, "must be > 0")
+    check("discriminator_betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two values in [0, 1)")
+    check("discriminator_channels", lambda v: len(v) >= 1 and all(c >= 1 for c in v), "must be >= 1 channel counts")
+    check("variance_epsilon", lambda v: v > 0, "must be > 0")
+
+
+def _validate_views(cfg, need) -> None:
+    """co_training: the number of views, and the dropout its MC passes need."""
+    m, dims = cfg.method, cfg.data.spatial_dims
+    if "views" not in m:
+        return
+    if m.views is not None:
+        need(2 <= m.views <= dims, "method.views", f"must be in [2, data.spatial_dims={dims}], got {m.views}")
+    need(m.mc_passes == 1 or cfg.model.dropout > 0, "model.dropout",
+         "co_training's confidence is MC dropout (Xia et al. 2020): with method.mc_passes > 1 set model.dropout > 0 "
+         "(experiments/method/co_training.yaml sets 0.1), or method.mc_passes=1 for an unweighted average of views")
 
 
 def data_root(cfg: DictConfig) -> Optional[Path]:

@@ -7,7 +7,7 @@ in advance, so the ratio is the price of everything around the arithmetic. The b
 before and after the stack and its mean is used, so drifting machine load hits both sides alike.
 
 Part 2, every method: seconds per step through the same stack, relative to supervised and to the
-method's analytic minimum (its network passes and one optimizer step, timed alone).
+method's analytic minimum (its network passes and one step of each optimizer, timed alone).
 """
 
 from __future__ import annotations
@@ -95,33 +95,45 @@ def bare_steps_per_second(cfg, warmup: int, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def _recorded_passes(module, batch) -> List[Tuple[str, int, bool]]:
-    """The network passes one training step makes: (network, batch size, with gradients)."""
-    passes: List[Tuple[str, int, bool]] = []
+Pass = Tuple[str, Tuple[int, ...], bool]  # (network, input shape, with gradients)
+
+
+def _recorded_passes(module, batch) -> List[Pass]:
+    """The network passes one training step makes. A manual-optimization method's step is its pure
+    ``losses(batch)`` (its training_step needs a Trainer to step its optimizers)."""
+    passes: List[Pass] = []
     handles = [net.register_forward_pre_hook(
-        lambda m, args, key=name: passes.append((key, args[0].shape[0], torch.is_grad_enabled())))
-        for name, net in module.evaluation_networks().items()]
+        lambda m, args, key=name: passes.append((key, tuple(args[0].shape), torch.is_grad_enabled())))
+        for name, net in module.training_networks().items()]
     module.log = lambda *args, **kwargs: None  # no trainer here to log into
     try:
-        module.training_step(batch, 0)
+        if module.automatic_optimization:
+            module.training_step(batch, 0)
+        else:
+            module.losses(batch)
     finally:
         for h in handles:
             h.remove()
     return passes
 
 
-def analytic_minimum_seconds(cfg, repeats: int) -> Tuple[float, List[Tuple[str, int, bool]]]:
+def _optimizers(configured) -> list:
+    """The optimizers of a configure_optimizers() result: one config dict, or a list of dicts or optimizers."""
+    items = configured if isinstance(configured, (list, tuple)) else [configured]
+    return [c["optimizer"] if isinstance(c, dict) else c for c in items]
+
+
+def analytic_minimum_seconds(cfg, repeats: int) -> Tuple[float, List[Pass]]:
     """Seconds of the network passes a step of this method must make (forward, plus backward for passes
-    with gradients) and one optimizer step, each timed alone on the bare network: the floor that the
+    with gradients) and one step of each optimizer, each timed alone on the bare network: the floor that the
     method's whole step is compared with. The forward calls themselves are pinned to their analytic
     count by tests/test_methods.py::test_forward_calls_per_training_step."""
     manifest, method_cls, dm = _setup(cfg)
     module = method_cls(cfg, manifest.labels, [c.id for c in manifest.cases]).train()
     batch, _, _ = next(iter(dm.train_dataloader()))
     passes = _recorded_passes(module, batch)
-    networks = module.evaluation_networks()
-    optimizer = module.configure_optimizers()["optimizer"]
-    patch = tuple(cfg.data.patch_size)
+    networks = module.training_networks()
+    optimizers = _optimizers(module.configure_optimizers())
 
     def timed(fn) -> float:
         fn()  # warm-up
@@ -131,15 +143,16 @@ def analytic_minimum_seconds(cfg, repeats: int) -> Tuple[float, List[Tuple[str, 
         return (time.perf_counter() - start) / repeats
 
     total = 0.0
-    for name, size, with_grad in passes:
-        x = torch.randn(size, 1, *patch)
+    for name, shape, with_grad in passes:
+        x = torch.randn(shape)
         net = networks[name]
         if with_grad:
             total += timed(lambda: net(x).sum().backward())
         else:
             with torch.no_grad():
                 total += timed(lambda: net(x))
-    total += timed(optimizer.step)
+    for optimizer in optimizers:
+        total += timed(optimizer.step)
     return total, passes
 
 
@@ -153,12 +166,12 @@ def compare_methods(methods: List[str], data: str, overrides: List[str], warmup:
         rows.append((name, per_step, minimum, passes))
     reference = dict((r[0], r[1]) for r in rows).get("supervised")
     print(f"\nseconds per training step ({steps} timed steps after {warmup} warm-up; analytic minimum = "
-          "the method's network passes and one optimizer step, each timed alone)")
+          "the method's network passes and one step of each optimizer, each timed alone)")
     print(f"  {'method':24s} {'s/step':>8s} {'x supervised':>13s} {'minimum s':>10s} {'overhead':>9s}  passes "
           "(network: batch, g = with gradients)")
     for name, per_step, minimum, passes in rows:
         ratio = f"{per_step / reference:13.2f}" if reference else f"{'-':>13s}"
-        listed = ", ".join(f"{n}:{b}{'g' if g else ''}" for n, b, g in passes)
+        listed = ", ".join(f"{n}:{shape[0]}{'g' if g else ''}" for n, shape, g in passes)
         print(f"  {name:24s} {per_step:8.3f} {ratio} {minimum:10.3f} {per_step / minimum - 1:8.0%}  {listed}")
 
 

@@ -42,8 +42,29 @@ def make_batch(dims=3, seed=0):
             "unlabeled": {"image": torch.randn(shape, generator=g)}}
 
 
-def has_unsupervised_term(module) -> bool:
-    batch, cache = make_batch(), {}
+def training_loss(module, batch) -> torch.Tensor:
+    """The loss that trains the segmentation network(s): training_step's, or, for a manual-optimization method
+    (whose training_step steps its own optimizers and so needs a Trainer), the segmenter loss of the pure
+    ``losses(batch)`` that its training_step minimises."""
+    if module.automatic_optimization:
+        return module.training_step(batch, 0)
+    return module.losses(batch).segmenter
+
+
+# Overrides that switch a method's unsupervised term off and on, at full weight from step 0. By default λ_max;
+# rampup_fraction=0 puts the ramp (λ(t), and UA-MT's threshold) at its final value from step 0.
+UNSUPERVISED_OFF_ON = {
+    "adversarial": (["method.lambda_adv_unlabeled=0", "method.lambda_semi=0"],
+                    ["method.lambda_adv_unlabeled=1", "method.lambda_semi=1", "method.semi_start_fraction=0",
+                     "method.semi_threshold=0"]),
+}
+DEFAULT_OFF_ON = (["method.lambda_max=0", "method.rampup_fraction=0"], ["method.lambda_max=1", "method.rampup_fraction=0"])
+
+
+def has_unsupervised_term(name) -> bool:
+    if name in UNSUPERVISED_OFF_ON:
+        return True
+    module, batch, cache = build(name), make_batch(), {}
     module.supervised_loss(batch["labeled"], cache)
     return module.unsupervised_loss(batch, cache) is not None
 
@@ -53,7 +74,9 @@ def has_unsupervised_term(module) -> bool:
 def test_loss_is_finite_and_its_gradient_reaches_every_trainable_parameter_only(name, dims):
     torch.manual_seed(0)
     module = build(name, *DIMS_AND_MODEL[dims], dims=dims)
-    loss = module.training_step(make_batch(dims), 0)
+    if not module.automatic_optimization:
+        return check_manual_optimization_gradients(module, make_batch(dims))
+    loss = training_loss(module, make_batch(dims))
     assert torch.isfinite(loss)
     loss.backward()
     trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
@@ -62,19 +85,35 @@ def test_loss_is_finite_and_its_gradient_reaches_every_trainable_parameter_only(
     assert [n for n, p in module.named_parameters() if not p.requires_grad and p.grad is not None] == []
 
 
+def check_manual_optimization_gradients(module, batch):
+    """Each optimizer's loss is finite and reaches every parameter of that optimizer and none of the others'
+    (adversarial: the segmenter's adversarial terms must not train D, nor D's loss the segmenter)."""
+    losses = module.losses(batch)
+    optimizers = [c["optimizer"] if isinstance(c, dict) else c for c in module.configure_optimizers()]
+    groups = [{id(p) for g in opt.param_groups for p in g["params"]} for opt in optimizers]
+    assert {id(p) for p in module.parameters()} == set().union(*groups)
+    for loss, mine in zip([losses.segmenter, losses.discriminator], groups, strict=True):
+        module.zero_grad(set_to_none=True)
+        assert torch.isfinite(loss)
+        loss.backward(retain_graph=True)
+        reached = {id(p) for p in module.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert reached == mine
+        assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
+
+
 @pytest.mark.parametrize("name", method_names())
 def test_unsupervised_term_changes_the_student_gradient(name):
-    if not has_unsupervised_term(build(name)):
+    if not has_unsupervised_term(name):
         pytest.skip(f"{name} has no unsupervised term")
 
-    def student_gradient(lambda_max):
+    def student_gradient(overrides):
         torch.manual_seed(0)  # same init, noise, dropout and transforms for both weights
-        # rampup_fraction=0 puts the ramp (λ(t), and UA-MT's threshold) at its final value from step 0.
-        module = build(name, f"method.lambda_max={lambda_max}", "method.rampup_fraction=0", "model.dropout=0.1")
-        module.training_step(make_batch(), 0).backward()
+        module = build(name, *overrides, "model.dropout=0.1")
+        training_loss(module, make_batch()).backward()
         return parameters_to_vector(p.grad for p in module.net.parameters())
 
-    without, with_term = student_gradient(0.0), student_gradient(1.0)
+    off, on = UNSUPERVISED_OFF_ON.get(name, DEFAULT_OFF_ON)
+    without, with_term = student_gradient(off), student_gradient(on)
     assert torch.isfinite(with_term).all()
     assert (with_term - without).abs().max() > 1e-6 * without.abs().max()
 
@@ -90,17 +129,26 @@ FORWARD_CALLS = {
     "transform_consistency": {"student": [BATCH_SIZE, 2 * BATCH_SIZE]},
     "smile": {"student": [BATCH_SIZE]},
     "smiler": {"student": [BATCH_SIZE]},  # relabeling rounds predict whole volumes, a few times per run
+    # Segmenter on L + U; D on the L + U predictions (for the segmenter), then on them detached + L ground truths.
+    "adversarial": {"student": [2 * BATCH_SIZE], "discriminator": [2 * BATCH_SIZE, 3 * BATCH_SIZE]},
+    # Each of the 3 views (3D): L supervised, U with gradients, then the other K - 1 MC passes over U without.
+    "co_training": {f"view{k}": [BATCH_SIZE, BATCH_SIZE, (MC_PASSES - 1) * BATCH_SIZE] for k in range(3)},
 }
+MC_METHODS = ["ua_mt", "co_training"]
+
+
+def test_every_method_has_its_forward_calls():
+    assert sorted(FORWARD_CALLS) == method_names()
 
 
 @pytest.mark.parametrize("name", sorted(FORWARD_CALLS))
 def test_forward_calls_per_training_step(name):
-    module = build(name, *([f"method.mc_passes={MC_PASSES}"] if name == "ua_mt" else []))
+    module = build(name, *([f"method.mc_passes={MC_PASSES}"] if name in MC_METHODS else []))
     calls = {}
-    for network_name, network in module.evaluation_networks().items():
+    for network_name, network in module.training_networks().items():
         network.register_forward_pre_hook(lambda m, args, key=network_name: calls.setdefault(key, []).append(
             args[0].shape[0]))
-    module.training_step(make_batch(), 0)
+    training_loss(module, make_batch())
     assert calls == FORWARD_CALLS[name]
 
 
@@ -123,6 +171,8 @@ def test_a_few_steps_end_to_end_through_the_cli(name, tmp_path, synthetic_cache)
     assert metrics["primary"]["model"] == primary and math.isfinite(metrics["primary"]["dice_mean"])
     if name in TEACHER_METHODS:
         assert set(metrics["results"]["last"]) == {"student", "teacher"} and primary == "teacher"
+    if name == "co_training":
+        assert set(metrics["results"]["last"]) == {"ensemble", "view0", "view1", "view2"} and primary == "ensemble"
 
 
 # ---- EMA teacher (mean_teacher, ua_mt) ------------------------------------------------------------------

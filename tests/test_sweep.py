@@ -15,7 +15,7 @@ import yaml
 
 from ssl_bench.cli import main
 from ssl_bench.config import ConfigError
-from ssl_bench.registry import method_names
+from ssl_bench.registry import get_method, method_names
 from ssl_bench.sweep import load_sweep, run_sweep
 from conftest import PROJECT_ROOT
 from test_train_e2e import TINY
@@ -56,9 +56,10 @@ def smoke_runs(tmp_path_factory, synthetic_cache):
     return runs
 
 
-def test_hippocampus_sweep_is_every_method_by_fraction_by_draw_plus_full_supervision():
+def test_hippocampus_sweep_is_every_semi_supervised_method_by_fraction_by_draw_plus_full_supervision():
     sweep = load_sweep(SWEEPS / "hippocampus.yaml")
-    expected = {(m, f, d) for m in method_names() for f in (0.05, 0.1, 0.2) for d in (0, 1, 2)}
+    methods = ["supervised"] + [m for m in method_names() if get_method(m).uses_unlabeled]
+    expected = {(m, f, d) for m in methods for f in (0.05, 0.1, 0.2) for d in (0, 1, 2)}
     expected |= {("supervised", 1.0, d) for d in (0, 1, 2)}
     cells = [(c.method, c.fraction, c.draw) for c in sweep.cells]
     assert len(cells) == len(expected) and set(cells) == expected

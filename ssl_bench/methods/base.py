@@ -5,8 +5,13 @@ A method subclasses ``SegmentationMethod``, registers itself, and overrides what
 - ``unsupervised_loss(batch, cache)``: the method's extra term; the base adds
   ``unsupervised_weight() * unsupervised_loss`` (λ_max · sigmoid ramp-up) to the supervised loss;
 - ``supervised_loss(labeled, cache)`` where the supervised term differs (e.g. partial labels);
-- ``evaluation_networks()`` to evaluate more than the student (e.g. an EMA teacher);
+- ``evaluation_networks()`` to evaluate more than the student (e.g. an EMA teacher), and
+  ``training_networks()`` where a step runs networks that are not evaluated (e.g. a discriminator);
 - ``decode(logits)`` where predictions are not a softmax argmax.
+
+A method that steps its own optimizers (manual optimization, e.g. adversarial) is the only kind that
+overrides ``training_step``; it puts everything but the optimizer steps into a pure ``losses(batch)``,
+which tests and ``make perf`` call without a Trainer.
 
 ``cache`` is a per-step dict in which the supervised pass leaves its outputs (e.g. the student's
 logits on the labeled batch) so a method never recomputes a forward pass it already paid for.
@@ -81,6 +86,10 @@ class SegmentationMethod(pl.LightningModule):
     def evaluation_networks(self) -> Dict[str, nn.Module]:
         return {"student": self.net}
 
+    def training_networks(self) -> Dict[str, nn.Module]:
+        """The networks a training step runs (what ``make perf`` and the forward-count tests record)."""
+        return self.evaluation_networks()
+
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (B, C, ...) to a label map (B, ...)."""
         return logits.argmax(dim=1)
@@ -108,9 +117,18 @@ class SegmentationMethod(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        o = self.cfg.optim
         params = [p for p in self.parameters() if p.requires_grad]
+        return self.optimizer_with_schedule(params)
+
+    def optimizer_with_schedule(self, params) -> dict:
+        """The protocol's optimizer (AdamW) over ``params`` with its per-step schedule, as Lightning takes it."""
+        o = self.cfg.optim
         optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_schedule(optimizer), "interval": "step"}}
+
+    def lr_schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        """Linear warm-up, then poly / cosine / constant decay over trainer.max_steps (optim section)."""
+        o = self.cfg.optim
         total, warmup = self.cfg.trainer.max_steps, min(o.warmup_steps, self.cfg.trainer.max_steps - 1)
 
         def factor(step: int) -> float:
@@ -123,8 +141,7 @@ class SegmentationMethod(pl.LightningModule):
                 return 0.5 * (1.0 + math.cos(math.pi * progress))
             return 1.0
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     # ---- inference -------------------------------------------------------------------------------
     def predict_logits(self, net: nn.Module, image: torch.Tensor) -> torch.Tensor:

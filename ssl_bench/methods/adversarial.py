@@ -1,0 +1,130 @@
+"""adversarial: a segmenter against a fully convolutional discriminator (Zhang et al. 2017 DAN; Hung et al.
+2018), as METHODS.md defines it.
+
+D (ssl_bench/nets/discriminator.py) learns one-hot ground truth (real) against the segmenter's probability
+maps of labeled and unlabeled images (fake, detached). The segmenter minimises
+L_sup + λ_adv,l·BCE(D(p(x)), 1) + λ_adv,u·BCE(D(p(u)), 1) + λ_semi·CE(p(u), argmax p(u)) on the voxels where
+D(p(u)) > τ_semi, the last term only after semi_start_fraction of the run. D's weights enter the segmenter's
+loss detached, so the segmenter's adversarial terms never train D. Logged: both losses, D's accuracy on
+real and fake voxels, and the fraction of unlabeled voxels passing τ_semi.
+
+Two optimizers, manual optimization: the segmenter's is the protocol's AdamW + schedule; D's is Adam with
+Hung et al.'s lr and betas under the same schedule (Hung et al. decay both with the same poly rule).
+global_step counts segmenter steps only, so max_steps and the schedules mean what they mean elsewhere.
+
+Forwards per step: segmenter L + U (one batched call, with gradients); D 2 calls: L + U predictions with
+gradients to the segmenter only, then L + U detached predictions and L ground truths for its own loss.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ssl_bench.config import AdversarialConfig
+from ssl_bench.losses.adversarial import (confidence_mask, discriminator_accuracy, discriminator_loss, fool_loss,
+                                          masked_self_training_loss)
+from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.nets.discriminator import Discriminator
+from ssl_bench.registry import register_method
+
+
+class AdversarialLosses(NamedTuple):
+    segmenter: torch.Tensor       # what the segmenter's optimizer minimises
+    discriminator: torch.Tensor   # what D's optimizer minimises
+    supervised: torch.Tensor
+    adversarial: torch.Tensor     # λ-weighted sum of both fool terms
+    self_training: torch.Tensor   # unweighted masked CE (0 before the start)
+    confident_fraction: torch.Tensor
+    accuracy_real: torch.Tensor
+    accuracy_fake: torch.Tensor
+
+
+LOGGED = {"segmenter": "train/loss", "discriminator": "train/loss_discriminator", "supervised": "train/loss_sup",
+          "adversarial": "train/loss_adv", "self_training": "train/loss_semi",
+          "confident_fraction": "train/confident_fraction", "accuracy_real": "train/d_accuracy_real",
+          "accuracy_fake": "train/d_accuracy_fake"}
+
+
+@register_method("adversarial")
+class Adversarial(SegmentationMethod):
+    config_class = AdversarialConfig
+    uses_unlabeled = True
+
+    def __init__(self, cfg, class_names, case_ids):
+        super().__init__(cfg, class_names, case_ids)
+        self.automatic_optimization = False
+        m = cfg.method
+        in_channels = self.num_classes + (1 if m.discriminator_with_image else 0)
+        self.discriminator = Discriminator(cfg.data.spatial_dims, in_channels, m.discriminator_channels)
+
+    def training_networks(self):
+        return {"student": self.net, "discriminator": self.discriminator}
+
+    def configure_optimizers(self):
+        m = self.cfg.method
+        discriminator = torch.optim.Adam(self.discriminator.parameters(), lr=m.discriminator_lr,
+                                         betas=tuple(m.discriminator_betas))
+        return [self.optimizer_with_schedule(self.net.parameters()),
+                {"optimizer": discriminator, "lr_scheduler": {"scheduler": self.lr_schedule(discriminator),
+                                                              "interval": "step"}}]
+
+    def discriminate(self, probs: torch.Tensor, images: torch.Tensor, train_discriminator: bool) -> torch.Tensor:
+        inputs = torch.cat([probs, images], dim=1) if self.cfg.method.discriminator_with_image else probs
+        if train_discriminator:
+            return self.discriminator(inputs)
+        # D's weights detached: gradients reach the input (the segmenter) but never D.
+        frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+        return functional_call(self.discriminator, frozen, (inputs,))
+
+    def self_training_active(self) -> bool:
+        return self.global_step >= self.cfg.method.semi_start_fraction * self.cfg.trainer.max_steps
+
+    def losses(self, batch) -> AdversarialLosses:
+        """Both losses of one step (no optimizer involved): the pure part of training_step."""
+        m = self.cfg.method
+        labeled, unlabeled = batch["labeled"], batch["unlabeled"]
+        n_labeled = labeled["image"].shape[0]
+        # Plain tensors: slicing a concatenation of MONAI MetaTensors trips over their per-sample metadata.
+        images = torch.cat([labeled["image"], unlabeled["image"]]).as_subclass(torch.Tensor)
+        labels = labeled["label"].as_subclass(torch.Tensor)
+        logits = self.net(images)
+        probs = logits.softmax(dim=1)
+        supervised = self.dice_ce(logits[:n_labeled], labels)
+        fake = self.discriminate(probs, images, train_discriminator=False)
+        adversarial = (m.lambda_adv_labeled * fool_loss(fake[:n_labeled])
+                       + m.lambda_adv_unlabeled * fool_loss(fake[n_labeled:]))
+        confident = confidence_mask(fake[n_labeled:], m.semi_threshold)
+        self_training = (masked_self_training_loss(logits[n_labeled:], confident) if self.self_training_active()
+                         else logits.new_zeros(()))
+        segmenter = supervised + adversarial + m.lambda_semi * self_training
+
+        one_hot = F.one_hot(labels[:, 0].long(), self.num_classes).movedim(-1, 1).to(probs.dtype)
+        d_logits = self.discriminate(torch.cat([probs.detach(), one_hot]),
+                                     torch.cat([images, images[:n_labeled]]), train_discriminator=True)
+        d_fake, d_real = d_logits[:images.shape[0]], d_logits[images.shape[0]:]
+        return AdversarialLosses(segmenter, discriminator_loss(d_fake, d_real), supervised, adversarial,
+                                 self_training, confident.float().mean(), discriminator_accuracy(d_real, True),
+                                 discriminator_accuracy(d_fake, False))
+
+    def training_step(self, batch, batch_idx):
+        segmenter_opt, discriminator_opt = self.optimizers()
+        losses = self.losses(batch)
+        segmenter_opt.zero_grad()
+        discriminator_opt.zero_grad()
+        # One backward for both: their gradients are disjoint (see discriminate and the detached predictions),
+        # so this equals two backwards, and DDP sees one backward per forward.
+        self.manual_backward(losses.segmenter + losses.discriminator)
+        segmenter_opt.step()
+        # Through the strategy (precision plugins included) but not Lightning's step counter, which then
+        # counts segmenter steps only.
+        self.trainer.strategy.optimizer_step(discriminator_opt.optimizer, closure=lambda: None, model=self)
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
+        batch_size = batch["labeled"]["image"].shape[0]
+        for field, key in LOGGED.items():
+            self.log(key, getattr(losses, field), batch_size=batch_size, prog_bar=key == "train/loss")
+        return losses.segmenter.detach()

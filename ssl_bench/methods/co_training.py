@@ -1,0 +1,75 @@
+"""co_training: uncertainty-aware multi-view co-training (UMCT, Xia et al. 2020), as METHODS.md defines it.
+
+V views of each image by cyclic permutation of its spatial axes (3D: three orientations; 2D: the transpose;
+ssl_bench/utils/views.py), one network per view from the shared backbone factory, each wrapped to take and
+give tensors in the common orientation (ssl_bench/nets/multiview.py). Supervised: DiceCE of every view on
+the labeled images, averaged over views. Unsupervised: each view makes K MC-dropout passes over the
+unlabeled images (its one pass with gradients, detached, plus K - 1 without); its mean p̄_v and confidence
+w_v = 1 / predictive variance per voxel give view v the pseudo-label Σ_{j≠v} w_j p̄_j / Σ_{j≠v} w_j, and the
+loss is the mean over views of the soft CE(pred_v, pseudo_{-v}) (ssl_bench/losses/co_training.py), weighted
+by the protocol's λ(t). MC dropout needs model.dropout > 0 (checked by the config; co_training.yaml sets it).
+Inference ensembles the views (mean softmax, the primary model "ensemble"); each view is evaluated too.
+
+Cost, reported not hidden: a step runs V networks, each L + U images with gradients and (K - 1)·U without,
+so it costs about V supervised steps plus V·(K - 1)·U forwards (make perf prints it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssl_bench.config import CoTrainingConfig
+from ssl_bench.losses.co_training import leave_one_out_pseudo_labels, mc_mean_and_confidence, soft_cross_entropy
+from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.nets.multiview import OrientedNetwork, ViewEnsemble
+from ssl_bench.registry import register_method
+from ssl_bench.utils.views import view_permutations
+
+
+@register_method("co_training")
+class CoTraining(SegmentationMethod):
+    config_class = CoTrainingConfig
+    uses_unlabeled = True
+
+    def build_network(self) -> ViewEnsemble:
+        dims = self.cfg.data.spatial_dims
+        permutations = view_permutations(dims, self.cfg.method.views or dims)
+        build_backbone = super().build_network  # the shared factory, called once per view
+        return ViewEnsemble([OrientedNetwork(build_backbone(), p) for p in permutations])
+
+    def view_networks(self):
+        return {f"view{k}": view for k, view in enumerate(self.net.views)}
+
+    def evaluation_networks(self):
+        return {"ensemble": self.net, **self.view_networks()}
+
+    def training_networks(self):
+        return self.view_networks()
+
+    def supervised_loss(self, labeled, cache):
+        losses = [self.dice_ce(view(labeled["image"]), labeled["label"]) for view in self.net.views]
+        return torch.stack(losses).mean()
+
+    def mc_passes(self, view, images: torch.Tensor):
+        """The view's logits with gradients, and K softmax samples: those logits detached and K - 1 more passes."""
+        passes = self.cfg.method.mc_passes
+        logits = view(images)
+        samples = [logits.detach().softmax(dim=1)]
+        if passes > 1:
+            with torch.no_grad():
+                samples += view(torch.cat([images] * (passes - 1))).softmax(dim=1).chunk(passes - 1)
+        return logits, torch.stack(samples)
+
+    def unsupervised_loss(self, batch, cache):
+        # A plain tensor: chunking MONAI MetaTensors trips over their per-sample metadata.
+        images = batch["unlabeled"]["image"].as_subclass(torch.Tensor)
+        logits, means, confidences = [], [], []
+        for view in self.net.views:
+            view_logits, samples = self.mc_passes(view, images)
+            mean, confidence = mc_mean_and_confidence(samples, self.cfg.method.variance_epsilon)
+            logits.append(view_logits)
+            means.append(mean)
+            confidences.append(confidence)
+        targets = leave_one_out_pseudo_labels(torch.stack(means), torch.stack(confidences))
+        self.log("train/mean_confidence", torch.stack(confidences).mean(), batch_size=images.shape[0])
+        return torch.stack([soft_cross_entropy(lg, t) for lg, t in zip(logits, targets)]).mean()
