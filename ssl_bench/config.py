@@ -77,6 +77,9 @@ class ModelConfig:
     num_res_units: int = 2
     norm: str = "instance"
     dropout: float = 0.0
+    # A backbone checkpoint (ssl_bench/nets/pretrained.py) loaded into the network before training, e.g. a
+    # contrastive pretraining's checkpoints/backbone.pt; None: random initialisation.
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -176,6 +179,34 @@ class CoTrainingConfig(SemiSupervisedConfig):
     mc_passes: int = 8
     # Keeps the confidence 1/(variance + ε) finite where all passes agree exactly.
     variance_epsilon: float = 1e-6
+
+
+@dataclass
+class ContrastiveConfig(MethodConfig):
+    """Global and local contrastive pretraining (Chaitanya et al., NeurIPS 2020), then fine-tuning on the
+    labeled cases. The pretraining runs once per dataset and draw on every training-pool image, no labels."""
+    # Pretraining iterations, a budget of its own reported separately; None: trainer.max_steps, the same
+    # iterations as every method's training (Chaitanya et al. pretrain 10000).
+    pretrain_steps: Optional[int] = None
+    # Volumes per pretraining batch, each giving one crop per partition, each crop in two augmentations.
+    pretrain_volumes: int = 4
+    # Partitions of the volume's main axis (data.slice_axis); Chaitanya et al.: 4.
+    partitions: int = 4
+    # 3D: the crops' extent along the main axis (a slab, so that partitions differ: a hippocampus patch is as
+    # long as the volume); None: patch_size along that axis / partitions, rounded down to a multiple of the
+    # network's total stride (at least one stride). 2D crops are slices of their partition.
+    slab_thickness: Optional[int] = None
+    # NT-Xent temperature of the global and of the local loss (Chaitanya et al.: 0.1 for both).
+    temperature: float = 0.1
+    local_temperature: float = 0.1
+    # Output size of the projection heads (Chaitanya et al.: 128).
+    projection_dim: int = 128
+    # Local regions: a local_grid^dims grid of cells over the decoder feature map, each its mean feature.
+    local_grid: int = 4
+    # Pretraining loss = global + local_weight · local.
+    local_weight: float = 1.0
+    # Probability of flipping each spatial axis in a pretraining augmentation (then a random 90° rotation).
+    flip_prob: float = 0.5
 
 
 @dataclass
@@ -355,6 +386,15 @@ def _validate_method(m, need) -> None:
     check("discriminator_betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two values in [0, 1)")
     check("discriminator_channels", lambda v: len(v) >= 1 and all(c >= 1 for c in v), "must be >= 1 channel counts")
     check("variance_epsilon", lambda v: v > 0, "must be > 0")
+    check("pretrain_steps", lambda v: v is None or v >= 1, "must be >= 1 (or null: trainer.max_steps)")
+    check("pretrain_volumes", lambda v: v >= 2, "must be >= 2 (positives across volumes, Chaitanya et al.)")
+    check("partitions", lambda v: v >= 1, "must be >= 1")
+    check("slab_thickness", lambda v: v is None or v >= 1, "must be >= 1 (or null: derived from the patch)")
+    check("temperature", lambda v: v > 0, "must be > 0")
+    check("local_temperature", lambda v: v > 0, "must be > 0")
+    check("projection_dim", lambda v: v >= 1, "must be >= 1")
+    check("local_grid", lambda v: v >= 2, "must be >= 2 (a region needs other regions as negatives)")
+    check("local_weight", lambda v: v >= 0, "must be >= 0")
 
 
 def _validate_views(cfg, need) -> None:
@@ -385,6 +425,12 @@ def run_dir(cfg: DictConfig) -> Path:
     """runs/<dataset>/<method>[-<tag>]/frac<f>/draw<d>/"""
     method = cfg.method.name + (f"-{cfg.run.tag}" if cfg.run.tag else "")
     return Path(cfg.run.runs_dir) / cfg.data.name / method / f"frac{float(cfg.data.fraction)}" / f"draw{cfg.data.draw}"
+
+
+def pretrain_run_dir(cfg: DictConfig, stage: str) -> Path:
+    """runs/<dataset>/<stage>[-<tag>]/draw<d>/: a stage shared by every fraction of one draw (no fraction)."""
+    name = stage + (f"-{cfg.run.tag}" if cfg.run.tag else "")
+    return Path(cfg.run.runs_dir) / cfg.data.name / name / f"draw{cfg.data.draw}"
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -24,7 +24,8 @@ Cells run draw by draw (then by extra-axis value, fraction and method), so the f
 first. Work shared by several cells (e.g. contrastive pretraining per dataset and draw, METHODS.md) is
 an ordinary run that the method's train() produces on first use and reuses afterwards; with the local
 launcher the cells of a draw run one after another, so it is done once. Under ``launcher: slurm`` cells
-run in parallel; a method with such a prerequisite would need it submitted first as a cell of its own.
+run in parallel: the first cell of a draw to reach the contrastive pretraining runs it while the draw's other
+contrastive cells wait on a file lock in its folder, then reuse it (on a filesystem with working flock).
 """
 
 from __future__ import annotations

@@ -151,6 +151,9 @@ def format_summary(metrics: dict) -> str:
     lines.append(f"* primary result (last checkpoint{', ' + primary['model'] if len(metrics['results']['last']) > 1 else ''}). "
                  f"{metrics['steps']} steps, {metrics['seconds_per_step']:.3f} s/step, "
                  f"wall {metrics['wall_time_s']:.0f} s. Run folder: {metrics['run_dir']}")
+    if "pretrain_steps" in metrics:  # a prerequisite stage (contrastive pretraining), shared by the draw's runs
+        lines.append(f"  pretraining: {metrics['pretrain_steps']} steps, {metrics['pretrain_seconds_per_step']:.3f} "
+                     f"s/step, wall {metrics['pretrain_wall_time_s']:.0f} s. Run folder: {metrics['pretrain_run_dir']}")
     return "\n".join(lines)
 
 
@@ -177,7 +180,6 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     started = time.perf_counter()
     run = run_dir(cfg)
     metrics_path = run / "metrics.json"
-    cfg_yaml = to_yaml(cfg)
     if force and run.exists():
         shutil.rmtree(run)
     if metrics_path.is_file():
@@ -185,10 +187,12 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         print(f"{run}: already finished (use --force to run it again)")
         print(format_summary(metrics))
         return metrics
+    method_cls = get_method(cfg.method.name)
+    cfg, prerequisite_metrics = method_cls.prepare_run(cfg)  # e.g. contrastive pretraining, once per draw
+    cfg_yaml = to_yaml(cfg)
     _check_same_config(run, cfg)
 
     manifest, root = resolve_dataset(cfg)
-    method_cls = get_method(cfg.method.name)
     split = split_pool(manifest.pool, cfg.data.fraction, cfg.data.draw)
     used = split.labeled + (split.unlabeled if method_cls.uses_unlabeled else []) + manifest.validation + manifest.test
     infos = verify_or_raise(manifest, root, used)  # bad data fails here, in seconds, naming every file
@@ -264,6 +268,7 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         "n_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
         "n_parameters_total": count_parameters(module),
         "run_dir": str(run),
+        **prerequisite_metrics,
     }
     metrics["primary"].update(metrics["results"]["last"][cfg.method.primary_model])
     if trainer.is_global_zero:

@@ -133,6 +133,8 @@ FORWARD_CALLS = {
     "adversarial": {"student": [2 * BATCH_SIZE], "discriminator": [2 * BATCH_SIZE, 3 * BATCH_SIZE]},
     # Each of the 3 views (3D): L supervised, U with gradients, then the other K - 1 MC passes over U without.
     "co_training": {f"view{k}": [BATCH_SIZE, BATCH_SIZE, (MC_PASSES - 1) * BATCH_SIZE] for k in range(3)},
+    # Fine-tuning is supervised from a pretrained backbone (the pretraining is a stage of its own, see test_contrastive).
+    "contrastive": {"student": [BATCH_SIZE]},
 }
 MC_METHODS = ["ua_mt", "co_training"]
 

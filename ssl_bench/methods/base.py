@@ -7,7 +7,12 @@ A method subclasses ``SegmentationMethod``, registers itself, and overrides what
 - ``supervised_loss(labeled, cache)`` where the supervised term differs (e.g. partial labels);
 - ``evaluation_networks()`` to evaluate more than the student (e.g. an EMA teacher), and
   ``training_networks()`` where a step runs networks that are not evaluated (e.g. a discriminator);
-- ``decode(logits)`` where predictions are not a softmax argmax.
+- ``decode(logits)`` where predictions are not a softmax argmax;
+- ``prepare_run(cfg)`` (a classmethod) where a run needs work done before it, shared with other runs (e.g.
+  contrastive pretraining, once per dataset and draw).
+
+With ``model.init_from`` set, the network starts from that backbone checkpoint (ssl_bench/nets/pretrained.py),
+loaded before any copy of it (an EMA teacher) is made.
 
 A method that steps its own optimizers (manual optimization, e.g. adversarial) is the only kind that
 overrides ``training_step``; it puts everything but the optimizer steps into a pure ``losses(batch)``,
@@ -20,7 +25,8 @@ logits on the labeled batch) so a method never recomputes a forward pass it alre
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
 import lightning.pytorch as pl
 import torch
@@ -32,6 +38,7 @@ from torchmetrics import CatMetric
 from ssl_bench.config import MethodConfig
 from ssl_bench.evaluation import case_metrics, case_row, nanmean
 from ssl_bench.nets.backbone import Backbone, build_backbone
+from ssl_bench.nets.pretrained import architecture, load_backbone
 from ssl_bench.utils.ramps import sigmoid_rampup
 
 
@@ -51,6 +58,8 @@ class SegmentationMethod(pl.LightningModule):
         self.case_ids = list(case_ids)
         self.num_classes = len(self.class_names)
         self.net = self.build_network()
+        if cfg.model.init_from:
+            load_backbone(self.net, Path(cfg.model.init_from), self.backbone_architecture())
         self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
         # Set by the runner before each trainer.test call: which checkpoint is being evaluated.
         self.checkpoint_tag = "last"
@@ -62,6 +71,16 @@ class SegmentationMethod(pl.LightningModule):
         """The shared backbone (same factory for every method and every extra network)."""
         return build_backbone(self.cfg.model, self.cfg.data.spatial_dims, in_channels=1,
                               out_channels=self.num_classes)
+
+    def backbone_architecture(self) -> dict:
+        """What a backbone checkpoint must match to be loaded into ``self.net``."""
+        return architecture(self.cfg.model, self.cfg.data.spatial_dims, in_channels=1, out_channels=self.num_classes)
+
+    @classmethod
+    def prepare_run(cls, cfg) -> Tuple[object, Dict[str, object]]:
+        """Called by train() before a run starts (or resumes): the run's config, possibly completed (e.g. with
+        ``model.init_from``), and entries for its metrics.json (e.g. a prerequisite stage's cost)."""
+        return cfg, {}
 
     def supervised_loss(self, labeled: dict, cache: dict) -> torch.Tensor:
         logits = self.net(labeled["image"])
