@@ -6,6 +6,10 @@ Run folder ``runs/<dataset>/<method>/frac<f>/draw<d>/`` holds ``config.yaml``, `
 ``per_case.csv`` and ``metrics.json``. ``metrics.json`` is written last and atomically: it is the mark
 of a finished run. Re-running the same command resumes from ``last.ckpt``; a finished run is
 reported and skipped unless ``force``.
+
+Before a run starts, its method's ``prepare_run`` does any work the run depends on and shares with other runs
+(contrastive: the pretraining of the dataset and draw, reused if finished; ssl_bench/pretrain.py) and may
+complete the config (``model.init_from``); its cost goes into metrics.json beside the run's own.
 """
 
 from __future__ import annotations

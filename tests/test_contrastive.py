@@ -57,7 +57,8 @@ def test_nt_xent_matches_a_loop_over_anchors_and_positives():
         positives = [j for j in range(6) if j != i and mask[i, j]]
         denominator = sum(math.exp(zn[i] @ zn[k] / tau) for k in range(6) if k != i)
         if positives:
-            terms.append(sum(-math.log(math.exp(zn[i] @ zn[j] / tau) / denominator) for j in positives) / len(positives))
+            per_positive = [-math.log(math.exp(zn[i] @ zn[j] / tau) / denominator) for j in positives]
+            terms.append(sum(per_positive) / len(per_positive))
     assert nt_xent(z, mask, tau).item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
 
 
@@ -145,7 +146,8 @@ def test_3d_crops_are_slabs_of_the_patch_along_the_main_axis(overrides, expected
 @pytest.mark.parametrize("dims", [3, 2])
 def test_pretraining_loss_is_finite_and_trains_encoder_decoder_and_heads(dims):
     torch.manual_seed(0)
-    cfg = load_config("contrastive", "synthetic", [*TINY, f"data.spatial_dims={dims}", f"data.patch_size={[16] * dims}"])
+    shape = [f"data.spatial_dims={dims}", f"data.patch_size={[16] * dims}"]
+    cfg = load_config("contrastive", "synthetic", [*TINY, *shape])
     module = ContrastivePretraining(cfg, len(CLASS_NAMES))
     volumes = [torch.randn(1, 20, 20, 20) for _ in range(3)]
     batch = PartitionCropBatches(volumes, 2, 4, 2, crop_size(cfg), steps=1, seed=0)[0]
@@ -184,7 +186,8 @@ def test_a_backbone_of_another_architecture_is_a_clear_error(tmp_path):
     other = build("model.channels=[4,8,32]")
     path = tmp_path / "backbone.pt"
     save_backbone(other.net, path, other.backbone_architecture())
-    with pytest.raises(BackboneCheckpointError, match=r"holds a different backbone: model\.channels \[4, 8, 32\] there"):
+    expected = r"holds a different backbone: model\.channels \[4, 8, 32\] there"
+    with pytest.raises(BackboneCheckpointError, match=expected):
         build(f"model.init_from={path}")
 
 
@@ -226,7 +229,13 @@ def test_pretraining_once_per_draw_then_fine_tuning_every_fraction(tmp_path, syn
     def no_pretraining(*args, **kwargs):
         raise AssertionError("pretraining redone")
     monkeypatch.setattr(ContrastivePretraining, "training_step", no_pretraining)
+    # Fine-tuning starts from the pretrained backbone.
+    starts = []
+    monkeypatch.setattr(get_method("contrastive"), "on_train_start",
+                        lambda self: starts.append({k: v.clone() for k, v in self.net.state_dict().items()}))
     assert cli(tmp_path, synthetic_cache, 0.25) == 0
+    pretrained = torch.load(backbone, weights_only=False)["state_dict"]
+    assert len(starts) == 1 and all(torch.equal(v, pretrained[k]) for k, v in starts[0].items())
     for fraction in (0.5, 0.25):
         run = tmp_path / "synthetic" / "contrastive" / f"frac{fraction}" / "draw0"
         metrics = json.loads((run / "metrics.json").read_text())
@@ -240,7 +249,8 @@ def test_pretraining_once_per_draw_then_fine_tuning_every_fraction(tmp_path, syn
 def test_a_changed_pretraining_config_for_the_same_draw_is_an_error(tmp_path, synthetic_cache, capsys):
     assert cli(tmp_path, synthetic_cache, 0.5) == 0
     assert cli(tmp_path, synthetic_cache, 0.25, "method.partitions=2") != 0
-    assert "contrastive_pretrain/draw0 holds a run with a different config (method.partitions" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "contrastive_pretrain/draw0 holds a run with a different config (method.partitions" in error
 
 
 def test_cells_running_at_once_wait_for_one_pretraining(tmp_path):
