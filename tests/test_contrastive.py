@@ -13,7 +13,7 @@ from ssl_bench.data.pretraining import PartitionCropBatches, partition_crop, par
 from ssl_bench.losses.contrastive import (local_contrastive_loss, local_positive_mask, nt_xent,
                                           partition_positive_mask, region_embeddings)
 from ssl_bench.nets.pretrained import BackboneCheckpointError, save_backbone
-from ssl_bench.pretrain import ContrastivePretraining, crop_size
+from ssl_bench.pretrain import ContrastivePretraining, crop_size, pretraining_config
 from ssl_bench.registry import get_method
 from conftest import TINY
 
@@ -204,6 +204,16 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_a_clear_error(tmp_path):
     torch.save(module.net.state_dict(), path)  # a bare state_dict, without the architecture header
     with pytest.raises(BackboneCheckpointError, match="is not a backbone checkpoint"):
         build(f"model.init_from={path}")
+
+
+def test_the_pretraining_config_has_no_fraction_its_own_budget_and_leaves_the_run_config_alone():
+    cfg = load_config("contrastive", "synthetic", ["data.fraction=0.25", "data.partial.alpha=0.5",
+                                                   "trainer.max_steps=7", "model.init_from=/some/backbone.pt"])
+    plain = load_config("contrastive", "synthetic", ["trainer.max_steps=7"])
+    assert pretraining_config(cfg) == pretraining_config(plain)
+    budget = pretraining_config(load_config("contrastive", "synthetic", ["method.pretrain_steps=11"])).trainer.max_steps
+    assert pretraining_config(cfg).trainer.max_steps == 7 and budget == 11
+    assert (cfg.data.fraction, cfg.data.partial.alpha, cfg.model.init_from) == (0.25, 0.5, "/some/backbone.pt")
 
 
 # ---- both stages through the CLI ----------------------------------------------------------------------------
