@@ -15,7 +15,7 @@ import yaml
 
 from ssl_bench.cli import main
 from ssl_bench.config import ConfigError
-from ssl_bench.registry import get_method, method_names
+from ssl_bench.registry import method_names
 from ssl_bench.sweep import load_sweep, run_sweep
 from conftest import PROJECT_ROOT
 from test_train_e2e import TINY
@@ -58,7 +58,8 @@ def smoke_runs(tmp_path_factory, synthetic_cache):
 
 def test_hippocampus_sweep_is_every_semi_supervised_method_by_fraction_by_draw_plus_full_supervision():
     sweep = load_sweep(SWEEPS / "hippocampus.yaml")
-    methods = ["supervised"] + [m for m in method_names() if get_method(m).uses_unlabeled]
+    # Every method but those for partial annotations (their own sweeps): a new method must join or be excluded here.
+    methods = [m for m in method_names() if m not in ("smile", "smiler")]
     expected = {(m, f, d) for m in methods for f in (0.05, 0.1, 0.2) for d in (0, 1, 2)}
     expected |= {("supervised", 1.0, d) for d in (0, 1, 2)}
     cells = [(c.method, c.fraction, c.draw) for c in sweep.cells]
