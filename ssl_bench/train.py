@@ -78,8 +78,12 @@ def _check_same_config(run: Path, cfg: DictConfig) -> None:
     if not saved.is_file():
         return
     old, new = _flat(OmegaConf.to_container(OmegaConf.load(saved))), _flat(OmegaConf.to_container(cfg))
+    # A key added to the schema after the run started (a newer ssl-bench) is no difference while it keeps its
+    # default: defaults are chosen so that they compute what older versions did.
+    schema = _flat(OmegaConf.to_container(OmegaConf.structured(type(OmegaConf.to_object(cfg)))))
     diff = sorted(k for k in old.keys() | new.keys()
-                  if old.get(k) != new.get(k) and not k.startswith(EXECUTION_KEYS))
+                  if old.get(k) != new.get(k) and not k.startswith(EXECUTION_KEYS)
+                  and not (k not in old and k in schema and new.get(k) == schema[k]))
     if diff:
         raise ConfigError(f"{run} holds a run with a different config ({', '.join(diff[:8])} differ): "
                           "use run.tag=<name> for a variant, or --force to start this run over")

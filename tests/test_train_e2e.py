@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from ssl_bench.cli import main
 from ssl_bench.config import load_config, to_yaml
@@ -78,6 +79,22 @@ def test_changed_config_in_same_run_folder_is_refused(tmp_path, synthetic_cache,
     assert main(base) == 2
     err = capsys.readouterr().err
     assert "different config (optim.lr differ)" in err and "run.tag" in err
+
+
+def test_run_started_before_a_config_key_existed_resumes_while_the_key_keeps_its_default(tmp_path, synthetic_cache,
+                                                                                        capsys):
+    """An interrupted run whose config.yaml predates a schema key (written by an older ssl-bench) still resumes;
+    giving the new key another value than its default is a different run."""
+    base = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=2", "trainer.val_every_n_steps=2")
+    run = _run_dir(tmp_path)
+    run.mkdir(parents=True)
+    older = OmegaConf.to_container(load_config("supervised", "synthetic", base[5:]))
+    del older["data"]["partial"], older["model"]["init_from"]  # keys added after the foundation
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(older))
+    assert main(base + ["data.partial.alpha=0.5"]) == 2
+    assert "different config (data.partial.alpha differ)" in capsys.readouterr().err
+    assert main(base) == 0
+    assert (run / "metrics.json").is_file()
     # How a run executes or logs may change between an interruption and its resume.
     resumable = load_config("supervised", "synthetic", base[5:] + ["trainer.enable_progress_bar=true",
                                                                    "logging.wandb_mode=online"])
