@@ -286,6 +286,17 @@ def merge_checked(cfg: DictConfig, other, source: str) -> DictConfig:
         raise ConfigError(f"{source}{where}: {first_line(err)}") from None
 
 
+def flatten_keys(tree: dict, prefix: str = "") -> dict:
+    """A nested dict as {"dotted.key": leaf value}, e.g. to compare two configs key by key."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0]
 

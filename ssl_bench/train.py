@@ -32,7 +32,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_bench.callbacks import ImageOverlays, StepTimer
-from ssl_bench.config import ConfigError, data_root, resolve_project_path, run_dir, to_yaml
+from ssl_bench.config import ConfigError, data_root, flatten_keys, resolve_project_path, run_dir, to_yaml
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
 from ssl_bench.data.partial import partial_annotation_flags
@@ -77,26 +77,16 @@ def _check_same_config(run: Path, cfg: DictConfig) -> None:
     saved = run / "config.yaml"
     if not saved.is_file():
         return
-    old, new = _flat(OmegaConf.to_container(OmegaConf.load(saved))), _flat(OmegaConf.to_container(cfg))
+    old, new = flatten_keys(OmegaConf.to_container(OmegaConf.load(saved))), flatten_keys(OmegaConf.to_container(cfg))
     # A key added to the schema after the run started (a newer ssl-bench) is no difference while it keeps its
     # default: defaults are chosen so that they compute what older versions did.
-    schema = _flat(OmegaConf.to_container(OmegaConf.structured(type(OmegaConf.to_object(cfg)))))
+    schema = flatten_keys(OmegaConf.to_container(OmegaConf.structured(type(OmegaConf.to_object(cfg)))))
     diff = sorted(k for k in old.keys() | new.keys()
                   if old.get(k) != new.get(k) and not k.startswith(EXECUTION_KEYS)
                   and not (k not in old and k in schema and new.get(k) == schema[k]))
     if diff:
         raise ConfigError(f"{run} holds a run with a different config ({', '.join(diff[:8])} differ): "
                           "use run.tag=<name> for a variant, or --force to start this run over")
-
-
-def _flat(tree: dict, prefix: str = "") -> Dict[str, object]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _loggers(cfg: DictConfig, run: Path) -> list:

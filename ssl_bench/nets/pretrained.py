@@ -11,7 +11,7 @@ from typing import Dict
 import torch
 from omegaconf import OmegaConf
 
-from ssl_bench.config import ConfigError
+from ssl_bench.config import ConfigError, flatten_keys
 from ssl_bench.nets.backbone import Backbone
 
 FORMAT = "ssl_bench.backbone/1"
@@ -46,7 +46,7 @@ def load_backbone(net: Backbone, path: Path, arch: Dict[str, object]) -> None:
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise BackboneCheckpointError(f"{path} is not a backbone checkpoint (format {FORMAT})")
     if saved["architecture"] != arch:
-        theirs, ours = _flat(saved["architecture"]), _flat(arch)
+        theirs, ours = flatten_keys(saved["architecture"]), flatten_keys(arch)
         diff = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
         raise BackboneCheckpointError(
             f"{path} holds a different backbone: " + ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here"
@@ -59,12 +59,3 @@ def load_backbone(net: Backbone, path: Path, arch: Dict[str, object]) -> None:
                                       f"unexpected {unexpected}, wrong shape {wrong_shape}")
     net.load_state_dict(state)
 
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
