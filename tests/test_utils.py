@@ -1,6 +1,7 @@
 """Shared utilities of the consistency methods: ramp-up, EMA teacher, input noise, invertible transforms."""
 
 import math
+from functools import partial
 from itertools import chain, combinations
 
 import pytest
@@ -9,7 +10,7 @@ from torch import nn
 
 from ssl_bench.utils.ema import ema_update, frozen_copy
 from ssl_bench.utils.noise import add_clipped_noise
-from ssl_bench.utils.ramps import sigmoid_rampup
+from ssl_bench.utils.ramps import learning_rate_factor, sigmoid_rampup
 from ssl_bench.utils.transforms import FlipRotation, apply_each, random_flip_rotation
 
 
@@ -104,3 +105,17 @@ def test_apply_each_transforms_each_sample_with_its_own_transform():
     out = apply_each(transforms, x)
     assert torch.equal(out[0:1], torch.flip(x[0:1], (2,)))
     assert torch.equal(out[1:2], torch.rot90(x[1:2], 1, (2, 3)))
+
+
+@pytest.mark.parametrize("schedule, halfway", [("poly", 0.5 ** 0.9), ("cosine", 0.5), ("constant", 1.0)])
+def test_learning_rate_factor_warms_up_linearly_then_decays(schedule, halfway):
+    factor = partial(learning_rate_factor, total_steps=110, warmup_steps=10, schedule=schedule, poly_power=0.9)
+    assert [factor(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])  # (step + 1) / warmup
+    assert factor(10) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(halfway)  # half of the 100 steps after warm-up
+    assert factor(110) == pytest.approx(0.0 if schedule != "constant" else 1.0)
+
+
+def test_learning_rate_warmup_is_capped_below_the_budget():
+    # A 5-step run with 50 warm-up steps warms up over 4 steps instead of never reaching the base rate.
+    assert learning_rate_factor(3, total_steps=5, warmup_steps=50, schedule="poly", poly_power=0.9) == pytest.approx(1.0)

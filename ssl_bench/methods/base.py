@@ -24,7 +24,7 @@ logits on the labeled batch) so a method never recomputes a forward pass it alre
 
 from __future__ import annotations
 
-import math
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -39,7 +39,7 @@ from ssl_bench.config import MethodConfig
 from ssl_bench.evaluation import case_metrics, case_row, nanmean
 from ssl_bench.nets.backbone import Backbone, build_backbone
 from ssl_bench.nets.pretrained import architecture, load_backbone
-from ssl_bench.utils.ramps import sigmoid_rampup
+from ssl_bench.utils.ramps import learning_rate_factor, sigmoid_rampup
 
 
 class SegmentationMethod(pl.LightningModule):
@@ -147,19 +147,9 @@ class SegmentationMethod(pl.LightningModule):
 
     def lr_schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         """Linear warm-up, then poly / cosine / constant decay over trainer.max_steps (optim section)."""
-        o = self.cfg.optim
-        total, warmup = self.cfg.trainer.max_steps, min(o.warmup_steps, self.cfg.trainer.max_steps - 1)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            if o.schedule == "poly":
-                return (1.0 - progress) ** o.poly_power
-            if o.schedule == "cosine":
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
-            return 1.0
-
+        o, total = self.cfg.optim, self.cfg.trainer.max_steps
+        factor = partial(learning_rate_factor, total_steps=total, warmup_steps=o.warmup_steps, schedule=o.schedule,
+                         poly_power=o.poly_power)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     # ---- inference -------------------------------------------------------------------------------

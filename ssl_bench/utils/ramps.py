@@ -1,4 +1,4 @@
-"""Ramp-up schedules for unsupervised loss weights."""
+"""Schedules: ramp-up of unsupervised loss weights, and the learning-rate multiplier of the protocol."""
 
 from __future__ import annotations
 
@@ -11,3 +11,17 @@ def sigmoid_rampup(step: float, rampup_steps: float) -> float:
         return 1.0
     phase = 1.0 - min(max(step, 0.0), rampup_steps) / rampup_steps
     return math.exp(-5.0 * phase * phase)
+
+
+def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, poly_power: float) -> float:
+    """Multiplier of the base learning rate at ``step``: linear warm-up over ``warmup_steps`` (at most
+    total_steps - 1), then poly ((1 - progress)^power, nnU-Net), cosine, or constant over the rest."""
+    warmup = min(warmup_steps, total_steps - 1)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    if schedule == "poly":
+        return (1.0 - progress) ** poly_power
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
