@@ -39,6 +39,13 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_diagnose(args) -> int:
+    from ssl_bench.diagnostics import diagnose, format_balance
+    run = Path(args.run_dir)
+    print(format_balance(run, diagnose(run, args.batches, args.overrides)))
+    return 0
+
+
 def _cmd_methods(args) -> int:
     from ssl_bench.registry import method_names
     print("\n".join(method_names()))
@@ -106,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-project", default=LoggingConfig().wandb_project, help="W&B project of the summary run")
     p.add_argument("--no-wandb", action="store_true", help="do not log the summary to W&B")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("diagnose", help="gradient of a run's unsupervised term against its supervised loss")
+    p.add_argument("run_dir", help="a run folder (runs/<dataset>/<method>/frac<f>/draw<d>)")
+    p.add_argument("--batches", type=int, default=8, help="training batches to average over (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. method.lambda_max=1.0")
+    p.set_defaults(func=_cmd_diagnose)
 
     p = sub.add_parser("methods", help="list the registered methods, one per line")
     p.set_defaults(func=_cmd_methods)

@@ -10,6 +10,9 @@ finished exactly when it has one) and its ``per_case.csv``; there is no other st
   paired Wilcoxon signed-rank test against ``supervised`` at the same fraction;
 - ``dice_vs_fraction.png``: Dice against labeled fraction, one line per method, error bars over draws,
   supervised at 100% labels as a horizontal reference;
+- for partial-annotation runs (a sweep axis on ``data.partial.alpha``, folders ``<method>-alpha<a>``), a
+  section of ``summary.md`` with Dice per class against alpha, and ``dice_vs_alpha.png``: one panel per
+  class and their mean, one line per method, the naive baseline (supervised) at alpha 0 as a reference;
 
 and logs the tables and the chart to a W&B run named ``summary`` (offline unless WANDB_MODE says otherwise).
 
@@ -25,6 +28,7 @@ import io
 import json
 import math
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +46,8 @@ CONFIDENCE = 0.95
 CHECKPOINTS = ("last", "best")
 # Inches per dataset panel of the plot.
 PANEL_SIZE = (6.0, 4.5)
+# Panels per row of the Dice-vs-alpha plot (the mean, then one per class, wrapped).
+ALPHA_PANELS_PER_ROW = 3
 
 
 class ReportError(ValueError):
@@ -55,6 +61,7 @@ class Run:
     metrics: dict
     case_dice: Dict[str, float]
     folder: Path
+    alpha: float = 0.0  # data.partial.alpha: the fraction of training cases each structure's annotation is removed from
 
     @property
     def key(self) -> Tuple[str, str, float]:
@@ -102,6 +109,38 @@ class Group:
     vs_reference: Optional[PairedTest]
 
 
+@dataclass
+class AlphaGroup:
+    """A (dataset, fraction, method, alpha) of a partial-annotation sweep over its draws."""
+    dataset: str
+    fraction: float
+    method: str  # the method folder without its alpha tag
+    alpha: float
+    classes: List[str]
+    dice: Estimate
+    class_dice: Dict[str, Estimate]
+    vs_full: Optional[PairedTest]  # against supervised at alpha 0 (every annotation), same fraction
+
+
+def _partial_alpha(metrics: dict, folder: Path) -> float:
+    """metrics.json's partial_alpha; runs written before it was recorded have it in their config.yaml."""
+    if "partial_alpha" in metrics:
+        return float(metrics["partial_alpha"])
+    config = folder / "config.yaml"
+    if not config.is_file():
+        return 0.0
+    from omegaconf import OmegaConf
+    return float(OmegaConf.select(OmegaConf.load(config), "data.partial.alpha", default=0.0))
+
+
+def alpha_line(run: Run) -> Optional[str]:
+    """The method folder without its ``alpha<a>`` tag (a sweep axis on data.partial.alpha), e.g.
+    smile-alpha0.5 -> smile; None for a run that is not part of such a sweep."""
+    parts = run.method.split("-")
+    kept = [p for p in parts if not (re.fullmatch(r"alpha[0-9.]+", p) and float(p[len("alpha"):]) == run.alpha)]
+    return "-".join(kept) if len(kept) < len(parts) else None
+
+
 def load_runs(runs_dir: Path) -> List[Run]:
     runs = []
     for path in sorted(Path(runs_dir).rglob(METRICS_FILE)):
@@ -114,7 +153,7 @@ def load_runs(runs_dir: Path) -> List[Run]:
         with open(per_case, newline="") as f:
             case_dice = {r["case_id"]: float(r["dice_mean"]) for r in csv.DictReader(f)
                          if r["checkpoint"] == primary["checkpoint"] and r["model"] == primary["model"]}
-        runs.append(Run(folder.parents[1].name, metrics, case_dice, folder))
+        runs.append(Run(folder.parents[1].name, metrics, case_dice, folder, _partial_alpha(metrics, folder)))
     if not runs:
         raise ReportError(f"no finished runs (no {METRICS_FILE}) under {runs_dir}")
     return sorted(runs, key=lambda r: (*r.key, r.metrics["draw"]))
@@ -191,6 +230,52 @@ def summarize_groups(runs: List[Run]) -> List[Group]:
     return groups
 
 
+def summarize_alpha(runs: List[Run]) -> List[AlphaGroup]:
+    """Partial-annotation runs grouped by (dataset, fraction, method without its alpha tag, alpha)."""
+    by_key: Dict[Tuple[str, float, str, float], List[Run]] = {}
+    for run in runs:
+        line = alpha_line(run)
+        if line is not None:
+            by_key.setdefault((run.metrics["dataset"], float(run.metrics["fraction"]), line, run.alpha), []).append(run)
+    groups = []
+    for (dataset, fraction, line, alpha), members in sorted(by_key.items()):
+        classes, full = members[0].metrics["classes"], by_key.get((dataset, fraction, REFERENCE_METHOD, 0.0))
+        last = [r.result("last") for r in members]
+        groups.append(AlphaGroup(dataset, fraction, line, alpha, classes,
+                                 dice=estimate(r["dice_mean"] for r in last),
+                                 class_dice={c: estimate(r[f"dice_{c}"] for r in last) for c in classes},
+                                 vs_full=paired_test(members, full) if full and full is not members else None))
+    return groups
+
+
+def _alpha_reference(groups: List[AlphaGroup], dataset: str, fraction: float) -> Optional[AlphaGroup]:
+    """The naive baseline with every annotation: supervised at alpha 0."""
+    return next((g for g in groups if (g.dataset, g.fraction, g.method, g.alpha) == (dataset, fraction, REFERENCE_METHOD, 0.0)), None)
+
+
+def alpha_markdown(groups: List[AlphaGroup]) -> str:
+    lines = []
+    for dataset, fraction in dict.fromkeys((g.dataset, g.fraction) for g in groups):
+        members = sorted((g for g in groups if (g.dataset, g.fraction) == (dataset, fraction)),
+                         key=lambda g: (g.alpha, g.method != REFERENCE_METHOD, g.method))
+        classes, reference = members[0].classes, _alpha_reference(groups, dataset, fraction)
+        versus = f"vs {REFERENCE_METHOD} at alpha 0"
+        header = ["alpha", "method", "draws", "Dice", *(f"Dice {c}" for c in classes), versus]
+        lines += ["", f"## {dataset}: partial annotations (fraction {fraction:g})", "",
+                  "Each structure's annotation removed from alpha of the training cases (`data.partial.alpha`); "
+                  f"`{REFERENCE_METHOD}` is the naive baseline (a removed structure is background). \"{versus}\": "
+                  "difference of mean test Dice from the naive baseline with every annotation, then the median "
+                  "per-case difference and the paired Wilcoxon p-value against it.", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for g in members:
+            delta = f"{g.dice.mean - reference.dice.mean:+.3f}" if reference else "—"
+            if g.vs_full:
+                delta += f" ({_versus(g.vs_full)})"
+            lines.append("| " + " | ".join([f"{g.alpha:g}", g.method, str(g.dice.n), _mean_std(g.dice),
+                                            *(_mean_std(g.class_dice[c]) for c in classes), delta]) + " |")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def _mean_std(e: Estimate, digits: int = 3) -> str:
     return f"{e.mean:.{digits}f}" if e.n < 2 else f"{e.mean:.{digits}f} ± {e.std:.{digits}f}"
 
@@ -256,6 +341,49 @@ def plot_dice_vs_fraction(groups: List[Group], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def plot_dice_vs_alpha(groups: List[AlphaGroup], path: Path) -> Path:
+    """Per (dataset, fraction), panels of ALPHA_PANELS_PER_ROW: the mean over classes, then each class; a line per
+    method with error bars (std over draws); the naive baseline at alpha 0 dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = list(dict.fromkeys((g.dataset, g.fraction) for g in groups))
+    n_panels = {b: 1 + len(next(g for g in groups if (g.dataset, g.fraction) == b).classes) for b in blocks}
+    n_cols = min(ALPHA_PANELS_PER_ROW, max(n_panels.values()))
+    block_rows = [math.ceil(n_panels[b] / n_cols) for b in blocks]
+    fig, axes = plt.subplots(sum(block_rows), n_cols, figsize=(PANEL_SIZE[0] * n_cols, PANEL_SIZE[1] * sum(block_rows)),
+                             squeeze=False)
+    first_row = 0
+    for (dataset, fraction), n_rows in zip(blocks, block_rows):
+        block_axes = list(axes[first_row:first_row + n_rows].flat)
+        first_row += n_rows
+        members = [g for g in groups if (g.dataset, g.fraction) == (dataset, fraction)]
+        classes, reference = members[0].classes, _alpha_reference(groups, dataset, fraction)
+        panels = [("mean over classes", lambda g: g.dice)] + [(c, lambda g, c=c: g.class_dice[c]) for c in classes]
+        for ax, (title, pick) in zip(block_axes, panels):
+            for method in dict.fromkeys(g.method for g in members):
+                points = sorted((g for g in members if g.method == method), key=lambda g: g.alpha)
+                ax.errorbar([g.alpha for g in points], [pick(g).mean for g in points],
+                            yerr=[0.0 if math.isnan(pick(g).std) else pick(g).std for g in points],
+                            marker="o", capsize=3, label=method)
+            if reference:
+                ax.axhline(pick(reference).mean, linestyle="--", color="grey", label=f"{REFERENCE_METHOD}, alpha 0")
+            ax.set(title=f"{dataset}: {title}", xlabel="alpha (share of cases missing each annotation)",
+                   ylabel="test Dice", ylim=(0.0, 1.0))
+            ax.grid(alpha=0.3)
+        block_axes[0].legend(fontsize="small")
+        for ax in block_axes[len(panels):]:
+            ax.set_visible(False)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
     # savefig writes in pieces: write beside the target, then rename, so a kill never leaves half a PNG.
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -281,7 +409,7 @@ def _group_record(g: Group) -> dict:
             **{f"vs_{REFERENCE_METHOD}_{k}": v for k, v in (asdict(test) if test else {}).items()}}
 
 
-def log_to_wandb(rows: List[dict], groups: List[Group], chart: Path, out: Path, project: str) -> None:
+def log_to_wandb(rows: List[dict], groups: List[Group], charts: Dict[str, Path], out: Path, project: str) -> None:
     import wandb
     run = wandb.init(project=project, name="summary", group="summary", job_type="report", dir=str(out),
                      mode=os.environ.get("WANDB_MODE", "offline"))
@@ -291,20 +419,30 @@ def log_to_wandb(rows: List[dict], groups: List[Group], chart: Path, out: Path, 
         return wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in records])
 
     run.log({"runs": table(rows), "summary": table([_group_record(g) for g in groups]),
-             "dice_vs_fraction": wandb.Image(str(chart))})
+             **{name: wandb.Image(str(path)) for name, path in charts.items()}})
     run.finish()
 
 
 def write_report(runs_dir: Path, out: Path, wandb_project: Optional[str] = None) -> Dict[str, Path]:
-    """Writes summary.csv, summary.md and dice_vs_fraction.png into ``out``; logs them to W&B if a project is given."""
+    """Writes summary.csv, summary.md, dice_vs_fraction.png and (for partial-annotation runs) dice_vs_alpha.png
+    into ``out``; logs them to W&B if a project is given."""
     runs_dir, out = Path(runs_dir), Path(out)
     runs = load_runs(runs_dir)
     rows = [summary_row(r) for r in runs]
-    groups = summarize_groups(runs)
+    groups, alpha_groups = summarize_groups(runs), summarize_alpha(runs)
     paths = {"csv": out / "summary.csv", "markdown": out / "summary.md", "plot": out / "dice_vs_fraction.png"}
     atomic_write_text(paths["csv"], _csv_text(rows))
-    atomic_write_text(paths["markdown"], markdown(groups, runs_dir, len(runs)))
-    plot_dice_vs_fraction(groups, paths["plot"])
+    atomic_write_text(paths["markdown"], markdown(groups, runs_dir, len(runs)) + alpha_markdown(alpha_groups))
+    # Partial-annotation variants have their own plot (against alpha); a point each would clutter this one.
+    alpha_variants = {r.method for r in runs if alpha_line(r) is not None}
+    fraction_groups = [g for g in groups if g.method not in alpha_variants]
+    if fraction_groups:
+        plot_dice_vs_fraction(fraction_groups, paths["plot"])
+    else:
+        del paths["plot"]
+    if alpha_groups:
+        paths["alpha_plot"] = plot_dice_vs_alpha(alpha_groups, out / "dice_vs_alpha.png")
     if wandb_project:
-        log_to_wandb(rows, groups, paths["plot"], out, wandb_project)
+        charts = {p.stem: p for key, p in paths.items() if key.endswith("plot")}
+        log_to_wandb(rows, groups, charts, out, wandb_project)
     return paths

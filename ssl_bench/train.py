@@ -255,7 +255,7 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     foreground = manifest.foreground_labels
     metrics = {
         "dataset": cfg.data.name, "method": cfg.method.name, "fraction": cfg.data.fraction, "draw": cfg.data.draw,
-        "classes": foreground, "n_labeled": len(split.labeled), "n_unlabeled": len(split.unlabeled),
+        "partial_alpha": cfg.data.partial.alpha, "classes": foreground, "n_labeled": len(split.labeled), "n_unlabeled": len(split.unlabeled),
         "n_validation": len(manifest.validation), "n_test": len(manifest.test),
         "primary": {"checkpoint": "last", "model": cfg.method.primary_model},
         "results": _results(rows, foreground),

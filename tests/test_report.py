@@ -4,13 +4,14 @@ the plot, the W&B summary run and errors."""
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
 from ssl_bench.cli import main
-from ssl_bench.report import Run, load_runs, summarize_groups, write_report
+from ssl_bench.report import Run, alpha_line, load_runs, summarize_alpha, summarize_groups, write_report
 
 CLASSES = ["a", "b"]
 T_975_ONE_DEGREE_OF_FREEDOM = 12.706204736174707  # Student's t, 97.5% quantile, 1 degree of freedom
@@ -23,8 +24,15 @@ DICE = {
     ("mean_teacher", 0.5, 1): {"c1": (0.74, 0.58), "c2": (0.70, 0.50), "c3": (0.69, math.nan)},
     ("supervised", 1.0, 0): {"c1": (0.90, 0.80), "c2": (0.88, 0.82), "c3": (0.86, 0.78)},
 }
+# A partial-annotation sweep (folders <method>-alpha<a>), per-case Dice by (method, alpha, draw).
+ALPHA_DICE = {
+    ("supervised", 0.0, 0): {"c1": (0.90, 0.80), "c2": (0.86, 0.78)},
+    ("supervised", 0.7, 0): {"c1": (0.40, 0.10), "c2": (0.30, 0.20)},
+    ("smile", 0.7, 0): {"c1": (0.85, 0.60), "c2": (0.80, 0.50)},
+    ("smile", 0.7, 1): {"c1": (0.83, 0.66), "c2": (0.75, 0.55)},
+}
 BEST_OFFSET = -0.01  # the best-on-validation checkpoint scores a little lower in these fakes
-PRIMARY = {"supervised": "student", "mean_teacher": "teacher"}
+PRIMARY = {"supervised": "student", "mean_teacher": "teacher", "smile": "student"}
 
 
 def _hd95(dice: float) -> float:
@@ -43,9 +51,10 @@ def _summary(rows):
                                      for k in rows[0] if k.startswith(("dice_", "hd95_"))}}
 
 
-def _write_fake_run(runs, method, fraction, draw, cases):
-    """A run folder as train() leaves it: per_case.csv and metrics.json, in the layout of run_dir()."""
-    folder = runs / "toy" / method / f"frac{fraction}" / f"draw{draw}"
+def _write_fake_run(runs, method, fraction, draw, cases, folder_name=None, alpha=None):
+    """A run folder as train() leaves it: per_case.csv and metrics.json, in the layout of run_dir()
+    (method folder ``folder_name``, e.g. smile-alpha0.5, when the run has a tag)."""
+    folder = runs / "toy" / (folder_name or method) / f"frac{fraction}" / f"draw{draw}"
     folder.mkdir(parents=True)
     rows = []
     for checkpoint, offset in (("last", 0.0), ("best", BEST_OFFSET)):
@@ -65,6 +74,8 @@ def _write_fake_run(runs, method, fraction, draw, cases):
                "best_checkpoint": "best-10.ckpt", "steps": 20, "resumed_from_step": 0,
                "seconds_per_step": 0.25 + draw, "wall_time_s": 100.0 + draw, "peak_memory_mb": 512.5,
                "n_parameters": 1000, "run_dir": str(folder)}
+    if alpha is not None:
+        metrics["partial_alpha"] = alpha
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return metrics
 
@@ -162,3 +173,63 @@ def test_report_command_logs_a_wandb_summary_run(fake_runs, tmp_path, monkeypatc
 def test_report_without_finished_runs_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "results"), "--no-wandb"]) == 2
     assert f"no finished runs (no metrics.json) under {tmp_path}" in capsys.readouterr().err
+
+
+@pytest.fixture
+def partial_runs(tmp_path):
+    """Partial-annotation runs beside an ordinary one; smile at alpha 0.7, draw 1, predates metrics.json's
+    partial_alpha and has it only in its config.yaml."""
+    runs = tmp_path / "runs"
+    for (method, alpha, draw), cases in ALPHA_DICE.items():
+        legacy = (method, alpha, draw) == ("smile", 0.7, 1)
+        m = _write_fake_run(runs, method, 1.0, draw, cases, f"{method}-alpha{alpha}", None if legacy else alpha)
+        if legacy:
+            (Path(m["run_dir"]) / "config.yaml").write_text(f"data:\n  partial:\n    alpha: {alpha}\n")
+    _write_fake_run(runs, "supervised", 0.5, 0, DICE["supervised", 0.5, 0])
+    return runs
+
+
+def _run_mean(cases):
+    return float(np.mean([np.mean(dice) for dice in cases.values()]))
+
+
+def test_alpha_line_strips_only_the_alpha_tag_of_the_runs_own_alpha():
+    assert alpha_line(Run("smile-alpha0.5", {"method": "smile"}, {}, None, 0.5)) == "smile"
+    assert alpha_line(Run("smile-x-alpha0.5", {"method": "smile"}, {}, None, 0.5)) == "smile-x"
+    assert alpha_line(Run("mean_teacher-lr0.001", {"method": "mean_teacher"}, {}, None, 0.0)) is None
+    assert alpha_line(Run("smile-alpha0.5", {"method": "smile"}, {}, None, 0.3)) is None  # not its alpha
+    assert alpha_line(Run("supervised", {"method": "supervised"}, {}, None, 0.0)) is None
+
+
+def test_dice_against_alpha_per_class_over_draws(partial_runs, tmp_path):
+    groups = {(g.method, g.alpha): g for g in summarize_alpha(load_runs(partial_runs))}
+    assert set(groups) == {("supervised", 0.0), ("supervised", 0.7), ("smile", 0.7)}  # not the plain run
+    smile = groups["smile", 0.7]
+    draws = [_run_mean(ALPHA_DICE["smile", 0.7, d]) for d in (0, 1)]
+    assert (smile.dice.n, smile.dice.mean) == (2, pytest.approx(np.mean(draws)))
+    assert smile.dice.std == pytest.approx(abs(draws[0] - draws[1]) / math.sqrt(2))
+    assert smile.class_dice["b"].mean == pytest.approx(np.mean([0.60, 0.50, 0.66, 0.55]))
+
+    paths = write_report(partial_runs, tmp_path / "results")
+    text = paths["markdown"].read_text()
+    assert "## toy: partial annotations (fraction 1)" in text
+    reference = _run_mean(ALPHA_DICE["supervised", 0.0, 0])
+    assert f"| 0.7 | smile | 2 | {smile.dice.mean:.3f} ± {smile.dice.std:.3f} |" in text
+    # Versus the naive baseline at alpha 0: the difference of means, then the paired test over draw 0's cases.
+    ours = [np.mean(ALPHA_DICE["smile", 0.7, 0][c]) for c in ("c1", "c2")]
+    theirs = [np.mean(ALPHA_DICE["supervised", 0.0, 0][c]) for c in ("c1", "c2")]
+    assert smile.vs_full.n_pairs == 2
+    assert smile.vs_full.p_value == pytest.approx(wilcoxon(ours, theirs).pvalue)
+    versus = f"{np.median(np.subtract(ours, theirs)):+.3f}, p={smile.vs_full.p_value:.3g} (2 pairs)"
+    assert f"| {smile.dice.mean - reference:+.3f} ({versus}) |" in text
+    assert groups["supervised", 0.0].vs_full is None
+    assert paths["alpha_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["plot"].is_file()  # the plain supervised run still has its Dice-vs-fraction plot
+
+
+def test_only_partial_runs_write_no_fraction_plot(partial_runs, tmp_path):
+    import shutil
+    shutil.rmtree(partial_runs / "toy" / "supervised")
+    paths = write_report(partial_runs, tmp_path / "results")
+    assert "plot" not in paths and not (tmp_path / "results" / "dice_vs_fraction.png").exists()
+    assert paths["alpha_plot"].is_file()

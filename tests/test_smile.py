@@ -192,7 +192,7 @@ def test_end_to_end_with_half_the_annotations_removed(method, tmp_path, syntheti
     assert main(_multiorgan_args(method, tmp_path, synthetic_cache)) == 0
     run = tmp_path / "synthetic_multiorgan" / method / "frac0.5" / "draw0"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == 6 and len(metrics["classes"]) == 5
+    assert metrics["steps"] == 6 and len(metrics["classes"]) == 5 and metrics["partial_alpha"] == 0.5
     assert math.isfinite(metrics["primary"]["dice_mean"])
     _check_partial_record(run, 5)
 

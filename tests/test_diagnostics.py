@@ -1,0 +1,52 @@
+"""ssl-bench diagnose: gradient norms of the supervised and the weighted unsupervised term of a trained run."""
+
+import math
+
+import pytest
+
+from conftest import TINY
+from ssl_bench.cli import main
+from ssl_bench.config import ConfigError
+from ssl_bench.diagnostics import diagnose
+
+STEPS = 4
+
+
+def _train(method, tmp_path, cache, *extra):
+    args = ["train", "--method", method, "--data", "synthetic", f"run.runs_dir={tmp_path}", f"data.cache_dir={cache}",
+            *TINY, "data.fraction=0.5", f"trainer.max_steps={STEPS}", f"trainer.val_every_n_steps={STEPS}", *extra]
+    assert main(args) == 0
+    return tmp_path / "synthetic" / method / "frac0.5" / "draw0"
+
+
+def test_mean_teacher_gradients_and_their_ratio(tmp_path, synthetic_cache, capsys):
+    # A ramp that is over by the last step: λ at the checkpoint is lambda_max.
+    run = _train("mean_teacher", tmp_path, synthetic_cache, "method.rampup_fraction=0.25", "method.lambda_max=10.0")
+    results = diagnose(run, 2, [f"data.cache_dir={synthetic_cache}"])
+    assert len(results) == 2
+    for r in results:
+        assert r.weight == pytest.approx(10.0)
+        assert r.grad_sup > 0 and r.grad_unsup > 0 and -1.0 <= r.cosine <= 1.0
+        assert r.ratio == pytest.approx(r.grad_unsup / r.grad_sup)
+    # The gradient of λ·L_unsup is linear in λ: the same batches (seeded) with λ halved halve it.
+    halved = diagnose(run, 2, [f"data.cache_dir={synthetic_cache}", "method.lambda_max=5.0"])
+    for full, half in zip(results, halved):
+        assert half.grad_sup == pytest.approx(full.grad_sup, rel=1e-5)
+        assert half.grad_unsup == pytest.approx(full.grad_unsup / 2, rel=1e-4)
+    # Without an unsupervised weight the term moves nothing.
+    zero = diagnose(run, 1, [f"data.cache_dir={synthetic_cache}", "method.lambda_max=0.0"])[0]
+    assert zero.grad_unsup == 0.0 and zero.ratio == 0.0 and math.isnan(zero.cosine)
+
+    assert main(["diagnose", str(run), f"data.cache_dir={synthetic_cache}", "--batches", "1"]) == 0
+    assert "median ratio" in capsys.readouterr().out
+
+
+def test_a_method_without_unsupervised_term_is_a_clear_error(tmp_path, synthetic_cache):
+    run = _train("supervised", tmp_path, synthetic_cache)
+    with pytest.raises(ConfigError, match="supervised has no unsupervised term"):
+        diagnose(run, 1, [f"data.cache_dir={synthetic_cache}"])
+
+
+def test_not_a_run_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["diagnose", str(tmp_path)]) == 2
+    assert f"{tmp_path} is not a run folder (no config.yaml)" in capsys.readouterr().err
