@@ -147,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argparse.Namespace:
+    """Parse, letting key=value overrides stand on both sides of options (``train a=1 --force b=2``):
+    argparse gives a positional list only the run of arguments before the first option."""
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if not hasattr(args, "overrides") or any(r.startswith("-") or "=" not in r for r in rest):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.overrides = list(args.overrides) + rest
+    return args
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from ssl_bench.config import ConfigError
     from ssl_bench.data.download import DownloadError
@@ -155,7 +166,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ssl_bench.report import ReportError
     # Lightning's own deprecation notice about torch internals: nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse_with_overrides(parser, argv)
     try:
         return args.func(args)
     except (ConfigError, ManifestError, DataVerificationError, UnknownMethodError, DownloadError, ReportError) as err:

@@ -71,25 +71,16 @@ def load_run_config(run: Path, overrides: Optional[List[str]] = None):
 
 
 def diagnose(run: Path, n_batches: int, overrides: Optional[List[str]] = None) -> List[GradientBalance]:
-    from ssl_bench.data.datamodule import SegmentationDataModule
-    from ssl_bench.data.partial import partial_annotation_flags
-    from ssl_bench.data.splits import split_pool
-    from ssl_bench.data.verify import verify_or_raise
     from ssl_bench.registry import get_method
-    from ssl_bench.train import CHECKPOINTS, LAST, resolve_dataset
+    from ssl_bench.train import CHECKPOINTS, LAST, prepare_data
 
     cfg = load_run_config(run, overrides)
     method_cls = get_method(cfg.method.name)
     checkpoint_path = run / CHECKPOINTS / LAST
     if not checkpoint_path.is_file():
         raise ConfigError(f"{run} has no checkpoint ({checkpoint_path} is missing)")
-    manifest, root = resolve_dataset(cfg)
-    split = split_pool(manifest.pool, cfg.data.fraction, cfg.data.draw)
-    cases = split.labeled + (split.unlabeled if method_cls.uses_unlabeled else [])
-    spacings = {i.case_id: i.spacing for i in verify_or_raise(manifest, root, cases)}
-    annotated = partial_annotation_flags(split.labeled, manifest.num_classes - 1, cfg.data.partial.alpha, cfg.data.draw)
-    dm = SegmentationDataModule(cfg, manifest, root, split, spacings, uses_unlabeled=method_cls.uses_unlabeled,
-                                annotated=annotated, voxel_index=method_cls.uses_voxel_index)
+    data = prepare_data(cfg, method_cls, evaluation=False)
+    dm, manifest = data.datamodule(cfg, method_cls), data.manifest
     module = method_cls(cfg, class_names=manifest.labels, case_ids=[c.id for c in manifest.cases])
     if not module.automatic_optimization:
         raise ConfigError(f"{cfg.method.name} optimizes manually (several losses and optimizers): not diagnosed")

@@ -20,11 +20,8 @@ import lightning.pytorch as pl
 import torch
 
 from ssl_bench.config import load_config
-from ssl_bench.data.datamodule import SegmentationDataModule
-from ssl_bench.data.splits import split_pool
-from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.registry import get_method, method_names
-from ssl_bench.train import resolve_dataset
+from ssl_bench.train import prepare_data
 
 
 class _WindowTimer(pl.Callback):
@@ -42,13 +39,9 @@ class _WindowTimer(pl.Callback):
 
 
 def _setup(cfg):
-    manifest, root = resolve_dataset(cfg)
     method_cls = get_method(cfg.method.name)
-    split = split_pool(manifest.pool, cfg.data.fraction, cfg.data.draw)
-    infos = verify_or_raise(manifest, root, split.labeled + split.unlabeled + manifest.validation + manifest.test)
-    dm = SegmentationDataModule(cfg, manifest, root, split, {i.case_id: i.spacing for i in infos},
-                                uses_unlabeled=method_cls.uses_unlabeled, voxel_index=method_cls.uses_voxel_index)
-    return manifest, method_cls, dm
+    data = prepare_data(cfg, method_cls)
+    return data.manifest, method_cls, data.datamodule(cfg, method_cls)
 
 
 def stack_steps_per_second(cfg, warmup: int, steps: int) -> float:

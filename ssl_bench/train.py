@@ -23,7 +23,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import lightning.pytorch as pl
 import torch
@@ -36,7 +37,7 @@ from ssl_bench.config import ConfigError, data_root, flatten_keys, resolve_proje
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
 from ssl_bench.data.partial import partial_annotation_flags
-from ssl_bench.data.splits import split_pool
+from ssl_bench.data.splits import PoolSplit, split_pool
 from ssl_bench.data.synthetic import SyntheticSpec, ensure_synthetic
 from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.evaluation import summarize
@@ -65,6 +66,34 @@ def resolve_dataset(cfg: DictConfig) -> Tuple[Manifest, Path]:
             f"{manifest.directory}/) or pass data.root=..., or fetch it with `ssl-bench data download "
             f"{cfg.data.name} --root DIR`")
     return manifest, root
+
+
+@dataclass
+class RunData:
+    """What a run reads: the dataset, the split of its fraction and draw, which labeled case keeps which organ's
+    annotation (data.partial), and the voxel spacing of every verified case."""
+    manifest: Manifest
+    root: Path
+    split: PoolSplit
+    annotated: Dict[str, List[bool]]
+    spacings: Dict[str, Sequence[float]]
+
+    def datamodule(self, cfg: DictConfig, method_cls) -> SegmentationDataModule:
+        return SegmentationDataModule(cfg, self.manifest, self.root, self.split, self.spacings,
+                                      uses_unlabeled=method_cls.uses_unlabeled, annotated=self.annotated,
+                                      voxel_index=method_cls.uses_voxel_index)
+
+
+def prepare_data(cfg: DictConfig, method_cls, training: bool = True, evaluation: bool = True) -> RunData:
+    """Resolve and split the dataset and verify every file a run will read: the training cases the method uses
+    and/or the validation and test cases. Bad data fails here, in seconds, naming every file."""
+    manifest, root = resolve_dataset(cfg)
+    split = split_pool(manifest.pool, cfg.data.fraction, cfg.data.draw)
+    cases = split.labeled + (split.unlabeled if method_cls.uses_unlabeled else []) if training else []
+    cases += manifest.validation + manifest.test if evaluation else []
+    spacings = {i.case_id: i.spacing for i in verify_or_raise(manifest, root, cases)}
+    annotated = partial_annotation_flags(split.labeled, manifest.num_classes - 1, cfg.data.partial.alpha, cfg.data.draw)
+    return RunData(manifest, root, split, annotated, spacings)
 
 
 # Keys that change how a run executes or logs, not what it computes: a resumed run may change them.
@@ -190,16 +219,13 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     cfg_yaml = to_yaml(cfg)
     _check_same_config(run, cfg)
 
-    manifest, root = resolve_dataset(cfg)
-    split = split_pool(manifest.pool, cfg.data.fraction, cfg.data.draw)
-    used = split.labeled + (split.unlabeled if method_cls.uses_unlabeled else []) + manifest.validation + manifest.test
-    infos = verify_or_raise(manifest, root, used)  # bad data fails here, in seconds, naming every file
+    data = prepare_data(cfg, method_cls)  # bad data fails here, before the run folder is touched
+    manifest, split, annotated = data.manifest, data.split, data.annotated
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / "config.yaml", cfg_yaml)
     atomic_write_json(run / "splits.json", {
         "fraction": cfg.data.fraction, "draw": cfg.data.draw, "labeled": split.labeled,
         "unlabeled": split.unlabeled, "validation": manifest.validation, "test": manifest.test})
-    annotated = partial_annotation_flags(split.labeled, manifest.num_classes - 1, cfg.data.partial.alpha, cfg.data.draw)
     atomic_write_json(run / "partial_annotations.json", {
         "alpha": cfg.data.partial.alpha, "draw": cfg.data.draw, "classes": manifest.foreground_labels,
         "annotated": {case_id: dict(zip(manifest.foreground_labels, flags)) for case_id, flags in annotated.items()}})
@@ -208,9 +234,7 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     # costs a microcode assist, slowing training steps several-fold. Flushing them changes nothing visible.
     torch.set_flush_denormal(True)
     pl.seed_everything(cfg.trainer.seed if cfg.trainer.seed is not None else cfg.data.draw, workers=True)
-    dm = SegmentationDataModule(cfg, manifest, root, split, {i.case_id: i.spacing for i in infos},
-                                uses_unlabeled=method_cls.uses_unlabeled, annotated=annotated,
-                                voxel_index=method_cls.uses_voxel_index)
+    dm = data.datamodule(cfg, method_cls)
     module = method_cls(cfg, class_names=manifest.labels, case_ids=[c.id for c in manifest.cases])
     if cfg.method.primary_model not in module.evaluation_networks():
         raise ConfigError(f"method.primary_model: '{cfg.method.primary_model}' is not evaluated by "

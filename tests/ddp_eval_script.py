@@ -16,20 +16,15 @@ from pathlib import Path
 import lightning.pytorch as pl
 from omegaconf import OmegaConf
 
-from ssl_bench.data.datamodule import SegmentationDataModule
-from ssl_bench.data.splits import split_pool
-from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.registry import get_method
-from ssl_bench.train import CHECKPOINTS, LAST, resolve_dataset
+from ssl_bench.train import CHECKPOINTS, LAST, prepare_data
 
 
 def evaluate(run: Path, out: Path, devices: int) -> None:
     cfg = OmegaConf.load(run / "config.yaml")
-    manifest, root = resolve_dataset(cfg)
     method_cls = get_method(cfg.method.name)
-    infos = verify_or_raise(manifest, root, manifest.test)
-    dm = SegmentationDataModule(cfg, manifest, root, split_pool(manifest.pool, cfg.data.fraction, cfg.data.draw),
-                                {i.case_id: i.spacing for i in infos}, uses_unlabeled=method_cls.uses_unlabeled)
+    data = prepare_data(cfg, method_cls, training=False)
+    dm, manifest = data.datamodule(cfg, method_cls), data.manifest
     module = method_cls(cfg, class_names=manifest.labels, case_ids=[c.id for c in manifest.cases])
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                          logger=False, enable_progress_bar=False, enable_model_summary=False,

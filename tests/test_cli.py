@@ -3,7 +3,7 @@ import urllib.error
 
 import pytest
 
-from ssl_bench.cli import main
+from ssl_bench.cli import build_parser, main, parse_with_overrides
 from ssl_bench.data.download import DownloadError, download_msd
 from ssl_bench.registry import method_names
 
@@ -50,3 +50,20 @@ def test_verify_and_import_msd_commands(tmp_path, synthetic_cache, capsys):
     assert json.loads(out.read_text())["labels"] == ["background", "spleen"]
     assert main(["data", "import-msd", str(ds), "--out", str(out)]) == 1  # never overwrites silently
     assert main(["data", "import-msd", str(tmp_path / "absent")]) == 2
+
+
+def test_overrides_may_stand_on_both_sides_of_an_option():
+    # Regression: `diagnose RUN --batches 2 method.lambda_max=1` was "unrecognized arguments".
+    parser = build_parser()
+    args = parse_with_overrides(parser, ["diagnose", "RUN", "a.b=1", "--batches", "2", "c.d=3"])
+    assert (args.run_dir, args.batches, args.overrides) == ("RUN", 2, ["a.b=1", "c.d=3"])
+    args = parse_with_overrides(parser, ["train", "--method", "pi_model", "x=1", "--force", "y=2"])
+    assert (args.method, args.force, args.overrides) == ("pi_model", True, ["x=1", "y=2"])
+
+
+@pytest.mark.parametrize("argv", [["train", "--no-such-option"], ["train", "a=1", "--force", "stray"],
+                                  ["methods", "a=1"]])
+def test_stray_arguments_are_still_refused(argv, capsys):
+    with pytest.raises(SystemExit) as err:
+        parse_with_overrides(build_parser(), argv)
+    assert err.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
