@@ -286,6 +286,12 @@ def merge_checked(cfg: DictConfig, other, source: str) -> DictConfig:
         raise ConfigError(f"{source}{where}: {first_line(err)}") from None
 
 
+# Keys that change how a run executes or logs, not what it computes: a resumed run may change them.
+EXECUTION_KEYS = ("logging.", "trainer.enable_progress_bar", "trainer.accelerator", "trainer.devices",
+                  "trainer.strategy", "trainer.num_nodes", "eval.save_predictions", "eval.sw_batch_size",
+                  "data.num_workers", "data.cache_dir", "data.root")
+
+
 def flatten_keys(tree: dict, prefix: str = "") -> dict:
     """A nested dict as {"dotted.key": leaf value}, e.g. to compare two configs key by key."""
     out = {}

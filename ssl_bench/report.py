@@ -18,7 +18,7 @@ and logs the tables and the chart to a W&B run named ``summary`` (offline unless
 
 The method of a run is its method folder, ``<method>[-<tag>]`` (runs/<dataset>/<method>[-<tag>]/frac<f>/
 draw<d>/), so variants such as an extra sweep axis are reported apart, and each is compared with the
-supervised run of the same tag.
+supervised run of the same tag (or, for a variant of a method-only setting, the untagged supervised run).
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
+from omegaconf import OmegaConf
 
+from ssl_bench.config import EXECUTION_KEYS, flatten_keys
 from ssl_bench.utils.io import atomic_write_text
 
 METRICS_FILE = "metrics.json"
@@ -69,8 +71,13 @@ class Run:
 
     @property
     def reference_method(self) -> str:
-        """The supervised run it is compared with: same tag, e.g. mean_teacher-lr0.001 -> supervised-lr0.001."""
+        """The supervised run of the same tag, e.g. mean_teacher-lr0.001 -> supervised-lr0.001."""
         return REFERENCE_METHOD + self.method[len(self.metrics["method"]):]
+
+    def config(self) -> dict:
+        """The run's config.yaml as flat dotted keys ({} when the folder has none)."""
+        path = self.folder / "config.yaml"
+        return flatten_keys(OmegaConf.to_container(OmegaConf.load(path))) if path.is_file() else {}
 
     def result(self, checkpoint: str) -> dict:
         """metrics.json's summary of the primary model at ``checkpoint`` (last or best)."""
@@ -129,7 +136,6 @@ def _partial_alpha(metrics: dict, folder: Path) -> float:
     config = folder / "config.yaml"
     if not config.is_file():
         return 0.0
-    from omegaconf import OmegaConf
     return float(OmegaConf.select(OmegaConf.load(config), "data.partial.alpha", default=0.0))
 
 
@@ -211,13 +217,38 @@ def paired_test(runs: List[Run], references: List[Run]) -> Optional[PairedTest]:
     return PairedTest(len(ours), float(np.median(np.subtract(ours, theirs))), p_value)
 
 
+# Config keys that may differ between a method variant and the supervised run it is compared with.
+_VARIANT_KEYS = ("method.", "run.", "data.draw", *EXECUTION_KEYS)
+
+
+def differs_only_in_method(run: Run, reference: Run) -> bool:
+    """Whether two runs' configs differ only in method settings (and tag, draw, execution): the same data,
+    network, optimizer and budget. False when either has no config.yaml."""
+    ours, theirs = run.config(), reference.config()
+    return bool(ours and theirs) and all(ours.get(k) == theirs.get(k) for k in ours.keys() | theirs.keys()
+                                         if not k.startswith(_VARIANT_KEYS))
+
+
+def reference_of(members: List[Run], by_key: Dict[Tuple[str, str, float], List[Run]]) -> str:
+    """The supervised runs a group is compared with: those of its tag; for a variant on a method-only
+    hyperparameter (e.g. mean_teacher-lambda_max1.0, a sweep axis on method.lambda_max), which has no supervised
+    run of its own tag, the untagged supervised runs, once their configs show nothing else differs."""
+    run = members[0]
+    dataset, _, fraction = run.key
+    tagged = run.reference_method
+    plain = by_key.get((dataset, REFERENCE_METHOD, fraction))
+    if (dataset, tagged, fraction) not in by_key and plain and differs_only_in_method(run, plain[0]):
+        return REFERENCE_METHOD
+    return tagged
+
+
 def summarize_groups(runs: List[Run]) -> List[Group]:
     by_key: Dict[Tuple[str, str, float], List[Run]] = {}
     for run in runs:
         by_key.setdefault(run.key, []).append(run)
     groups = []
     for (dataset, method, fraction), members in by_key.items():
-        classes, reference = members[0].metrics["classes"], members[0].reference_method
+        classes, reference = members[0].metrics["classes"], reference_of(members, by_key)
         comparable = method != reference and (dataset, reference, fraction) in by_key
         last = [r.result("last") for r in members]
         groups.append(Group(

@@ -33,7 +33,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_bench.callbacks import ImageOverlays, StepTimer
-from ssl_bench.config import ConfigError, data_root, flatten_keys, resolve_project_path, run_dir, to_yaml
+from ssl_bench.config import EXECUTION_KEYS, ConfigError, data_root, flatten_keys, resolve_project_path, run_dir, to_yaml
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
 from ssl_bench.data.partial import partial_annotation_flags
@@ -94,12 +94,6 @@ def prepare_data(cfg: DictConfig, method_cls, training: bool = True, evaluation:
     spacings = {i.case_id: i.spacing for i in verify_or_raise(manifest, root, cases)}
     annotated = partial_annotation_flags(split.labeled, manifest.num_classes - 1, cfg.data.partial.alpha, cfg.data.draw)
     return RunData(manifest, root, split, annotated, spacings)
-
-
-# Keys that change how a run executes or logs, not what it computes: a resumed run may change them.
-EXECUTION_KEYS = ("logging.", "trainer.enable_progress_bar", "trainer.accelerator", "trainer.devices",
-                  "trainer.strategy", "trainer.num_nodes", "eval.save_predictions", "eval.sw_batch_size",
-                  "data.num_workers", "data.cache_dir", "data.root")
 
 
 def _check_same_config(run: Path, cfg: DictConfig) -> None:

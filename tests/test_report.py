@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from scipy.stats import wilcoxon
 
 from ssl_bench.cli import main
@@ -159,6 +160,37 @@ def test_plot_is_a_png(fake_runs, tmp_path):
 def test_variant_is_compared_with_the_supervised_run_of_its_tag():
     run = Run("mean_teacher-lr0.001", {"method": "mean_teacher"}, {}, None)
     assert run.reference_method == "supervised-lr0.001"
+
+
+def _write_config(folder: Path, method: str, **changes) -> None:
+    config = {"method": {"name": method, "lambda_max": 0.1}, "data": {"name": "toy", "fraction": 0.5, "draw": 0},
+              "optim": {"lr": 0.002}, "run": {"tag": None}, "logging": {"wandb": True}}
+    for key, value in changes.items():
+        section, name = key.split("__")
+        config[section][name] = value
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(config))
+
+
+@pytest.mark.parametrize("changes, compared", [
+    ({"method__lambda_max": 1.0, "run__tag": "lambda_max1.0", "logging__wandb": False}, True),
+    ({"optim__lr": 0.001, "run__tag": "lambda_max1.0"}, False),  # not only a method setting: no baseline
+])
+def test_variant_of_a_method_setting_is_compared_with_the_untagged_supervised_run(tmp_path, changes, compared):
+    runs = tmp_path / "runs"
+    for draw in (0, 1):
+        _write_fake_run(runs, "supervised", 0.5, draw, DICE[("supervised", 0.5, draw)])
+        _write_config(runs / "toy" / "supervised" / "frac0.5" / f"draw{draw}", "supervised")
+        _write_fake_run(runs, "mean_teacher", 0.5, draw, DICE[("mean_teacher", 0.5, draw)],
+                        folder_name="mean_teacher-lambda_max1.0")
+        _write_config(runs / "toy" / "mean_teacher-lambda_max1.0" / "frac0.5" / f"draw{draw}", "mean_teacher", **changes)
+    variant = next(g for g in summarize_groups(load_runs(runs)) if g.method == "mean_teacher-lambda_max1.0")
+    if compared:
+        ours, theirs = ([_case_dice((m, 0.5, d), c) for d in (0, 1) for c in ("c1", "c2", "c3")] for m in
+                        ("mean_teacher", "supervised"))
+        assert variant.reference_method == "supervised"
+        assert variant.vs_reference.p_value == pytest.approx(wilcoxon(ours, theirs).pvalue)
+    else:
+        assert variant.reference_method == "supervised-lambda_max1.0" and variant.vs_reference is None
 
 
 def test_report_command_logs_a_wandb_summary_run(fake_runs, tmp_path, monkeypatch, capsys):
