@@ -22,8 +22,8 @@ import resource
 import shutil
 import sys
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import lightning.pytorch as pl
@@ -89,8 +89,8 @@ def prepare_data(cfg: DictConfig, method_cls, training: bool = True, evaluation:
     and/or the validation and test cases. Bad data fails here, in seconds, naming every file."""
     manifest, root = resolve_dataset(cfg)
     split = split_pool(manifest.pool, cfg.data.fraction, cfg.data.draw)
-    cases = split.labeled + (split.unlabeled if method_cls.uses_unlabeled else []) if training else []
-    cases += manifest.validation + manifest.test if evaluation else []
+    cases = (split.labeled + (split.unlabeled if method_cls.uses_unlabeled else [])) if training else []
+    cases += (manifest.validation + manifest.test) if evaluation else []
     spacings = {i.case_id: i.spacing for i in verify_or_raise(manifest, root, cases)}
     annotated = partial_annotation_flags(split.labeled, manifest.num_classes - 1, cfg.data.partial.alpha, cfg.data.draw)
     return RunData(manifest, root, split, annotated, spacings)
