@@ -71,6 +71,15 @@ def test_hippocampus_sweep_is_every_semi_supervised_method_by_fraction_by_draw_p
     assert sweep.config.name == "hippocampus" and sweep.config.launcher == "local"
 
 
+@pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_loads_and_each_cell_config_resolves(path):
+    sweep = load_sweep(path)
+    assert sweep.cells and sweep.config.name == path.stem  # `make sweep SWEEP=<name>` finds it by that name
+    for cell in sweep.cells:
+        cfg = cell.config()  # typed schema: an unknown or mistyped key fails here
+        assert (cfg.method.name, cfg.data.fraction, cfg.data.draw) == (cell.method, cell.fraction, cell.draw)
+
+
 def test_extra_axis_cells_get_their_own_run_folders(tmp_path):
     path = _write_sweep(tmp_path / "lr.yaml", draws=[0, 1], axes={"optim.lr": [0.001, 0.002]},
                         extra_cells=[{"method": "supervised", "fraction": 1.0},
