@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -301,6 +301,20 @@ def flatten_keys(tree: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def differing_keys(a: dict, b: dict, ignore: Tuple[str, ...] = ()) -> List[str]:
+    """The dotted keys whose values differ between two flat configs (flatten_keys), except those starting with
+    ``ignore``. A key that only one side has (added to the schema after the other run was made) is no difference
+    while it keeps its schema default: defaults are chosen so that they compute what older versions did."""
+    schema = flatten_keys(OmegaConf.to_container(OmegaConf.structured(Config)))
+
+    def added_with_default(k: str) -> bool:
+        present = b if k not in a else a if k not in b else None
+        return present is not None and k in schema and present[k] == schema[k]
+
+    return sorted(k for k in a.keys() | b.keys()
+                  if a.get(k) != b.get(k) and not k.startswith(ignore) and not added_with_default(k))
 
 
 def first_line(err: Exception) -> str:

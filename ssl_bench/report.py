@@ -37,7 +37,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 from omegaconf import OmegaConf
 
-from ssl_bench.config import EXECUTION_KEYS, flatten_keys
+from ssl_bench.config import EXECUTION_KEYS, differing_keys, flatten_keys
 from ssl_bench.utils.io import atomic_write_text
 
 METRICS_FILE = "metrics.json"
@@ -225,8 +225,7 @@ def differs_only_in_method(run: Run, reference: Run) -> bool:
     """Whether two runs' configs differ only in method settings (and tag, draw, execution): the same data,
     network, optimizer and budget. False when either has no config.yaml."""
     ours, theirs = run.config(), reference.config()
-    return bool(ours and theirs) and all(ours.get(k) == theirs.get(k) for k in ours.keys() | theirs.keys()
-                                         if not k.startswith(_VARIANT_KEYS))
+    return bool(ours and theirs) and not differing_keys(ours, theirs, ignore=_VARIANT_KEYS)
 
 
 def reference_of(members: List[Run], by_key: Dict[Tuple[str, str, float], List[Run]]) -> str:

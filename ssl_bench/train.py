@@ -33,7 +33,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_bench.callbacks import ImageOverlays, StepTimer
-from ssl_bench.config import EXECUTION_KEYS, ConfigError, data_root, flatten_keys, resolve_project_path, run_dir, to_yaml
+from ssl_bench.config import (EXECUTION_KEYS, ConfigError, data_root, differing_keys, flatten_keys, resolve_project_path,
+                              run_dir, to_yaml)
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
 from ssl_bench.data.partial import partial_annotation_flags
@@ -101,12 +102,7 @@ def _check_same_config(run: Path, cfg: DictConfig) -> None:
     if not saved.is_file():
         return
     old, new = flatten_keys(OmegaConf.to_container(OmegaConf.load(saved))), flatten_keys(OmegaConf.to_container(cfg))
-    # A key added to the schema after the run started (a newer ssl-bench) is no difference while it keeps its
-    # default: defaults are chosen so that they compute what older versions did.
-    schema = flatten_keys(OmegaConf.to_container(OmegaConf.structured(type(OmegaConf.to_object(cfg)))))
-    diff = sorted(k for k in old.keys() | new.keys()
-                  if old.get(k) != new.get(k) and not k.startswith(EXECUTION_KEYS)
-                  and not (k not in old and k in schema and new.get(k) == schema[k]))
+    diff = differing_keys(old, new, ignore=EXECUTION_KEYS)
     if diff:
         raise ConfigError(f"{run} holds a run with a different config ({', '.join(diff[:8])} differ): "
                           "use run.tag=<name> for a variant, or --force to start this run over")

@@ -162,9 +162,11 @@ def test_variant_is_compared_with_the_supervised_run_of_its_tag():
     assert run.reference_method == "supervised-lr0.001"
 
 
-def _write_config(folder: Path, method: str, **changes) -> None:
+def _write_config(folder: Path, method: str, partial_alpha=None, **changes) -> None:
     config = {"method": {"name": method, "lambda_max": 0.1}, "data": {"name": "toy", "fraction": 0.5, "draw": 0},
               "optim": {"lr": 0.002}, "run": {"tag": None}, "logging": {"wandb": True}}
+    if partial_alpha is not None:  # a key that runs made before it existed do not have
+        config["data"]["partial"] = {"alpha": partial_alpha}
     for key, value in changes.items():
         section, name = key.split("__")
         config[section][name] = value
@@ -174,6 +176,10 @@ def _write_config(folder: Path, method: str, **changes) -> None:
 @pytest.mark.parametrize("changes, compared", [
     ({"method__lambda_max": 1.0, "run__tag": "lambda_max1.0", "logging__wandb": False}, True),
     ({"optim__lr": 0.001, "run__tag": "lambda_max1.0"}, False),  # not only a method setting: no baseline
+    # Regression: a supervised run made before data.partial.alpha existed is the baseline of a newer variant
+    # that has the key at its default, not of one that changes it.
+    ({"method__lambda_max": 1.0, "partial_alpha": 0.0}, True),
+    ({"method__lambda_max": 1.0, "partial_alpha": 0.5}, False),
 ])
 def test_variant_of_a_method_setting_is_compared_with_the_untagged_supervised_run(tmp_path, changes, compared):
     runs = tmp_path / "runs"
