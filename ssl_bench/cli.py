@@ -166,8 +166,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ssl_bench.report import ReportError
     # Lightning's own deprecation notice about torch internals: nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
-    parser = build_parser()
-    args = parse_with_overrides(parser, argv)
+    args = parse_with_overrides(build_parser(), argv)
     try:
         return args.func(args)
     except (ConfigError, ManifestError, DataVerificationError, UnknownMethodError, DownloadError, ReportError) as err:
