@@ -33,7 +33,7 @@ def _cmd_sweep(args) -> int:
 def _cmd_report(args) -> int:
     from ssl_bench.report import write_report
     project = None if args.no_wandb else args.wandb_project
-    paths = write_report(Path(args.runs_dir), Path(args.out), wandb_project=project)
+    paths = write_report(Path(args.runs_dir), Path(args.out), wandb_project=project, records=not args.no_records)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", help="output folder (default: %(default)s)")
     p.add_argument("--wandb-project", default=LoggingConfig().wandb_project, help="W&B project of the summary run")
     p.add_argument("--no-wandb", action="store_true", help="do not log the summary to W&B")
+    p.add_argument("--no-records", action="store_true",
+                   help="report only the run folders under runs_dir: neither read nor update OUT/records")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("diagnose", help="gradient of a run's unsupervised term against its supervised loss")

@@ -16,6 +16,13 @@ finished exactly when it has one) and its ``per_case.csv``; there is no other st
 
 and logs the tables and the chart to a W&B run named ``summary`` (offline unless WANDB_MODE says otherwise).
 
+Records: run folders (checkpoints, logs) rarely outlive the machine that trained them, so the report keeps a
+copy of each run's three small result files (metrics.json, per_case.csv, config.yaml) under ``<out>/records/``
+in the run's own layout, and reads them back next time. A run folder still on disk always wins over its
+record (the record is rewritten from it); a record stands in for a run folder that is gone, so a results table
+grows across machines and sessions instead of shrinking to what one disk still holds. Delete a record to drop
+the run from the report.
+
 The method of a run is its method folder, ``<method>[-<tag>]`` (runs/<dataset>/<method>[-<tag>]/frac<f>/
 draw<d>/), so variants such as an extra sweep axis are reported apart, and each is compared with the
 supervised run of the same tag (or, for a variant of a method-only setting, the untagged supervised run).
@@ -38,10 +45,14 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from ssl_bench.config import EXECUTION_KEYS, differing_keys, flatten_keys
-from ssl_bench.utils.io import atomic_write_text
+from ssl_bench.utils.io import atomic_write_bytes, atomic_write_text
 
 METRICS_FILE = "metrics.json"
 PER_CASE_FILE = "per_case.csv"
+CONFIG_FILE = "config.yaml"
+RECORDS_DIR = "records"
+# Written in this order: metrics.json, which marks a run (and a record) finished, last.
+RECORD_FILES = (PER_CASE_FILE, CONFIG_FILE, METRICS_FILE)
 REFERENCE_METHOD = "supervised"
 FULL_FRACTION = 1.0
 CONFIDENCE = 0.95
@@ -76,7 +87,7 @@ class Run:
 
     def config(self) -> dict:
         """The run's config.yaml as flat dotted keys ({} when the folder has none)."""
-        path = self.folder / "config.yaml"
+        path = self.folder / CONFIG_FILE
         return flatten_keys(OmegaConf.to_container(OmegaConf.load(path))) if path.is_file() else {}
 
     def result(self, checkpoint: str) -> dict:
@@ -133,7 +144,7 @@ def _partial_alpha(metrics: dict, folder: Path) -> float:
     """metrics.json's partial_alpha; runs written before it was recorded have it in their config.yaml."""
     if "partial_alpha" in metrics:
         return float(metrics["partial_alpha"])
-    config = folder / "config.yaml"
+    config = folder / CONFIG_FILE
     if not config.is_file():
         return 0.0
     return float(OmegaConf.select(OmegaConf.load(config), "data.partial.alpha", default=0.0))
@@ -147,9 +158,39 @@ def alpha_line(run: Run) -> Optional[str]:
     return "-".join(kept) if len(kept) < len(parts) else None
 
 
-def load_runs(runs_dir: Path) -> List[Run]:
+def load_runs(runs_dir: Path, records_dir: Optional[Path] = None) -> List[Run]:
+    """Every finished run under ``runs_dir``, plus the records under ``records_dir`` whose run folder (same
+    relative path) is not under ``runs_dir``."""
+    runs = [r for r in _read_runs(Path(runs_dir))  # records kept inside runs_dir are not run folders
+            if records_dir is None or not r.folder.resolve().is_relative_to(Path(records_dir).resolve())]
+    if records_dir is not None:
+        on_disk = {r.folder.relative_to(runs_dir) for r in runs}
+        runs += [r for r in _read_runs(Path(records_dir)) if r.folder.relative_to(records_dir) not in on_disk]
+    if not runs:
+        where = f"{runs_dir}" + (f" or {records_dir}" if records_dir is not None else "")
+        raise ReportError(f"no finished runs (no {METRICS_FILE}) under {where}")
+    return sorted(runs, key=lambda r: (*r.key, r.metrics["draw"]))
+
+
+def write_records(runs: List[Run], runs_dir: Path, records_dir: Path) -> int:
+    """Copies the result files of every run under ``runs_dir`` to ``records_dir`` (same relative path),
+    replacing older records; returns how many runs were recorded."""
+    n = 0
+    for run in runs:
+        if not run.folder.is_relative_to(runs_dir):
+            continue  # a record already
+        target = records_dir / run.folder.relative_to(runs_dir)
+        for name in RECORD_FILES:
+            source = run.folder / name
+            if source.is_file():
+                atomic_write_bytes(target / name, source.read_bytes())
+        n += 1
+    return n
+
+
+def _read_runs(root: Path) -> List[Run]:
     runs = []
-    for path in sorted(Path(runs_dir).rglob(METRICS_FILE)):
+    for path in sorted(root.rglob(METRICS_FILE)):
         folder = path.parent
         metrics = json.loads(path.read_text())
         per_case = folder / PER_CASE_FILE
@@ -160,9 +201,7 @@ def load_runs(runs_dir: Path) -> List[Run]:
             case_dice = {r["case_id"]: float(r["dice_mean"]) for r in csv.DictReader(f)
                          if r["checkpoint"] == primary["checkpoint"] and r["model"] == primary["model"]}
         runs.append(Run(folder.parents[1].name, metrics, case_dice, folder, _partial_alpha(metrics, folder)))
-    if not runs:
-        raise ReportError(f"no finished runs (no {METRICS_FILE}) under {runs_dir}")
-    return sorted(runs, key=lambda r: (*r.key, r.metrics["draw"]))
+    return runs
 
 
 def _metric_keys(classes: List[str]) -> List[str]:
@@ -320,10 +359,18 @@ def _versus(test: Optional[PairedTest]) -> str:
     return f"{test.median_difference:+.3f}, p={test.p_value:.3g} ({test.n_pairs} pairs)"
 
 
-def markdown(groups: List[Group], runs_dir: Path, n_runs: int) -> str:
+def _provenance(runs: List[Run], runs_dir: Path, records_dir: Optional[Path]) -> str:
+    n_disk = sum(r.folder.is_relative_to(runs_dir) for r in runs)
+    text = f"{len(runs)} finished runs: {n_disk} under `{runs_dir}`"
+    if records_dir is not None:
+        text += f", {len(runs) - n_disk} from records in `{records_dir}` (run folders no longer on this disk)"
+    return text
+
+
+def markdown(groups: List[Group], provenance: str) -> str:
     lines = [
         "# ssl-bench results", "",
-        f"{n_runs} finished runs under `{runs_dir}`. Primary result: the last checkpoint of each method's "
+        f"{provenance}. Primary result: the last checkpoint of each method's "
         "primary model, evaluated on the test cases; \"best on val\" is the checkpoint with the best "
         f"validation Dice. Mean ± std over draws; {CONFIDENCE:.0%} CI: t-interval of the mean over draws.",
         f"\"vs {REFERENCE_METHOD}\": median per-case Dice difference and the two-sided paired Wilcoxon "
@@ -345,6 +392,15 @@ def markdown(groups: List[Group], runs_dir: Path, n_runs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _draws_label(points: List[Group]) -> str:
+    """How many draws each point of a line averages, e.g. "2 draws", or "draws 2/1" left to right when they differ:
+    a point without error bar may be one draw, not a stable result."""
+    counts = [g.dice.n for g in points]
+    if len(set(counts)) == 1:
+        return f"{counts[0]} draw" + ("s" if counts[0] > 1 else "")
+    return "draws " + "/".join(map(str, counts))
+
+
 def plot_dice_vs_fraction(groups: List[Group], path: Path) -> Path:
     """One panel per dataset: a line per method with error bars (std over draws), supervised at 100% dashed."""
     import matplotlib
@@ -359,7 +415,7 @@ def plot_dice_vs_fraction(groups: List[Group], path: Path) -> Path:
             points = [g for g in members if g.method == method]
             ax.errorbar([g.fraction for g in points], [g.dice.mean for g in points],
                         yerr=[0.0 if math.isnan(g.dice.std) else g.dice.std for g in points],
-                        marker="o", capsize=3, label=method)
+                        marker="o", capsize=3, label=f"{method} ({_draws_label(points)})")
         for g in members:
             if g.method == g.reference_method and g.fraction == FULL_FRACTION:
                 ax.axhline(g.dice.mean, linestyle="--", color="grey", label=f"{g.method}, 100% labels")
@@ -453,16 +509,20 @@ def log_to_wandb(rows: List[dict], groups: List[Group], charts: Dict[str, Path],
     run.finish()
 
 
-def write_report(runs_dir: Path, out: Path, wandb_project: Optional[str] = None) -> Dict[str, Path]:
+def write_report(runs_dir: Path, out: Path, wandb_project: Optional[str] = None, records: bool = True) -> Dict[str, Path]:
     """Writes summary.csv, summary.md, dice_vs_fraction.png and (for partial-annotation runs) dice_vs_alpha.png
-    into ``out``; logs them to W&B if a project is given."""
+    into ``out``; logs them to W&B if a project is given. With ``records``, also reads and updates the
+    records of ``out/records`` (see the module's docstring)."""
     runs_dir, out = Path(runs_dir), Path(out)
-    runs = load_runs(runs_dir)
+    records_dir = out / RECORDS_DIR if records else None
+    runs = load_runs(runs_dir, records_dir)
+    if records_dir is not None:
+        write_records(runs, runs_dir, records_dir)
     rows = [summary_row(r) for r in runs]
     groups, alpha_groups = summarize_groups(runs), summarize_alpha(runs)
     paths = {"csv": out / "summary.csv", "markdown": out / "summary.md", "plot": out / "dice_vs_fraction.png"}
     atomic_write_text(paths["csv"], _csv_text(rows))
-    atomic_write_text(paths["markdown"], markdown(groups, runs_dir, len(runs)) + alpha_markdown(alpha_groups))
+    atomic_write_text(paths["markdown"], markdown(groups, _provenance(runs, runs_dir, records_dir)) + alpha_markdown(alpha_groups))
     # Partial-annotation variants have their own plot (against alpha); a point each would clutter this one.
     alpha_variants = {r.method for r in runs if alpha_line(r) is not None}
     fraction_groups = [g for g in groups if g.method not in alpha_variants]

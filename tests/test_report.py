@@ -4,6 +4,7 @@ the plot, the W&B summary run and errors."""
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from omegaconf import OmegaConf
 from scipy.stats import wilcoxon
 
 from ssl_bench.cli import main
-from ssl_bench.report import Run, alpha_line, load_runs, summarize_alpha, summarize_groups, write_report
+from ssl_bench.report import Run, _draws_label, alpha_line, load_runs, summarize_alpha, summarize_groups, write_report
 
 CLASSES = ["a", "b"]
 T_975_ONE_DEGREE_OF_FREEDOM = 12.706204736174707  # Student's t, 97.5% quantile, 1 degree of freedom
@@ -157,6 +158,14 @@ def test_plot_is_a_png(fake_runs, tmp_path):
     assert not list(png.parent.glob(".*"))  # no temporary file left behind
 
 
+def test_plot_legend_says_how_many_draws_each_line_averages(fake_runs):
+    runs, _ = fake_runs
+    groups = {(g.method, g.fraction): g for g in summarize_groups(load_runs(runs))}
+    assert _draws_label([groups["mean_teacher", 0.5]]) == "2 draws"
+    assert _draws_label([groups["supervised", 1.0]]) == "1 draw"
+    assert _draws_label([groups["supervised", 0.5], groups["supervised", 1.0]]) == "draws 2/1"
+
+
 def test_variant_is_compared_with_the_supervised_run_of_its_tag():
     run = Run("mean_teacher-lr0.001", {"method": "mean_teacher"}, {}, None)
     assert run.reference_method == "supervised-lr0.001"
@@ -206,6 +215,61 @@ def test_report_command_logs_a_wandb_summary_run(fake_runs, tmp_path, monkeypatc
     assert main(["report", str(runs), "--out", str(out), "--wandb-project", "ssl-bench-test"]) == 0
     assert "## toy" in capsys.readouterr().out
     assert list((out / "wandb").glob("offline-run-*")), "the summary run is written offline beside the results"
+
+
+def _rows(csv_path: Path) -> dict:
+    with open(csv_path) as f:
+        return {(r["method"], float(r["fraction"]), int(r["draw"])): r for r in csv.DictReader(f)}
+
+
+def test_records_stand_in_for_run_folders_that_are_gone(fake_runs, tmp_path):
+    runs, _ = fake_runs
+    out = tmp_path / "results"
+    first = _rows(write_report(runs, out)["csv"])
+    for folder in (p.parent for p in runs.rglob("metrics.json")):
+        record = out / "records" / folder.relative_to(runs)
+        for name in ("metrics.json", "per_case.csv"):
+            assert (record / name).read_bytes() == (folder / name).read_bytes()
+    shutil.rmtree(runs)
+    paths = write_report(runs, out)
+    again = _rows(paths["csv"])
+    assert set(again) == set(DICE)
+    for key, row in first.items():
+        assert {k: v for k, v in again[key].items() if k != "run_dir"} == {k: v for k, v in row.items() if k != "run_dir"}
+        assert again[key]["run_dir"].startswith(str(out / "records"))
+    text = paths["markdown"].read_text()
+    assert f"{len(DICE)} finished runs: 0 under `{runs}`, {len(DICE)} from records" in text
+    assert "p=" in text, "the paired tests are computed from the records' per-case Dice"
+
+
+def test_a_run_folder_on_disk_replaces_its_record(fake_runs, tmp_path):
+    runs, _ = fake_runs
+    out = tmp_path / "results"
+    write_report(runs, out)
+    metrics_path = runs / "toy" / "supervised" / "frac0.5" / "draw0" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["seconds_per_step"] = 9.5  # the cell was run again
+    metrics_path.write_text(json.dumps(metrics))
+    rows = _rows(write_report(runs, out)["csv"])
+    assert len(rows) == len(DICE) and float(rows["supervised", 0.5, 0]["seconds_per_step"]) == 9.5
+    record = out / "records" / metrics_path.relative_to(runs)
+    assert json.loads(record.read_text())["seconds_per_step"] == 9.5
+
+
+def test_records_inside_the_runs_folder_are_not_counted_twice(fake_runs):
+    runs, _ = fake_runs
+    write_report(runs, runs / "results")
+    assert len(_rows(write_report(runs, runs / "results")["csv"])) == len(DICE)
+
+
+def test_no_records_reports_only_the_run_folders(fake_runs, tmp_path, capsys):
+    runs, _ = fake_runs
+    out = tmp_path / "results"
+    write_report(runs, out)
+    shutil.rmtree(runs / "toy" / "mean_teacher")
+    assert main(["report", str(runs), "--out", str(out), "--no-wandb", "--no-records"]) == 0
+    assert {k[0] for k in _rows(out / "summary.csv")} == {"supervised"}
+    assert (out / "records" / "toy" / "mean_teacher").is_dir(), "--no-records leaves the records alone"
 
 
 def test_report_without_finished_runs_is_a_clear_error(tmp_path, capsys):
