@@ -39,8 +39,8 @@ class GradientBalance:
         return self.grad_unsup / self.grad_sup if self.grad_sup > 0 else float("nan")
 
 
-def _flat_gradient(loss: torch.Tensor, params: List[torch.Tensor]) -> torch.Tensor:
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+def _flat_gradient(loss: torch.Tensor, params: List[torch.Tensor], retain_graph: bool = False) -> torch.Tensor:
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain_graph)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
 
 
@@ -48,11 +48,14 @@ def gradient_balance(module, batch: dict, weight: float) -> GradientBalance:
     """The gradients of L_sup and of ``weight``·L_unsup on ``batch`` (as training_step sees it) with respect to
     the module's trained parameters."""
     params = [p for p in module.parameters() if p.requires_grad]
-    loss_sup = module.supervised_loss(batch["labeled"], {})
-    g_sup = _flat_gradient(loss_sup, params)
-    loss_unsup = module.unsupervised_loss(batch, {})
+    # One cache for both terms, as in training_step: a method may reuse its supervised pass (the Π-model's
+    # labeled passes enter its consistency term), so the graph is kept for the second gradient.
+    cache: dict = {}
+    loss_sup = module.supervised_loss(batch["labeled"], cache)
+    loss_unsup = module.unsupervised_loss(batch, cache)
     if loss_unsup is None:
         raise ConfigError(f"{module.cfg.method.name} has no unsupervised term to diagnose")
+    g_sup = _flat_gradient(loss_sup, params, retain_graph=True)
     g_unsup = _flat_gradient(weight * loss_unsup, params)
     norm_sup, norm_unsup = float(g_sup.norm()), float(g_unsup.norm())
     cosine = float(g_sup @ g_unsup) / (norm_sup * norm_unsup) if norm_sup > 0 and norm_unsup > 0 else float("nan")

@@ -8,6 +8,7 @@ from conftest import TINY
 from ssl_bench.cli import main
 from ssl_bench.config import ConfigError
 from ssl_bench.diagnostics import diagnose
+from ssl_bench.registry import get_method, method_names
 
 STEPS = 4
 
@@ -39,6 +40,26 @@ def test_mean_teacher_gradients_and_their_ratio(tmp_path, synthetic_cache, capsy
 
     assert main(["diagnose", str(run), f"data.cache_dir={synthetic_cache}", "--batches", "1"]) == 0
     assert "median ratio" in capsys.readouterr().out
+
+
+def _diagnosable():
+    """Every registered method that adds λ(t)·L_unsup under automatic optimization (what diagnose measures)."""
+    from ssl_bench.config import SemiSupervisedConfig
+    return [name for name in method_names() if issubclass(get_method(name).config_class, SemiSupervisedConfig)
+            and get_method(name).training_step is get_method("supervised").training_step]
+
+
+def test_the_diagnosable_methods_are_the_consistency_family():
+    assert {"mean_teacher", "pi_model", "ua_mt", "transform_consistency", "co_training"} <= set(_diagnosable())
+
+
+@pytest.mark.parametrize("method", _diagnosable())
+def test_every_consistency_method_can_be_diagnosed(method, tmp_path, synthetic_cache):
+    # Regression: the Π-model's consistency term reuses its supervised passes through the step's cache;
+    # diagnose gave each term its own empty cache and failed with KeyError('labeled_passes').
+    run = _train(method, tmp_path, synthetic_cache, "method.rampup_fraction=0.25")
+    [result] = diagnose(run, 1, [f"data.cache_dir={synthetic_cache}"])
+    assert result.grad_sup > 0 and result.grad_unsup > 0 and math.isfinite(result.cosine)
 
 
 def test_a_method_without_unsupervised_term_is_a_clear_error(tmp_path, synthetic_cache):
