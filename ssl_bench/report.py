@@ -37,7 +37,7 @@ import math
 import os
 import re
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -125,6 +125,9 @@ class Group:
     hd95: Estimate
     best_dice: Estimate
     vs_reference: Optional[PairedTest]
+    # Protocol settings (config keys other than the method's own, the tag, the draw and execution) in which the
+    # group's runs differ from the reference runs they are compared with, e.g. "model.dropout: 0.1 vs 0.0".
+    protocol_differences: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -267,6 +270,17 @@ def differs_only_in_method(run: Run, reference: Run) -> bool:
     return bool(ours and theirs) and not differing_keys(ours, theirs, ignore=_VARIANT_KEYS)
 
 
+def protocol_differences(run: Run, reference: Run) -> List[str]:
+    """"key: ours vs theirs" for each protocol setting in which ``run`` differs from its reference: a comparison that
+    is not like for like (co_training's dropout, say) is shown as such. Empty when either has no config.yaml."""
+    ours, theirs = run.config(), reference.config()
+    if not (ours and theirs):
+        return []
+    # A method's own first stage (contrastive's pretraining, recorded in metrics.json) sets the initialisation.
+    ignore = _VARIANT_KEYS + (("model.init_from",) if "pretrain_run_dir" in run.metrics else ())
+    return [f"{k}: {ours.get(k)} vs {theirs.get(k)}" for k in differing_keys(ours, theirs, ignore=ignore)]
+
+
 def reference_of(members: List[Run], by_key: Dict[Tuple[str, str, float], List[Run]]) -> str:
     """The supervised runs a group is compared with: those of its tag; for a variant on a method-only
     hyperparameter (e.g. mean_teacher-lambda_max1.0, a sweep axis on method.lambda_max), which has no supervised
@@ -288,6 +302,7 @@ def summarize_groups(runs: List[Run]) -> List[Group]:
     for (dataset, method, fraction), members in by_key.items():
         classes, reference = members[0].metrics["classes"], reference_of(members, by_key)
         comparable = method != reference and (dataset, reference, fraction) in by_key
+        references = by_key.get((dataset, reference, fraction), [])
         last = [r.result("last") for r in members]
         groups.append(Group(
             dataset, method, fraction, reference, classes,
@@ -295,7 +310,8 @@ def summarize_groups(runs: List[Run]) -> List[Group]:
             class_dice={c: estimate(r[f"dice_{c}"] for r in last) for c in classes},
             hd95=estimate(r["hd95_mean"] for r in last),
             best_dice=estimate(r.result("best")["dice_mean"] for r in members),
-            vs_reference=paired_test(members, by_key[(dataset, reference, fraction)]) if comparable else None))
+            vs_reference=paired_test(members, references) if comparable else None,
+            protocol_differences=protocol_differences(members[0], references[0]) if comparable else []))
     return groups
 
 
@@ -387,8 +403,15 @@ def markdown(groups: List[Group], provenance: str) -> str:
         for g in sorted(members, key=lambda g: (g.fraction, g.method)):
             cells = [g.method, f"{g.fraction:g}", str(g.dice.n), _mean_std(g.dice), _interval(g.dice),
                      *(_mean_std(g.class_dice[c]) for c in classes), _mean_std(g.hd95, 2), _mean_std(g.best_dice),
-                     _versus(g.vs_reference)]
+                     _versus(g.vs_reference) + (" ‡" if g.protocol_differences else "")]
             lines.append("| " + " | ".join(cells) + " |")
+        unlike = [g for g in sorted(members, key=lambda g: (g.fraction, g.method)) if g.protocol_differences]
+        if unlike:
+            lines += ["", f"‡ Not like for like: these runs differ from the `{REFERENCE_METHOD}` runs they are compared "
+                      "with in protocol settings, not only in the method's own, so part of the difference may come "
+                      "from those settings:", ""]
+            lines += [f"- `{g.method}` at {g.fraction:g} vs `{g.reference_method}`: " + "; ".join(g.protocol_differences)
+                      for g in unlike]
     return "\n".join(lines) + "\n"
 
 
@@ -492,6 +515,7 @@ def _group_record(g: Group) -> dict:
     return {"dataset": g.dataset, "method": g.method, "fraction": g.fraction, "draws": g.dice.n,
             "dice_mean": g.dice.mean, "dice_std": g.dice.std, "dice_ci_low": g.dice.low, "dice_ci_high": g.dice.high,
             "hd95_mean": g.hd95.mean, "best_dice_mean": g.best_dice.mean,
+            "protocol_differences": "; ".join(g.protocol_differences),
             **{f"vs_{REFERENCE_METHOD}_{k}": v for k, v in (asdict(test) if test else {}).items()}}
 
 

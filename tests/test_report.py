@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from scipy.stats import wilcoxon
 
 from ssl_bench.cli import main
-from ssl_bench.report import Run, _draws_label, alpha_line, load_runs, summarize_alpha, summarize_groups, write_report
+from ssl_bench.report import Run, _draws_label, alpha_line, protocol_differences, load_runs, summarize_alpha, summarize_groups, write_report
 
 CLASSES = ["a", "b"]
 T_975_ONE_DEGREE_OF_FREEDOM = 12.706204736174707  # Student's t, 97.5% quantile, 1 degree of freedom
@@ -206,6 +206,36 @@ def test_variant_of_a_method_setting_is_compared_with_the_untagged_supervised_ru
         assert variant.vs_reference.p_value == pytest.approx(wilcoxon(ours, theirs).pvalue)
     else:
         assert variant.reference_method == "supervised-lambda_max1.0" and variant.vs_reference is None
+
+
+def test_a_comparison_that_differs_in_protocol_settings_is_flagged(tmp_path):
+    runs = tmp_path / "runs"
+    for method in ("supervised", "mean_teacher"):
+        for draw in (0, 1):
+            _write_fake_run(runs, method, 0.5, draw, DICE[(method, 0.5, draw)])
+            # mean_teacher with its own lambda_max (its setting: fine) and dropout (a protocol setting: flagged)
+            changes = {"method__lambda_max": 1.0, "model__dropout": 0.1} if method == "mean_teacher" else {}
+            config = {"method": {"name": method, "lambda_max": 0.1}, "data": {"name": "toy", "fraction": 0.5, "draw": draw},
+                      "model": {"dropout": 0.0}, "run": {"tag": None}}
+            for key, value in changes.items():
+                section, name = key.split("__")
+                config[section][name] = value
+            (runs / "toy" / method / "frac0.5" / f"draw{draw}" / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    groups = {g.method: g for g in summarize_groups(load_runs(runs))}
+    assert groups["mean_teacher"].protocol_differences == ["model.dropout: 0.1 vs 0.0"]
+    assert groups["supervised"].protocol_differences == []
+    # contrastive's initialisation comes from its own pretraining stage (metrics.json says so): not flagged.
+    pretrained = Run("contrastive", {"pretrain_run_dir": "runs/toy/contrastive_pretrain/draw0"}, {}, tmp_path)
+    reference = Run("supervised", {}, {}, runs / "toy" / "supervised" / "frac0.5" / "draw0")
+    config = OmegaConf.load(reference.folder / "config.yaml")
+    config.model.init_from = "backbone.pt"
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    assert protocol_differences(pretrained, reference) == []
+    user_given = Run("supervised", {}, {}, tmp_path)  # the same init_from given by hand is a protocol change
+    assert protocol_differences(user_given, reference) == ["model.init_from: backbone.pt vs None"]
+    text = write_report(runs, tmp_path / "results")["markdown"].read_text()
+    assert "p=" in text and "‡" in text
+    assert "- `mean_teacher` at 0.5 vs `supervised`: model.dropout: 0.1 vs 0.0" in text
 
 
 def test_report_command_logs_a_wandb_summary_run(fake_runs, tmp_path, monkeypatch, capsys):
