@@ -180,8 +180,8 @@ def write_records(runs: List[Run], runs_dir: Path, records_dir: Path) -> int:
     replacing older records; returns how many runs were recorded."""
     n = 0
     for run in runs:
-        if not run.folder.is_relative_to(runs_dir):
-            continue  # a record already
+        if not run.folder.is_relative_to(runs_dir) or run.folder.resolve().is_relative_to(records_dir.resolve()):
+            continue  # a record already (records_dir may lie inside runs_dir)
         target = records_dir / run.folder.relative_to(runs_dir)
         for name in RECORD_FILES:
             source = run.folder / name

@@ -290,6 +290,9 @@ def test_records_inside_the_runs_folder_are_not_counted_twice(fake_runs):
     runs, _ = fake_runs
     write_report(runs, runs / "results")
     assert len(_rows(write_report(runs, runs / "results")["csv"])) == len(DICE)
+    shutil.rmtree(runs / "toy")  # only the records are left, inside runs_dir: read once, not copied into themselves
+    assert len(_rows(write_report(runs, runs / "results")["csv"])) == len(DICE)
+    assert not (runs / "results" / "records" / "results").exists()
 
 
 def test_no_records_reports_only_the_run_folders(fake_runs, tmp_path, capsys):
