@@ -175,10 +175,9 @@ def load_runs(runs_dir: Path, records_dir: Optional[Path] = None) -> List[Run]:
     return sorted(runs, key=lambda r: (*r.key, r.metrics["draw"]))
 
 
-def write_records(runs: List[Run], runs_dir: Path, records_dir: Path) -> int:
+def write_records(runs: List[Run], runs_dir: Path, records_dir: Path) -> None:
     """Copies the result files of every run under ``runs_dir`` to ``records_dir`` (same relative path),
-    replacing older records; returns how many runs were recorded."""
-    n = 0
+    replacing older records."""
     for run in runs:
         if not run.folder.is_relative_to(runs_dir) or run.folder.resolve().is_relative_to(records_dir.resolve()):
             continue  # a record already (records_dir may lie inside runs_dir)
@@ -187,8 +186,6 @@ def write_records(runs: List[Run], runs_dir: Path, records_dir: Path) -> int:
             source = run.folder / name
             if source.is_file():
                 atomic_write_bytes(target / name, source.read_bytes())
-        n += 1
-    return n
 
 
 def _read_runs(root: Path) -> List[Run]:
