@@ -76,7 +76,11 @@ class ModelConfig:
     strides: List[int] = field(default_factory=lambda: [2, 2, 2])
     num_res_units: int = 2
     norm: str = "instance"
-    dropout: float = 0.0
+    # Dropout in every block, the same for every method (METHODS.md: same backbone). The Π-model's two passes need
+    # "different dropout masks" (Laine & Aila 2017), UA-MT's K teacher passes "noise + dropout" (Yu et al. 2019)
+    # and UMCT's confidence MC dropout (Xia et al. 2020); without it the first two are inert (README "Results").
+    # 0.1 is UMCT's rate as this benchmark first used it for co_training.
+    dropout: float = 0.1
     # A backbone checkpoint (ssl_bench/nets/pretrained.py) loaded into the network before training, e.g. a
     # contrastive pretraining's checkpoints/backbone.pt; None: random initialisation.
     init_from: Optional[str] = None
@@ -437,7 +441,7 @@ def _validate_views(cfg, need) -> None:
         need(2 <= m.views <= dims, "method.views", f"must be in [2, data.spatial_dims={dims}], got {m.views}")
     need(m.mc_passes == 1 or cfg.model.dropout > 0, "model.dropout",
          "co_training's confidence is MC dropout (Xia et al. 2020): with method.mc_passes > 1 set model.dropout > 0 "
-         "(experiments/method/co_training.yaml sets 0.1), or method.mc_passes=1 for an unweighted average of views")
+         "(the protocol's backbone has 0.1), or method.mc_passes=1 for an unweighted average of views")
 
 
 def data_root(cfg: DictConfig) -> Optional[Path]:

@@ -177,6 +177,28 @@ def test_a_few_steps_end_to_end_through_the_cli(name, tmp_path, synthetic_cache)
         assert set(metrics["results"]["last"]) == {"ensemble", "view0", "view1", "view2"} and primary == "ensemble"
 
 
+# ---- the protocol's backbone: the stochastic passes METHODS.md asks for come from its dropout ------------------
+def test_every_method_trains_the_same_backbone_with_dropout():
+    reference = load_config("supervised", "hippocampus").model
+    assert reference.dropout > 0
+    for name in method_names():
+        assert load_config(name, "hippocampus").model == reference, name
+
+
+def test_pi_model_passes_differ_by_their_dropout_masks_without_any_noise():
+    """Regression: with the former dropout-free backbone the Π-model's two passes differed only by the input
+    noise and its consistency term was inert on hippocampus (gradient 0.001 of the supervised one)."""
+    def consistency(*overrides):
+        torch.manual_seed(0)
+        module = build("pi_model", "method.noise_std=0", *overrides)
+        cache = {}
+        module.supervised_loss(make_batch()["labeled"], cache)
+        return float(module.unsupervised_loss(make_batch(), cache).detach())
+
+    assert consistency() > 1e-4
+    assert consistency("model.dropout=0") < 1e-10
+
+
 # ---- EMA teacher (mean_teacher, ua_mt) ------------------------------------------------------------------
 @pytest.mark.parametrize("name", TEACHER_METHODS)
 def test_teacher_is_frozen_outside_the_optimizer_and_inside_the_state_dict(name):

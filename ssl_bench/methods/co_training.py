@@ -7,7 +7,7 @@ the labeled images, averaged over views. Unsupervised: each view makes K MC-drop
 unlabeled images (its one pass with gradients, detached, plus K - 1 without); its mean p̄_v and confidence
 w_v = 1 / predictive variance per voxel give view v the pseudo-label Σ_{j≠v} w_j p̄_j / Σ_{j≠v} w_j, and the
 loss is the mean over views of the soft CE(pred_v, pseudo_{-v}) (ssl_bench/losses/co_training.py), weighted
-by the protocol's λ(t). MC dropout needs model.dropout > 0 (checked by the config; co_training.yaml sets it).
+by the protocol's λ(t). MC dropout needs model.dropout > 0 (checked by the config; the protocol's backbone has it).
 Inference ensembles the views (mean softmax, the primary model "ensemble"); each view is evaluated too.
 
 Cost, reported not hidden: a step runs V networks, each L + U images with gradients and (K - 1)·U without,

@@ -1,9 +1,9 @@
 """pi_model: consistency of two stochastic passes of one network (Laine & Aila 2017), as METHODS.md defines it.
 
 Each image, labeled and unlabeled, goes through the student twice, with independent input noise and
-(when model.dropout > 0) independent dropout masks; consistency = MSE between the two softmax maps over
-all of them. Gradients flow through both passes, as in Laine & Aila's Π-model. With model.dropout = 0
-(the protocol's shared backbone decides) the passes differ only by their noise.
+independent dropout masks (the protocol's backbone has model.dropout = 0.1); consistency = MSE between the
+two softmax maps over all of them. Gradients flow through both passes, as in Laine & Aila's Π-model. With
+model.dropout = 0 the passes differ only by their noise and the term is inert (README "Results").
 
 Cheapest correct arrangement: the supervised DiceCE is taken on the first noisy pass of the labeled images
 (Laine & Aila's supervised term is on a stochastic pass too), so no clean pass is paid for. Forwards per

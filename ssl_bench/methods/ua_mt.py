@@ -4,8 +4,8 @@ Mean Teacher whose teacher makes K stochastic passes over the unlabeled images, 
 noise and, in train mode, its own dropout masks. p̄ = their mean softmax, uncertainty = the entropy of p̄
 per voxel, and the consistency MSE counts only voxels with uncertainty < H(t) = (0.75 + 0.25·ramp(t))·ln C,
 normalised by the number of kept voxels; ramp is the λ(t) ramp-up (same sigmoid, same T_r). The kept
-fraction is logged as train/kept_fraction. With model.dropout = 0 (the protocol's shared backbone decides,
-not this method) the K passes differ only by their input noise.
+fraction is logged as train/kept_fraction. With model.dropout = 0 the K passes differ only by their input
+noise, agree, and the filter keeps every voxel (README "Results").
 
 The consistency target is the first of the K passes: a teacher prediction under its own noise, exactly
 Mean Teacher's target. (Yu et al.'s code spends a separate (K+1)-th pass on it.)
