@@ -157,6 +157,12 @@ def compare_methods(methods: List[str], data: str, overrides: List[str], warmup:
         per_step = 1.0 / stack_steps_per_second(cfg, warmup, steps)
         minimum, passes = analytic_minimum_seconds(cfg, repeats=max(3, steps // 4))
         rows.append((name, per_step, minimum, passes))
+    print_method_table(rows, warmup, steps)
+
+
+def print_method_table(rows, warmup: int, steps: int) -> None:
+    """One line per (name, seconds per step, analytic minimum, passes) row, against the supervised row if any.
+    A method whose timed minimum is not above supervised's (tiny networks under load) gets no own overhead."""
     reference = next(((per_step, minimum) for name, per_step, minimum, _ in rows if name == "supervised"), None)
     print(f"\nseconds per training step ({steps} timed steps after {warmup} warm-up; analytic minimum = "
           "the method's network passes and one step of each optimizer, each timed alone; own overhead = the "

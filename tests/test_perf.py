@@ -1,8 +1,11 @@
 """make perf's arithmetic and a smoke run of it on tiny synthetic data (timings themselves are never asserted)."""
 
+import contextlib
+import io
+
 import pytest
 
-from ssl_bench.perf import main, own_overhead
+from ssl_bench.perf import main, own_overhead, print_method_table
 from tests.conftest import TINY
 
 
@@ -21,6 +24,24 @@ def test_perf_prints_every_method_against_supervised_and_its_minimum(synthetic_c
     assert "stack / bare" in out and "own overhead" in out
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip().startswith(("supervised ", "mean_teacher "))}
     supervised, mean_teacher = lines["supervised"].split(), lines["mean_teacher"].split()
+    # Which timings come out is the machine's business (on tiny networks under load the method's timed minimum
+    # may not exceed supervised's, and then it has no own overhead); the table's shape is not.
     assert supervised[2] == "1.00" and supervised[5] == "-"
-    assert mean_teacher[5].endswith("%"), "the method's own overhead is computed against supervised"
+    assert len(mean_teacher) >= 7 and float(mean_teacher[2]) > 0
     assert "teacher:" in lines["mean_teacher"], "the recorded passes include the teacher's forward"
+
+
+def test_method_table_puts_each_method_against_supervised():
+    """Regression: the smoke run asserted an own overhead for mean_teacher, which timings under load can deny."""
+    passes = [("student", (4,), True)]
+    supervised = ("supervised", 0.25, 0.20, passes)
+    mean_teacher = ("mean_teacher", 0.65, 0.50, passes + [("teacher", (4,), False)])
+    for rows, expected in [([supervised, mean_teacher], ["2.60", "0.500", "30%", "33%"]),
+                           # a timed minimum not above supervised's: no own overhead
+                           ([supervised, mean_teacher[:2] + (0.20,) + mean_teacher[3:]], ["2.60", "0.200", "225%", "-"])]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            print_method_table(rows, warmup=1, steps=2)
+        line = next(l.split() for l in out.getvalue().splitlines() if l.strip().startswith("mean_teacher "))
+        assert line[2:6] == expected
+        assert line[6:] == ["student:4g,", "teacher:4"]
