@@ -12,6 +12,7 @@ A sweep file (``experiments/sweeps/<name>.yaml``) is validated against ``SweepCo
       optim.lr: [0.001, 0.002]
     overrides: [trainer.max_steps=500]   # config overrides applied to every cell
     launcher: local                      # local | slurm
+    local: {jobs: 1}                     # cells at once on this machine (its CPU threads and GPUs split between them)
     slurm: {partition: gpu, gpus_per_node: 1, nodes: 1, cpus_per_task: 8, mem_gb: 32, timeout_min: 240}
     name: hippocampus                    # sweep id (default: the file's name)
 
@@ -22,10 +23,10 @@ from its last checkpoint, so a sweep killed at any moment is completed by starti
 
 Cells run draw by draw (then by extra-axis value, fraction and method), so the first draw is complete
 first. Work shared by several cells (e.g. contrastive pretraining per dataset and draw, METHODS.md) is
-an ordinary run that the method's train() produces on first use and reuses afterwards; with the local
-launcher the cells of a draw run one after another, so it is done once. Under ``launcher: slurm`` cells
-run in parallel: the first cell of a draw to reach the contrastive pretraining runs it while the draw's other
-contrastive cells wait on a file lock in its folder, then reuse it (on a filesystem with working flock).
+an ordinary run that the method's train() produces on first use and reuses afterwards. When cells run at
+once (``local.jobs`` > 1, or ``launcher: slurm``), the first cell of a draw to reach the contrastive
+pretraining runs it while the draw's other contrastive cells wait on a file lock in its folder, then reuse
+it (on a filesystem with working flock).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ ALL_METHODS = "all"
 CELL_KEYS = ("data.fraction", "data.draw")
 # How often the slurm launcher asks the scheduler whether jobs are done (submitit caches the queries).
 SLURM_POLL_S = 30.0
+# How often the local launcher checks whether a running cell is done.
+LOCAL_POLL_S = 0.5
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -83,6 +86,14 @@ class SlurmConfig:
 
 
 @dataclass
+class LocalConfig:
+    # Cells at once on this machine, each in its own process. With jobs > 1 each cell gets cpu_count // jobs
+    # threads (OMP_NUM_THREADS, unless the environment sets it) and its share of the visible GPUs
+    # (CUDA_VISIBLE_DEVICES; GPUs are shared round-robin when there are fewer than jobs).
+    jobs: int = 1
+
+
+@dataclass
 class SweepConfig:
     data: str = "hippocampus"
     methods: Any = ALL_METHODS  # "all" or a list of names: a union type, checked in _validate
@@ -92,6 +103,7 @@ class SweepConfig:
     axes: Dict[str, Any] = field(default_factory=dict)
     overrides: List[str] = field(default_factory=list)
     launcher: str = "local"
+    local: LocalConfig = field(default_factory=LocalConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     name: str = ""
 
@@ -170,6 +182,7 @@ def _validate(spec: SweepConfig, path: Path) -> None:
         need(override.split("=", 1)[0] not in CELL_KEYS + tuple(spec.axes), "overrides",
              f"'{override}' sets a key the grid sets for each cell")
     need(spec.launcher in LAUNCHERS, "launcher", f"must be one of {', '.join(LAUNCHERS)}, got '{spec.launcher}'")
+    need(spec.local.jobs >= 1, "local.jobs", f"must be >= 1, got {spec.local.jobs}")
     s = spec.slurm
     need(s.gpus_per_node >= 0 and s.nodes >= 1, "slurm", "needs gpus_per_node >= 0 and nodes >= 1")
     need(s.gpus_per_node > 0 or s.nodes == 1, "slurm.nodes", "CPU-only jobs (gpus_per_node: 0) run on one node")
@@ -245,7 +258,7 @@ def run_sweep(sweep: Sweep, slurm_cluster: str = "slurm", slurm_poll_s: float = 
           f"({sweep.source})", flush=True)
     try:
         if sweep.config.launcher == "local":
-            failed = _run_local(cells, n_pending)
+            failed = _run_local(cells, n_pending, job_environments(sweep.config.local.jobs))
         else:
             failed = _run_submitit(sweep, n_pending, slurm_cluster, slurm_poll_s)
     except KeyboardInterrupt:
@@ -262,8 +275,34 @@ def describe_cells(sweep: Sweep) -> str:
                      for k, c in enumerate(sweep.cells, 1))
 
 
-def _run_local(cells: List[Cell], n_pending: int) -> List[Cell]:
-    """Each cell in a child process of its own, one after another, because:
+def job_environments(jobs: int, environ: Optional[Dict[str, str]] = None, cpu_count: Optional[int] = None,
+                     gpu_count: Optional[int] = None) -> List[Dict[str, str]]:
+    """The environment of each of ``jobs`` job slots: one slot is this process's environment unchanged; with
+    more, each gets cpu_count // jobs threads (unless OMP_NUM_THREADS is set) and its share of the visible GPUs."""
+    environ = dict(os.environ if environ is None else environ)
+    if jobs == 1:
+        return [environ]
+    cpu_count = cpu_count or os.cpu_count() or 1
+    if gpu_count is None:
+        import torch
+        gpu_count = torch.cuda.device_count()
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = [g.strip() for g in visible.split(",") if g.strip()] if visible else [str(i) for i in range(gpu_count)]
+    gpus = gpus[:gpu_count] if gpu_count else []
+    per_job = len(gpus) // jobs
+    slots = []
+    for k in range(jobs):
+        env = dict(environ)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, cpu_count // jobs)))
+        if gpus:
+            mine = gpus[k * per_job:(k + 1) * per_job] if per_job else [gpus[k % len(gpus)]]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+        slots.append(env)
+    return slots
+
+
+def _run_local(cells: List[Cell], n_pending: int, slot_environments: List[Dict[str, str]]) -> List[Cell]:
+    """Each cell in a child process of its own, as many at once as there are job slots, because:
 
     - train() reports peak memory from process-wide counters (ru_maxrss, CUDA peak stats), which
       in one process would carry the earlier cells' peaks into every later cell;
@@ -273,15 +312,35 @@ def _run_local(cells: List[Cell], n_pending: int) -> List[Cell]:
     The cost, about ten seconds of imports per cell, is small beside a real run.
     """
     progress, failed = Progress(len(cells), n_pending), []
+    free = list(range(len(slot_environments)))
+    running: Dict[subprocess.Popen, Tuple[Cell, int]] = {}
+
+    def reap(block: bool) -> None:
+        while True:
+            for child in [c for c in running if c.poll() is not None]:
+                cell, slot = running.pop(child)
+                free.append(slot)
+                progress.finish_one()
+                if child.returncode != 0:
+                    failed.append(cell)
+            if free or not running or not block:
+                return
+            time.sleep(LOCAL_POLL_S)
+
     for k, cell in enumerate(cells, 1):
         if cell.finished():
             print(progress.line(k, cell, "already finished"), flush=True)
             continue
-        print(progress.line(k, cell), flush=True)
-        code = subprocess.run(cell.command(), preexec_fn=_die_with_parent(os.getpid())).returncode
-        progress.finish_one()
-        if code != 0:
-            failed.append(cell)
+        reap(block=True)
+        slot = free.pop(0)
+        where = f" [job {slot + 1}/{len(slot_environments)}]" if len(slot_environments) > 1 else ""
+        print(progress.line(k, cell) + where, flush=True)
+        running[subprocess.Popen(cell.command(), env=slot_environments[slot],
+                                 preexec_fn=_die_with_parent(os.getpid()))] = (cell, slot)
+    while running:
+        reap(block=False)
+        if running:
+            time.sleep(LOCAL_POLL_S)
     return failed
 
 

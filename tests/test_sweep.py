@@ -16,7 +16,7 @@ import yaml
 from ssl_bench.cli import main
 from ssl_bench.config import ConfigError
 from ssl_bench.registry import method_names
-from ssl_bench.sweep import load_sweep, run_sweep
+from ssl_bench.sweep import Cell, job_environments, load_sweep, run_sweep
 from conftest import PROJECT_ROOT
 from test_train_e2e import TINY
 
@@ -103,6 +103,7 @@ def test_extra_axis_cells_get_their_own_run_folders(tmp_path):
     ({"fractions": [0.0]}, "fractions", "must be in (0, 1]"),
     ({"extra_cells": [{"method": "supervised", "fraction": 1.5}]}, "extra_cells[0].fraction", "must be in (0, 1]"),
     ({"launcher": "kubernetes"}, "launcher", "must be one of local, slurm"),
+    ({"local": {"jobs": 0}}, "local.jobs", "must be >= 1"),
     ({"axes": {"optim.lrr": [1.0]}}, "optim.lrr", "not in 'OptimConfig'"),
     ({"overrides": ["data.fraction=0.2"]}, "overrides", "sets a key the grid sets"),
 ])
@@ -147,6 +148,51 @@ def _processes_mentioning(text: str) -> list:
         except OSError:  # the process ended while we looked
             pass
     return found
+
+
+def test_job_slots_split_threads_and_gpus():
+    env = {"PATH": "/bin"}
+    assert job_environments(1, env, cpu_count=16, gpu_count=4) == [env]  # one job: the environment unchanged
+    two = job_environments(2, env, cpu_count=16, gpu_count=4)
+    assert [(e["OMP_NUM_THREADS"], e["CUDA_VISIBLE_DEVICES"]) for e in two] == [("8", "0,1"), ("8", "2,3")]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in job_environments(3, env, cpu_count=2, gpu_count=1)] == ["0"] * 3
+    assert [e["OMP_NUM_THREADS"] for e in job_environments(3, env, cpu_count=2, gpu_count=1)] == ["1"] * 3
+    visible = job_environments(2, {"CUDA_VISIBLE_DEVICES": "3,5", "OMP_NUM_THREADS": "2"}, cpu_count=8, gpu_count=2)
+    assert [(e["OMP_NUM_THREADS"], e["CUDA_VISIBLE_DEVICES"]) for e in visible] == [("2", "3"), ("2", "5")]
+    assert all("CUDA_VISIBLE_DEVICES" not in e for e in job_environments(2, env, cpu_count=4, gpu_count=0))
+
+
+# A stand-in for a cell's training (no timing involved): the first two cells each wait until both have started,
+# which only cells running at once can do, then write their result; the third fails at once.
+RENDEZVOUS_CELL = """
+import pathlib, sys, time
+run_dir, others = pathlib.Path(sys.argv[1]), [pathlib.Path(p) for p in sys.argv[2:]]
+if not others:
+    sys.exit(1)
+run_dir.mkdir(parents=True, exist_ok=True)
+(run_dir / "started").write_text("")
+deadline = time.time() + 60
+while not all((o / "started").is_file() for o in others):
+    if time.time() > deadline:
+        sys.exit(2)
+    time.sleep(0.05)
+(run_dir / "metrics.json").write_text("{}")
+"""
+
+
+def test_local_jobs_run_cells_at_once_and_a_failed_cell_leaves_the_others(tmp_path, monkeypatch, capsys):
+    path = _write_sweep(tmp_path / "jobs.yaml", methods=["supervised", "mean_teacher", "pi_model"],
+                        local={"jobs": 2})
+    sweep = load_sweep(path, [f"run.runs_dir={tmp_path / 'runs'}"])
+    waiting = [c.run_dir for c in sweep.cells[:2]]
+    monkeypatch.setattr(Cell, "command", lambda cell: [
+        sys.executable, "-c", RENDEZVOUS_CELL, str(cell.run_dir),
+        *([str(d) for d in waiting if d != cell.run_dir] if cell.run_dir in waiting else [])])
+    assert run_sweep(sweep) == 1
+    assert [c.finished() for c in sweep.cells] == [True, True, False]
+    out, err = capsys.readouterr()
+    assert "[job 1/2]" in out and "[job 2/2]" in out
+    assert "failed: method=pi_model" in err and "method=supervised" not in err
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sweep's children die with it on Linux only")
