@@ -23,7 +23,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from ssl_bench.sweep import describe_cells, load_sweep, run_sweep
-    sweep = load_sweep(Path(args.sweep_file), args.overrides)
+    sweep = load_sweep(Path(args.sweep_file), args.overrides, Path(args.records) if args.records else None)
     if args.dry_run:
         print(describe_cells(sweep))
         return 0
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run every cell (method x fraction x draw ...) of a sweep file; resumable")
     p.add_argument("sweep_file", help="experiments/sweeps/<name>.yaml")
     p.add_argument("--dry-run", action="store_true", help="list the cells, finished or pending, and run nothing")
+    p.add_argument("--records", metavar="DIR", help="count a cell as finished when DIR (e.g. results/records, kept "
+                   "by `ssl-bench report`) holds a result of the same config, even if its run folder is gone")
     p.add_argument("overrides", nargs="*", help="config overrides for every cell, after the file's, e.g. "
                    "run.runs_dir=/scratch/runs")
     p.set_defaults(func=_cmd_sweep)

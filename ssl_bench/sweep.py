@@ -19,7 +19,11 @@ A sweep file (``experiments/sweeps/<name>.yaml``) is validated against ``SweepCo
 A cell's folder is ``run_dir(cfg)``; a cell on an extra axis gets ``run.tag=<last key part><value>``
 (e.g. ``lr0.001``, joined to any run.tag of the overrides) so that its folder differs from its neighbours'.
 Resuming is train()'s: a finished cell (metrics.json present) is skipped and an interrupted one resumes
-from its last checkpoint, so a sweep killed at any moment is completed by starting it again.
+from its last checkpoint, so a sweep killed at any moment is completed by starting it again. With a records
+folder (``ssl-bench sweep FILE --records results/records``, the copies ``ssl-bench report`` keeps), a cell
+whose run folder is gone but whose record holds a run of the same config counts as finished too, so that a
+sweep continued on another machine or disk runs only what no record holds; a record of a different config
+(e.g. made before a default changed) is named and its cell runs.
 
 Cells run draw by draw (then by extra-axis value, fraction and method), so the first draw is complete
 first. Work shared by several cells (e.g. contrastive pretraining per dataset and draw, METHODS.md) is
@@ -49,9 +53,10 @@ import submitit.helpers
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ssl_bench.config import ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir
+from ssl_bench.config import (EXECUTION_KEYS, ConfigError, differing_keys, first_line, flatten_keys, load_config,
+                              load_yaml, merge_checked, run_dir)
 from ssl_bench.registry import method_names
-from ssl_bench.report import METRICS_FILE
+from ssl_bench.report import CONFIG_FILE, METRICS_FILE
 
 LAUNCHERS = ("local", "slurm")
 ALL_METHODS = "all"
@@ -118,13 +123,22 @@ class Cell:
     axis_values: Tuple[Tuple[str, Any], ...]
     overrides: Tuple[str, ...]
     run_dir: Path
+    # The run folder below the runs folder (<dataset>/<method>/frac<f>/draw<d>), which is also its record's path.
+    relative_dir: Path = Path()
+    # A record of this cell's run (same config) that stands in for a missing run folder; see the module docstring.
+    record: Optional[Path] = None
 
     def describe(self) -> str:
         axes = "".join(f" {key}={_text(value)}" for key, value in self.axis_values)
         return f"method={self.method} fraction={self.fraction:g} draw={self.draw}{axes}"
 
     def finished(self) -> bool:
-        return (self.run_dir / METRICS_FILE).is_file()
+        return (self.run_dir / METRICS_FILE).is_file() or self.record is not None
+
+    def state(self) -> str:
+        if (self.run_dir / METRICS_FILE).is_file():
+            return "finished"
+        return f"recorded in {self.record}" if self.record is not None else "pending"
 
     def config(self):
         return load_config(self.method, self.data, list(self.overrides))
@@ -141,8 +155,9 @@ class Sweep:
     cells: List[Cell]
 
 
-def load_sweep(path: Path, overrides: Optional[List[str]] = None) -> Sweep:
-    """The validated sweep of ``path`` with its cells; ``overrides`` are applied to every cell after the file's."""
+def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: Optional[Path] = None) -> Sweep:
+    """The validated sweep of ``path`` with its cells; ``overrides`` are applied to every cell after the file's.
+    With ``records_dir``, cells whose matching record is there count as finished (the module's docstring)."""
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"no sweep file {path}")
@@ -154,7 +169,35 @@ def load_sweep(path: Path, overrides: Optional[List[str]] = None) -> Sweep:
     spec.name = spec.name or path.stem
     spec.overrides = list(spec.overrides) + list(overrides or [])
     _validate(spec, path)
-    return Sweep(spec, path, _expand(spec, path))
+    cells = _expand(spec, path)
+    if records_dir is not None:
+        if not Path(records_dir).is_dir():
+            raise SweepError(f"no records folder {records_dir}")
+        cells = [_with_record(cell, Path(records_dir)) for cell in cells]
+    return Sweep(spec, path, cells)
+
+
+# Where a run was written is no part of what it computed.
+RECORD_IGNORED_KEYS = EXECUTION_KEYS + ("run.runs_dir",)
+
+
+def _with_record(cell: Cell, records_dir: Path) -> Cell:
+    """``cell`` with its record when ``records_dir`` holds one of the same config; a record of another config
+    is reported (its cell will run, and the report replaces the record with the new run)."""
+    folder = records_dir / cell.relative_dir
+    if not (folder / METRICS_FILE).is_file():
+        return cell
+    try:
+        recorded = flatten_keys(OmegaConf.to_container(load_yaml(folder / CONFIG_FILE)))
+    except ConfigError as err:
+        print(f"[sweep] record {folder} unusable, its cell will run: {err}", file=sys.stderr, flush=True)
+        return cell
+    diff = differing_keys(recorded, flatten_keys(OmegaConf.to_container(cell.config())), ignore=RECORD_IGNORED_KEYS)
+    if diff:
+        print(f"[sweep] record {folder} has another config ({', '.join(diff[:8])} differ): its cell will run",
+              file=sys.stderr, flush=True)
+        return cell
+    return replace(cell, record=folder)
 
 
 def _validate(spec: SweepConfig, path: Path) -> None:
@@ -220,7 +263,8 @@ def _cell(spec: SweepConfig, path: Path, method: str, fraction: float, draw: int
             cfg = cell.config()
     except ConfigError as err:
         raise SweepError(f"{path}: cell {cell.describe()}: {err}") from None
-    return replace(cell, run_dir=run_dir(cfg))
+    folder = run_dir(cfg)
+    return replace(cell, run_dir=folder, relative_dir=folder.relative_to(cfg.run.runs_dir))
 
 
 def _text(value: Any) -> str:
@@ -254,8 +298,9 @@ def run_sweep(sweep: Sweep, slurm_cluster: str = "slurm", slurm_poll_s: float = 
     launcher's jobs through submitit's local executor (subprocesses on this machine)."""
     cells = sweep.cells
     n_pending = sum(not c.finished() for c in cells)
-    print(f"[sweep] {sweep.config.name}: {len(cells)} cells, {len(cells) - n_pending} already finished "
-          f"({sweep.source})", flush=True)
+    n_recorded = sum(c.state().startswith("recorded") for c in cells)
+    print(f"[sweep] {sweep.config.name}: {len(cells)} cells, {len(cells) - n_pending} already finished"
+          + (f" ({n_recorded} of them recorded only)" if n_recorded else "") + f" ({sweep.source})", flush=True)
     try:
         if sweep.config.launcher == "local":
             failed = _run_local(cells, n_pending, job_environments(sweep.config.local.jobs))
@@ -271,7 +316,7 @@ def run_sweep(sweep: Sweep, slurm_cluster: str = "slurm", slurm_poll_s: float = 
 
 def describe_cells(sweep: Sweep) -> str:
     """One line per cell with its state and folder (``ssl-bench sweep --dry-run``)."""
-    return "\n".join(f"{k}/{len(sweep.cells)} {'finished' if c.finished() else 'pending '} {c.describe()}  {c.run_dir}"
+    return "\n".join(f"{k}/{len(sweep.cells)} {c.state():8} {c.describe()}  {c.run_dir}"
                      for k, c in enumerate(sweep.cells, 1))
 
 
@@ -329,7 +374,8 @@ def _run_local(cells: List[Cell], n_pending: int, slot_environments: List[Dict[s
 
     for k, cell in enumerate(cells, 1):
         if cell.finished():
-            print(progress.line(k, cell, "already finished"), flush=True)
+            state = cell.state()
+            print(progress.line(k, cell, "already finished" if state == "finished" else state), flush=True)
             continue
         reap(block=True)
         slot = free.pop(0)

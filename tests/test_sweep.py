@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from ssl_bench.cli import main
 from ssl_bench.config import ConfigError
 from ssl_bench.registry import method_names
-from ssl_bench.sweep import Cell, job_environments, load_sweep, run_sweep
+from ssl_bench.sweep import Cell, SweepError, job_environments, load_sweep, run_sweep
 from conftest import PROJECT_ROOT
 from test_train_e2e import TINY
 
@@ -193,6 +194,57 @@ def test_local_jobs_run_cells_at_once_and_a_failed_cell_leaves_the_others(tmp_pa
     out, err = capsys.readouterr()
     assert "[job 1/2]" in out and "[job 2/2]" in out
     assert "failed: method=pi_model" in err and "method=supervised" not in err
+
+
+def _record(records: Path, cell: Cell, **changes) -> Path:
+    """A record of ``cell`` as `ssl-bench report` keeps it, made with its config plus ``changes``."""
+    folder = records / cell.relative_dir
+    folder.mkdir(parents=True)
+    cfg = cell.config()
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key, value)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (folder / "metrics.json").write_text("{}")
+    return folder
+
+
+def _writes_metrics(ran: list):
+    """A stand-in for Cell.command that notes the method and writes the cell's metrics.json at once."""
+    def command(cell: Cell) -> list:
+        ran.append(cell.method)
+        return [sys.executable, "-c", "import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
+                "p.mkdir(parents=True); (p / 'metrics.json').write_text('{}')", str(cell.run_dir)]
+    return command
+
+
+def test_cells_recorded_with_the_same_config_count_as_finished_and_others_run(tmp_path, monkeypatch, capsys):
+    path = _write_sweep(tmp_path / "records.yaml", methods=["supervised", "mean_teacher", "pi_model"])
+    runs, records = [f"run.runs_dir={tmp_path / 'runs'}"], tmp_path / "records"
+    cells = load_sweep(path, runs).cells
+    # Where a run was written and how it logged are no part of what it computed; a changed default is.
+    same = _record(records, cells[0], **{"run.runs_dir": "/elsewhere", "logging.tags": ["sweep=old"]})
+    other = _record(records, cells[1], **{"model.dropout": 0.0})
+
+    assert main(["sweep", str(path), "--dry-run", "--records", str(records), *runs]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[1] for line in out.splitlines()] == ["recorded", "pending", "pending"]
+    assert f"record {other} has another config (model.dropout differ): its cell will run" in err
+
+    sweep = load_sweep(path, runs, records)
+    assert [c.record for c in sweep.cells] == [same, None, None]
+    ran = []
+    monkeypatch.setattr(Cell, "command", _writes_metrics(ran))
+    assert run_sweep(sweep) == 0
+    assert ran == ["mean_teacher", "pi_model"]
+    out = capsys.readouterr().out
+    assert "3 cells, 1 already finished (1 of them recorded only)" in out
+    assert f"cell 1/3: method=supervised fraction=0.5 draw=0 (recorded in {same})" in out
+    assert not (cells[0].run_dir / "metrics.json").exists()  # nothing was run or written for it
+
+    ran.clear()  # without records, the recorded cell is pending again
+    assert run_sweep(load_sweep(path, runs)) == 0 and ran == ["supervised"]
+    with pytest.raises(SweepError, match="no records folder"):
+        load_sweep(path, runs, tmp_path / "missing")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sweep's children die with it on Linux only")
