@@ -1,4 +1,5 @@
-"""Optional callbacks: timing of training steps and image overlays for W&B. No training logic here."""
+"""Optional callbacks: timing of training steps, the resume checkpoint and image overlays for W&B. No training
+logic here."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from statistics import median
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 
 class StepTimer(pl.Callback):
@@ -32,6 +35,25 @@ class StepTimer(pl.Callback):
     def seconds_per_step(self) -> float:
         kept = self.durations[self.warmup:] or self.durations
         return float(median(kept)) if kept else float("nan")
+
+
+class ResumeCheckpoint(Checkpoint):
+    """The whole training state written to ``path`` after every validation, to resume an interrupted run from.
+
+    Not ModelCheckpoint(save_last=True): with a monitored metric it writes last.ckpt only at steps whose score it
+    keeps (Lightning 2.6), so a run killed on a plateau resumed from its best step and redid every step since.
+    Lightning writes checkpoints through a temporary file, so a kill never leaves a half-written one. Being a
+    Checkpoint, it runs after the other callbacks and after the best-checkpoint callback given before it, so the
+    state it saves includes their updates of this validation.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        trainer.save_checkpoint(self.path)  # every rank calls it; the strategy writes once
 
 
 class ImageOverlays(pl.Callback):

@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_bench.callbacks import ImageOverlays, StepTimer
+from ssl_bench.callbacks import ImageOverlays, ResumeCheckpoint, StepTimer
 from ssl_bench.config import (EXECUTION_KEYS, ConfigError, data_root, differing_keys, flatten_keys, resolve_project_path,
                               run_dir, to_yaml)
 from ssl_bench.data.datamodule import SegmentationDataModule
@@ -95,6 +95,14 @@ def prepare_data(cfg: DictConfig, method_cls, training: bool = True, evaluation:
     spacings = {i.case_id: i.spacing for i in verify_or_raise(manifest, root, cases)}
     annotated = partial_annotation_flags(split.labeled, manifest.num_classes - 1, cfg.data.partial.alpha, cfg.data.draw)
     return RunData(manifest, root, split, annotated, spacings)
+
+
+def checkpoint_callbacks(ckpt_dir: Path) -> Tuple[ModelCheckpoint, ResumeCheckpoint]:
+    """The best-on-validation checkpoint (``best-<step>.ckpt``, reported beside the last) and ``last.ckpt``, the
+    state after the latest validation, to resume from; in this order (see ResumeCheckpoint)."""
+    best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best-{step}", monitor="val/dice_mean", mode="max",
+                           save_top_k=1, auto_insert_metric_name=False)
+    return best, ResumeCheckpoint(ckpt_dir / LAST)
 
 
 def _check_same_config(run: Path, cfg: DictConfig) -> None:
@@ -230,11 +238,10 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         raise ConfigError(f"method.primary_model: '{cfg.method.primary_model}' is not evaluated by "
                           f"{cfg.method.name} (it evaluates {', '.join(module.evaluation_networks())})")
     ckpt_dir = run / CHECKPOINTS
-    best_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best-{step}", monitor="val/dice_mean", mode="max",
-                              save_top_k=1, save_last=True, auto_insert_metric_name=False)
+    best_cb, resume_cb = checkpoint_callbacks(ckpt_dir)
     timer = StepTimer()
     loggers = _loggers(cfg, run)
-    callbacks = [best_cb, timer, LearningRateMonitor(logging_interval="step")]
+    callbacks = [best_cb, resume_cb, timer, LearningRateMonitor(logging_interval="step")]
     if cfg.logging.log_images and any(isinstance(lg, WandbLogger) for lg in loggers):
         callbacks.append(ImageOverlays())
     t = cfg.trainer

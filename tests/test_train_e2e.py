@@ -10,15 +10,19 @@ import sys
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, TensorDataset
 
 from ssl_bench.cli import main
 from ssl_bench.config import load_config, to_yaml
 from ssl_bench.data.manifest import load_manifest
 from ssl_bench.data.splits import split_pool
+from ssl_bench.train import checkpoint_callbacks
 from conftest import PROJECT_ROOT, SHARED_DATA, TINY
 
 
@@ -178,6 +182,46 @@ def test_resume_after_kill(tmp_path, synthetic_cache):
     metrics = json.loads((_run_dir(tmp_path) / "metrics.json").read_text())
     assert metrics["steps"] == 120
     assert 0 < metrics["resumed_from_step"] < 120
+
+
+class _PlateauModule(pl.LightningModule):
+    """A linear model whose validation score only gets worse after its first validation."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/dice_mean", 1.0 / (1 + self.global_step))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_resume_checkpoint_follows_every_validation_though_the_score_stops_improving(tmp_path):
+    """Regression: last.ckpt came from ModelCheckpoint(save_last=True), which with a monitored metric writes it
+    only when the score improves, so a run killed on a plateau resumed from its best step (session 7: a
+    Mean Teacher cell killed at step 1509 resumed at 1000)."""
+    best_cb, resume_cb = checkpoint_callbacks(tmp_path)
+    resumable_steps = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step in (3, 5):
+                resumable_steps.append(torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"])
+
+    loader = DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=2)
+    trainer = pl.Trainer(max_steps=6, max_epochs=-1, val_check_interval=2, check_val_every_n_epoch=None,
+                         limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu", logger=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[best_cb, resume_cb, Probe()])
+    trainer.fit(_PlateauModule(), loader, loader)
+    assert resumable_steps == [2, 4]
+    assert Path(best_cb.best_model_path).name == "best-2.ckpt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-2.ckpt", "last.ckpt"]
 
 
 def test_wandb_offline_run_is_written_into_the_run_folder(tmp_path, synthetic_cache, monkeypatch):
