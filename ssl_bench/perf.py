@@ -7,7 +7,9 @@ in advance, so the ratio is the price of everything around the arithmetic. The b
 before and after the stack and its mean is used, so drifting machine load hits both sides alike.
 
 Part 2, every method: seconds per step through the same stack, relative to supervised and to the
-method's analytic minimum (its network passes and one step of each optimizer, timed alone).
+method's analytic minimum (its network passes and one step of each optimizer, timed alone), and the time its
+data loading takes (the batches a step draws, fetched alone): with ``data.num_workers=0`` the stack loads and
+augments them in the training process, so that much of a step's overhead is loading, not the method.
 """
 
 from __future__ import annotations
@@ -149,6 +151,19 @@ def analytic_minimum_seconds(cfg, repeats: int) -> Tuple[float, List[Pass]]:
     return total, passes
 
 
+def data_seconds_per_step(cfg, fetches: int) -> float:
+    """Seconds to draw the batches of one training step (labeled, plus unlabeled for methods that use them)
+    from the method's data module, transforms included, in this process as the stack does with
+    data.num_workers=0; after one warm-up fetch."""
+    _, _, dm = _setup(cfg)
+    loader = iter(dm.train_dataloader())
+    next(loader)
+    start = time.perf_counter()
+    for _ in range(fetches):
+        next(loader)
+    return (time.perf_counter() - start) / fetches
+
+
 def compare_methods(methods: List[str], data: str, overrides: List[str], warmup: int, steps: int) -> None:
     """Seconds per step of each method through the stack, relative to supervised and to its analytic minimum."""
     rows = []
@@ -156,33 +171,38 @@ def compare_methods(methods: List[str], data: str, overrides: List[str], warmup:
         cfg = load_config(name, data, ["logging.wandb=false", *overrides])
         per_step = 1.0 / stack_steps_per_second(cfg, warmup, steps)
         minimum, passes = analytic_minimum_seconds(cfg, repeats=max(3, steps // 4))
-        rows.append((name, per_step, minimum, passes))
+        rows.append((name, per_step, minimum, data_seconds_per_step(cfg, fetches=max(3, steps)), passes))
     print_method_table(rows, warmup, steps)
 
 
 def print_method_table(rows, warmup: int, steps: int) -> None:
-    """One line per (name, seconds per step, analytic minimum, passes) row, against the supervised row if any.
-    A method whose timed minimum is not above supervised's (tiny networks under load) gets no own overhead."""
-    reference = next(((per_step, minimum) for name, per_step, minimum, _ in rows if name == "supervised"), None)
-    print(f"\nseconds per training step ({steps} timed steps after {warmup} warm-up; analytic minimum = "
-          "the method's network passes and one step of each optimizer, each timed alone; own overhead = the "
-          "method's extra seconds over supervised against the extra minimum, so the stack's share, which "
-          "supervised pays too, is left out)")
-    print(f"  {'method':24s} {'s/step':>8s} {'x supervised':>13s} {'minimum s':>10s} {'overhead':>9s} {'own overhead':>13s}"
-          "  passes (network: batch, g = with gradients)")
-    for name, per_step, minimum, passes in rows:
+    """One line per (name, seconds per step, analytic minimum, data seconds, passes) row, against the supervised
+    row if any. A method whose timed minimum is not above supervised's (tiny networks under load) gets no own
+    overhead."""
+    reference = next((row[1:4] for row in rows if row[0] == "supervised"), None)
+    print(f"\nseconds per training step ({steps} timed steps after {warmup} warm-up; minimum = the method's network "
+          "passes and one step of each optimizer, each timed alone; data = loading and augmenting the step's "
+          "batches, alone; overhead = beyond the minimum; not data = the part of it that is not data loading; "
+          "own overhead = the method's extra seconds over supervised, less its extra data time, against its "
+          "extra minimum, so the stack's share, which supervised pays too, is left out)")
+    print(f"  {'method':24s} {'s/step':>8s} {'x supervised':>13s} {'minimum s':>10s} {'data s':>7s} {'overhead':>9s}"
+          f" {'not data':>9s} {'own overhead':>13s}  passes (network: batch, g = with gradients)")
+    for name, per_step, minimum, data, passes in rows:
         ratio = f"{per_step / reference[0]:13.2f}" if reference else f"{'-':>13s}"
-        own = (f"{own_overhead(per_step, minimum, *reference):12.0%}" if reference and minimum > reference[1]
+        own = (f"{own_overhead(per_step, minimum, data, *reference):12.0%}" if reference and minimum > reference[1]
                else f"{'-':>12s}")
         listed = ", ".join(f"{n}:{shape[0]}{'g' if g else ''}" for n, shape, g in passes)
-        print(f"  {name:24s} {per_step:8.3f} {ratio} {minimum:10.3f} {per_step / minimum - 1:8.0%} {own}  {listed}")
+        print(f"  {name:24s} {per_step:8.3f} {ratio} {minimum:10.3f} {data:7.3f} {per_step / minimum - 1:8.0%} "
+              f"{(per_step - data) / minimum - 1:8.0%} {own}  {listed}")
 
 
-def own_overhead(per_step: float, minimum: float, reference_per_step: float, reference_minimum: float) -> float:
-    """The method's extra seconds per step over the reference (supervised), relative to the extra network work
-    its analytic minimum says it must do, minus one: what the method itself adds beyond its passes, with the
-    stack's cost (data loading, Lightning, the supervised loss), which the reference pays too, left out."""
-    return (per_step - reference_per_step) / (minimum - reference_minimum) - 1
+def own_overhead(per_step: float, minimum: float, data: float, reference_per_step: float, reference_minimum: float,
+                 reference_data: float) -> float:
+    """The method's extra seconds per step over the reference (supervised), less its extra data loading (the
+    unlabeled batch), relative to the extra network work its analytic minimum says it must do, minus one: what
+    the method itself adds beyond its passes and its data, with the stack's cost (Lightning, the labeled data,
+    the supervised loss), which the reference pays too, left out."""
+    return ((per_step - data) - (reference_per_step - reference_data)) / (minimum - reference_minimum) - 1
 
 
 def main(argv=None) -> int:
