@@ -7,19 +7,25 @@ in advance, so the ratio is the price of everything around the arithmetic. The b
 before and after the stack and its mean is used, so drifting machine load hits both sides alike.
 
 Part 2, every method: seconds per step through the same stack, relative to supervised and to the
-method's analytic minimum (its network passes and one step of each optimizer, timed alone), and the time its
-data loading takes (the batches a step draws, fetched alone): with ``data.num_workers=0`` the stack loads and
-augments them in the training process, so that much of a step's overhead is loading, not the method.
+method's analytic minimum (its network passes and one step of each optimizer, timed alone), and where the
+step's time goes, from Lightning's SimpleProfiler over the same timed steps: training_step (forward passes and
+losses), backward, data (loading and augmenting the batches; with ``data.num_workers=0`` in the training
+process) and the rest (optimizer, EMA and other step-end work, Lightning). Split within the same steps, those
+shares hold on a machine whose speed drifts between runs, which the ratios to a minimum timed apart do not.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import tempfile
 import time
-from typing import List, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.profilers import SimpleProfiler
 
 from ssl_bench.config import load_config
 from ssl_bench.registry import get_method, method_names
@@ -46,17 +52,49 @@ def _setup(cfg):
     return data.manifest, method_cls, data.datamodule(cfg, method_cls)
 
 
-def stack_steps_per_second(cfg, warmup: int, steps: int) -> float:
+@dataclass
+class StepBreakdown:
+    """Seconds per training step through the stack, and its parts (means over the timed steps)."""
+    per_step: float
+    forward: float  # training_step: the forward passes and losses (manual optimization: less its backward)
+    backward: float
+    data: float
+
+    @property
+    def other(self) -> float:
+        """Optimizer and scheduler steps, step-end work (e.g. EMA updates), Lightning's own."""
+        return self.per_step - self.forward - self.backward - self.data
+
+
+def breakdown_from_profile(durations: Dict[str, List[float]], per_step: float, steps: int,
+                           automatic_optimization: bool = True) -> StepBreakdown:
+    """A StepBreakdown from SimpleProfiler.recorded_durations (action name -> seconds per call), over the last
+    ``steps`` calls of each action (the timed window)."""
+    def mean_of(predicate) -> float:
+        found = [d for name, d in durations.items() if predicate(name)]
+        return sum(statistics.fmean(d[-steps:]) for d in found if d)
+
+    forward = mean_of(lambda n: n.startswith("[Strategy]") and n.endswith(".training_step"))
+    backward = mean_of(lambda n: n.startswith("[Strategy]") and n.endswith(".backward"))
+    if not automatic_optimization:  # its training_step holds its manual backward passes
+        forward -= backward
+    return StepBreakdown(per_step, forward, backward, mean_of(lambda n: n.endswith("train_dataloader_next")))
+
+
+def stack_step_breakdown(cfg, warmup: int, steps: int) -> StepBreakdown:
     manifest, method_cls, dm = _setup(cfg)
     pl.seed_everything(0)
     module = method_cls(cfg, manifest.labels, [c.id for c in manifest.cases])
     timer = _WindowTimer(warmup)
-    trainer = pl.Trainer(max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
-                         log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=[timer])
-    trainer.fit(module, datamodule=dm)
-    return steps / (timer.end - timer.start)
+    with tempfile.TemporaryDirectory() as report_dir:  # the profiler's own report is not needed
+        profiler = SimpleProfiler(dirpath=report_dir, filename="profile")
+        trainer = pl.Trainer(max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+                             log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=[timer], profiler=profiler)
+        trainer.fit(module, datamodule=dm)
+    per_step = (timer.end - timer.start) / steps
+    return breakdown_from_profile(profiler.recorded_durations, per_step, steps, module.automatic_optimization)
 
 
 def bare_steps_per_second(cfg, warmup: int, steps: int) -> float:
@@ -131,11 +169,15 @@ def analytic_minimum_seconds(cfg, repeats: int) -> Tuple[float, List[Pass]]:
     optimizers = _optimizers(module.configure_optimizers())
 
     def timed(fn) -> float:
-        fn()  # warm-up
-        start = time.perf_counter()
+        """The median of ``repeats`` timed calls after a warm-up one: a shared machine's hiccups (a pass timed
+        at 1.5x its neighbours) would otherwise inflate the floor that everything is compared with."""
+        fn()
+        durations = []
         for _ in range(repeats):
+            start = time.perf_counter()
             fn()
-        return (time.perf_counter() - start) / repeats
+            durations.append(time.perf_counter() - start)
+        return statistics.median(durations)
 
     total = 0.0
     for name, shape, with_grad in passes:
@@ -151,58 +193,46 @@ def analytic_minimum_seconds(cfg, repeats: int) -> Tuple[float, List[Pass]]:
     return total, passes
 
 
-def data_seconds_per_step(cfg, fetches: int) -> float:
-    """Seconds to draw the batches of one training step (labeled, plus unlabeled for methods that use them)
-    from the method's data module, transforms included, in this process as the stack does with
-    data.num_workers=0; after one warm-up fetch."""
-    _, _, dm = _setup(cfg)
-    loader = iter(dm.train_dataloader())
-    next(loader)
-    start = time.perf_counter()
-    for _ in range(fetches):
-        next(loader)
-    return (time.perf_counter() - start) / fetches
-
-
 def compare_methods(methods: List[str], data: str, overrides: List[str], warmup: int, steps: int) -> None:
     """Seconds per step of each method through the stack, relative to supervised and to its analytic minimum."""
     rows = []
     for name in methods:
         cfg = load_config(name, data, ["logging.wandb=false", *overrides])
-        per_step = 1.0 / stack_steps_per_second(cfg, warmup, steps)
-        minimum, passes = analytic_minimum_seconds(cfg, repeats=max(3, steps // 4))
-        rows.append((name, per_step, minimum, data_seconds_per_step(cfg, fetches=max(3, steps)), passes))
+        step = stack_step_breakdown(cfg, warmup, steps)
+        minimum, passes = analytic_minimum_seconds(cfg, repeats=max(3, steps // 2))
+        rows.append((name, step, minimum, passes))
     print_method_table(rows, warmup, steps)
 
 
 def print_method_table(rows, warmup: int, steps: int) -> None:
-    """One line per (name, seconds per step, analytic minimum, data seconds, passes) row, against the supervised
-    row if any. A method whose timed minimum is not above supervised's (tiny networks under load) gets no own
-    overhead."""
-    reference = next((row[1:4] for row in rows if row[0] == "supervised"), None)
+    """One line per (name, StepBreakdown, analytic minimum, passes) row, against the supervised row if any. A
+    method whose timed minimum is not above supervised's (tiny networks under load) gets no own overhead."""
+    reference = next(((step, minimum) for name, step, minimum, _ in rows if name == "supervised"), None)
     print(f"\nseconds per training step ({steps} timed steps after {warmup} warm-up; minimum = the method's network "
-          "passes and one step of each optimizer, each timed alone; data = loading and augmenting the step's "
-          "batches, alone; overhead = beyond the minimum; not data = the part of it that is not data loading; "
-          "own overhead = the method's extra seconds over supervised, less its extra data time, against its "
-          "extra minimum, so the stack's share, which supervised pays too, is left out)")
-    print(f"  {'method':24s} {'s/step':>8s} {'x supervised':>13s} {'minimum s':>10s} {'data s':>7s} {'overhead':>9s}"
-          f" {'not data':>9s} {'own overhead':>13s}  passes (network: batch, g = with gradients)")
-    for name, per_step, minimum, data, passes in rows:
-        ratio = f"{per_step / reference[0]:13.2f}" if reference else f"{'-':>13s}"
-        own = (f"{own_overhead(per_step, minimum, data, *reference):12.0%}" if reference and minimum > reference[1]
+          "passes and one step of each optimizer, each timed alone; overhead = beyond the minimum; own overhead = "
+          "the method's extra seconds over supervised, less its extra data time, against its extra minimum, so "
+          "the stack's share, which supervised pays too, is left out; then the step split, from the profiler: "
+          "training_step (forwards and losses), backward, data, and other = optimizer, step-end work such as "
+          "EMA updates, Lightning)")
+    print(f"  {'method':24s} {'s/step':>8s} {'x supervised':>13s} {'minimum s':>10s} {'overhead':>9s} "
+          f"{'own overhead':>13s} {'forward':>8s} {'backward':>9s} {'data':>6s} {'other':>6s}"
+          "  passes (network: batch, g = with gradients)")
+    for name, step, minimum, passes in rows:
+        ratio = f"{step.per_step / reference[0].per_step:13.2f}" if reference else f"{'-':>13s}"
+        own = (f"{own_overhead(step, minimum, *reference):12.0%}" if reference and minimum > reference[1]
                else f"{'-':>12s}")
         listed = ", ".join(f"{n}:{shape[0]}{'g' if g else ''}" for n, shape, g in passes)
-        print(f"  {name:24s} {per_step:8.3f} {ratio} {minimum:10.3f} {data:7.3f} {per_step / minimum - 1:8.0%} "
-              f"{(per_step - data) / minimum - 1:8.0%} {own}  {listed}")
+        print(f"  {name:24s} {step.per_step:8.3f} {ratio} {minimum:10.3f} {step.per_step / minimum - 1:8.0%} {own} "
+              f"{step.forward:8.3f} {step.backward:9.3f} {step.data:6.3f} {step.other:6.3f}  {listed}")
 
 
-def own_overhead(per_step: float, minimum: float, data: float, reference_per_step: float, reference_minimum: float,
-                 reference_data: float) -> float:
+def own_overhead(step: StepBreakdown, minimum: float, reference: StepBreakdown, reference_minimum: float) -> float:
     """The method's extra seconds per step over the reference (supervised), less its extra data loading (the
     unlabeled batch), relative to the extra network work its analytic minimum says it must do, minus one: what
     the method itself adds beyond its passes and its data, with the stack's cost (Lightning, the labeled data,
     the supervised loss), which the reference pays too, left out."""
-    return ((per_step - data) - (reference_per_step - reference_data)) / (minimum - reference_minimum) - 1
+    extra = (step.per_step - step.data) - (reference.per_step - reference.data)
+    return extra / (minimum - reference_minimum) - 1
 
 
 def main(argv=None) -> int:
@@ -217,7 +247,7 @@ def main(argv=None) -> int:
     overrides = ["logging.wandb=false", *args.overrides]
     cfg = load_config("supervised", args.data, overrides)
     bare_before = bare_steps_per_second(cfg, args.warmup, args.steps)
-    stack = stack_steps_per_second(cfg, args.warmup, args.steps)
+    stack = 1.0 / stack_step_breakdown(cfg, args.warmup, args.steps).per_step
     bare_after = bare_steps_per_second(cfg, args.warmup, args.steps)
     bare = (bare_before + bare_after) / 2
     d = cfg.data

@@ -5,17 +5,37 @@ import io
 
 import pytest
 
-from ssl_bench.perf import main, own_overhead, print_method_table
+from ssl_bench.perf import StepBreakdown, breakdown_from_profile, main, own_overhead, print_method_table
 from tests.conftest import TINY
+
+
+def _step(per_step: float, data: float, forward: float = 0.0, backward: float = 0.0) -> StepBreakdown:
+    return StepBreakdown(per_step=per_step, forward=forward, backward=backward, data=data)
 
 
 def test_own_overhead_leaves_out_the_stack_cost_supervised_pays_too_and_the_extra_data():
     # supervised: 0.25 s a step against a 0.20 s minimum (0.05 s of stack, 0.02 of it data); a method whose
     # minimum is 0.30 s more and whose step is 0.40 s more adds a third beyond its passes; 0.30 s more adds
     # nothing; 0.34 s more of which 0.04 s is loading its extra (unlabeled) batch adds nothing either.
-    assert own_overhead(0.65, 0.50, 0.02, 0.25, 0.20, 0.02) == pytest.approx(1 / 3)
-    assert own_overhead(0.55, 0.50, 0.02, 0.25, 0.20, 0.02) == pytest.approx(0.0)
-    assert own_overhead(0.59, 0.50, 0.06, 0.25, 0.20, 0.02) == pytest.approx(0.0)
+    supervised = _step(0.25, data=0.02)
+    assert own_overhead(_step(0.65, data=0.02), 0.50, supervised, 0.20) == pytest.approx(1 / 3)
+    assert own_overhead(_step(0.55, data=0.02), 0.50, supervised, 0.20) == pytest.approx(0.0)
+    assert own_overhead(_step(0.59, data=0.06), 0.50, supervised, 0.20) == pytest.approx(0.0)
+
+
+def test_step_breakdown_takes_the_timed_steps_of_each_profiled_action():
+    durations = {  # two warm-up calls, then three timed ones
+        "[Strategy]SingleDeviceStrategy.training_step": [9.0, 9.0, 0.30, 0.30, 0.30],
+        "[Strategy]SingleDeviceStrategy.backward": [9.0, 9.0, 0.20, 0.20, 0.20],
+        "[_TrainingEpochLoop].train_dataloader_next": [9.0, 9.0, 0.01, 0.02, 0.03],
+        "[LightningModule]MeanTeacher.on_train_batch_end": [9.0, 9.0, 0.01, 0.01, 0.01],
+    }
+    step = breakdown_from_profile(durations, per_step=0.6, steps=3)
+    assert (step.forward, step.backward, step.data) == pytest.approx((0.30, 0.20, 0.02))
+    assert step.other == pytest.approx(0.08)
+    # Manual optimization: the backward passes run inside training_step.
+    manual = breakdown_from_profile(durations, per_step=0.6, steps=3, automatic_optimization=False)
+    assert (manual.forward, manual.backward) == pytest.approx((0.10, 0.20))
 
 
 def test_perf_prints_every_method_against_supervised_and_its_minimum(synthetic_cache, capsys):
@@ -28,23 +48,27 @@ def test_perf_prints_every_method_against_supervised_and_its_minimum(synthetic_c
     supervised, mean_teacher = lines["supervised"].split(), lines["mean_teacher"].split()
     # Which timings come out is the machine's business (on tiny networks under load the method's timed minimum
     # may not exceed supervised's, and then it has no own overhead); the table's shape is not.
-    assert supervised[2] == "1.00" and supervised[7] == "-"
-    assert len(mean_teacher) >= 9 and float(mean_teacher[2]) > 0 and float(mean_teacher[4]) > 0
+    assert supervised[2] == "1.00" and supervised[5] == "-"
+    assert len(mean_teacher) >= 11 and float(mean_teacher[2]) > 0
+    forward, backward, data = (float(v) for v in mean_teacher[6:9])
+    assert forward > 0 and backward > 0 and data > 0, "the profiler split the step"
     assert "teacher:" in lines["mean_teacher"], "the recorded passes include the teacher's forward"
 
 
 def test_method_table_puts_each_method_against_supervised():
     """Regression: the smoke run asserted an own overhead for mean_teacher, which timings under load can deny."""
     passes = [("student", (4,), True)]
-    supervised = ("supervised", 0.25, 0.20, 0.02, passes)
-    mean_teacher = ("mean_teacher", 0.65, 0.50, 0.05, passes + [("teacher", (4,), False)])
-    for rows, expected in [([supervised, mean_teacher], ["2.60", "0.500", "0.050", "30%", "20%", "23%"]),
+    supervised = ("supervised", _step(0.25, data=0.02, forward=0.10, backward=0.11), 0.20, passes)
+    mean_teacher = ("mean_teacher", _step(0.65, data=0.05, forward=0.33, backward=0.22), 0.50,
+                    passes + [("teacher", (4,), False)])
+    split = ["0.330", "0.220", "0.050", "0.050"]
+    for rows, expected in [([supervised, mean_teacher], ["2.60", "0.500", "30%", "23%", *split]),
                            # a timed minimum not above supervised's: no own overhead
                            ([supervised, mean_teacher[:2] + (0.20,) + mean_teacher[3:]],
-                            ["2.60", "0.200", "0.050", "225%", "200%", "-"])]:
+                            ["2.60", "0.200", "225%", "-", *split])]:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             print_method_table(rows, warmup=1, steps=2)
         line = next(l.split() for l in out.getvalue().splitlines() if l.strip().startswith("mean_teacher "))
-        assert line[2:8] == expected
-        assert line[8:] == ["student:4g,", "teacher:4"]
+        assert line[2:10] == expected
+        assert line[10:] == ["student:4g,", "teacher:4"]
