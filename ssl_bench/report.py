@@ -110,6 +110,16 @@ class PairedTest:
     n_pairs: int
     median_difference: float
     p_value: float
+    n_better: int = 0  # pairs where the method's case Dice is above the reference's
+
+
+@dataclass
+class DrawComparison:
+    """One draw of a group against the reference run of the same draw."""
+    draw: int
+    dice: float
+    reference_dice: float
+    test: PairedTest
 
 
 @dataclass
@@ -128,6 +138,7 @@ class Group:
     # Protocol settings (config keys other than the method's own, the tag, the draw and execution) in which the
     # group's runs differ from the reference runs they are compared with, e.g. "model.dropout: 0.1 vs 0.0".
     protocol_differences: List[str] = field(default_factory=list)
+    per_draw: List[DrawComparison] = field(default_factory=list)
 
 
 @dataclass
@@ -253,7 +264,22 @@ def paired_test(runs: List[Run], references: List[Run]) -> Optional[PairedTest]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # identical vectors: scipy warns, p = 1
         p_value = float(wilcoxon(ours, theirs).pvalue)
-    return PairedTest(len(ours), float(np.median(np.subtract(ours, theirs))), p_value)
+    differences = np.subtract(ours, theirs)
+    return PairedTest(len(ours), float(np.median(differences)), p_value, int((differences > 0).sum()))
+
+
+def per_draw_comparisons(runs: List[Run], references: List[Run]) -> List[DrawComparison]:
+    """Each run against the reference run of its draw (paired_test on that draw alone), in draw order: the
+    pooled test can hide a gain on one split and a loss on another."""
+    reference_by_draw = {r.metrics["draw"]: r for r in references}
+    out = []
+    for run in sorted(runs, key=lambda r: r.metrics["draw"]):
+        reference = reference_by_draw.get(run.metrics["draw"])
+        test = paired_test([run], [reference]) if reference else None
+        if test is not None:
+            out.append(DrawComparison(run.metrics["draw"], run.result("last")["dice_mean"],
+                                      reference.result("last")["dice_mean"], test))
+    return out
 
 
 # Config keys that may differ between a method variant and the supervised run it is compared with.
@@ -308,7 +334,8 @@ def summarize_groups(runs: List[Run]) -> List[Group]:
             hd95=estimate(r["hd95_mean"] for r in last),
             best_dice=estimate(r.result("best")["dice_mean"] for r in members),
             vs_reference=paired_test(members, references) if comparable else None,
-            protocol_differences=protocol_differences(members[0], references[0]) if comparable else []))
+            protocol_differences=protocol_differences(members[0], references[0]) if comparable else [],
+            per_draw=per_draw_comparisons(members, references) if comparable else []))
     return groups
 
 
@@ -409,6 +436,16 @@ def markdown(groups: List[Group], provenance: str) -> str:
                       "from those settings:", ""]
             lines += [f"- `{g.method}` at {g.fraction:g} vs `{g.reference_method}`: " + "; ".join(g.protocol_differences)
                       for g in unlike]
+        compared = [g for g in sorted(members, key=lambda g: (g.fraction, g.method)) if g.per_draw]
+        if compared:
+            lines += ["", "### Per draw", "",
+                      f"Each draw against `{REFERENCE_METHOD}` of the same draw: mean Dice of both, median per-case "
+                      "difference, paired Wilcoxon p-value and the test cases where the method is better.", "",
+                      f"| method | fraction | draw | Dice | {REFERENCE_METHOD} | median difference | p | cases better |",
+                      "|---|---|---|---|---|---|---|---|"]
+            lines += [f"| {g.method} | {g.fraction:g} | {d.draw} | {d.dice:.3f} | {d.reference_dice:.3f} | "
+                      f"{d.test.median_difference:+.3f} | {d.test.p_value:.3g} | {d.test.n_better}/{d.test.n_pairs} |"
+                      for g in compared for d in g.per_draw]
     return "\n".join(lines) + "\n"
 
 

@@ -145,8 +145,22 @@ def test_wilcoxon_pairs_cases_within_draws_and_equals_scipy(fake_runs, tmp_path)
     assert test.median_difference == pytest.approx(float(np.median(np.subtract(ours, theirs))))
     assert groups["supervised", 0.5].vs_reference is None  # the reference itself
     assert groups["supervised", 1.0].vs_reference is None
+    assert test.n_better == sum(o > t for o, t in zip(ours, theirs))
     text = write_report(runs, tmp_path / "results")["markdown"].read_text()
     assert f"p={test.p_value:.3g} (6 pairs)" in text
+
+    # Per draw: the same test on each draw's three pairs alone, next to both runs' mean Dice.
+    per_draw = groups["mean_teacher", 0.5].per_draw
+    assert [d.draw for d in per_draw] == [0, 1]
+    for d, (o, t) in zip(per_draw, [(ours[:3], theirs[:3]), (ours[3:], theirs[3:])]):
+        assert d.test.n_pairs == 3
+        assert d.test.p_value == pytest.approx(wilcoxon(o, t).pvalue, rel=1e-12)
+        assert d.test.n_better == sum(a > b for a, b in zip(o, t))
+        assert (d.dice, d.reference_dice) == pytest.approx((np.mean(o), np.mean(t)))
+        row = (f"| mean_teacher | 0.5 | {d.draw} | {d.dice:.3f} | {d.reference_dice:.3f} | "
+               f"{d.test.median_difference:+.3f} | {d.test.p_value:.3g} | {d.test.n_better}/3 |")
+        assert row in text
+    assert groups["supervised", 0.5].per_draw == []
 
 
 def test_plot_is_a_png(fake_runs, tmp_path):
