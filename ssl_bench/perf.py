@@ -17,6 +17,7 @@ shares hold on a machine whose speed drifts between runs, which the ratios to a 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -56,14 +57,16 @@ def _setup(cfg):
 class StepBreakdown:
     """Seconds per training step through the stack, and its parts (means over the timed steps)."""
     per_step: float
-    forward: float  # training_step: the forward passes and losses (manual optimization: less its backward)
-    backward: float
+    # training_step: the forward passes and losses; for a manual-optimization method also its backward passes
+    # and optimizer steps, which Lightning's profiler does not time apart (manual_backward is not profiled).
+    forward: float
+    backward: float  # NaN for manual optimization (inside forward)
     data: float
 
     @property
     def other(self) -> float:
         """Optimizer and scheduler steps, step-end work (e.g. EMA updates), Lightning's own."""
-        return self.per_step - self.forward - self.backward - self.data
+        return self.per_step - self.forward - (0.0 if math.isnan(self.backward) else self.backward) - self.data
 
 
 def breakdown_from_profile(durations: Dict[str, List[float]], per_step: float, steps: int,
@@ -75,9 +78,8 @@ def breakdown_from_profile(durations: Dict[str, List[float]], per_step: float, s
         return sum(statistics.fmean(d[-steps:]) for d in found if d)
 
     forward = mean_of(lambda n: n.startswith("[Strategy]") and n.endswith(".training_step"))
-    backward = mean_of(lambda n: n.startswith("[Strategy]") and n.endswith(".backward"))
-    if not automatic_optimization:  # its training_step holds its manual backward passes
-        forward -= backward
+    backward = (mean_of(lambda n: n.startswith("[Strategy]") and n.endswith(".backward")) if automatic_optimization
+                else math.nan)
     return StepBreakdown(per_step, forward, backward, mean_of(lambda n: n.endswith("train_dataloader_next")))
 
 
@@ -212,8 +214,9 @@ def print_method_table(rows, warmup: int, steps: int) -> None:
           "passes and one step of each optimizer, each timed alone; overhead = beyond the minimum; own overhead = "
           "the method's extra seconds over supervised, less its extra data time, against its extra minimum, so "
           "the stack's share, which supervised pays too, is left out; then the step split, from the profiler: "
-          "training_step (forwards and losses), backward, data, and other = optimizer, step-end work such as "
-          "EMA updates, Lightning)")
+          "training_step (forwards and losses; for manual optimization also its backward passes and optimizer "
+          "steps, so no backward column), backward, data, and other = optimizer, step-end work such as EMA "
+          "updates, Lightning)")
     print(f"  {'method':24s} {'s/step':>8s} {'x supervised':>13s} {'minimum s':>10s} {'overhead':>9s} "
           f"{'own overhead':>13s} {'forward':>8s} {'backward':>9s} {'data':>6s} {'other':>6s}"
           "  passes (network: batch, g = with gradients)")
@@ -223,7 +226,11 @@ def print_method_table(rows, warmup: int, steps: int) -> None:
                else f"{'-':>12s}")
         listed = ", ".join(f"{n}:{shape[0]}{'g' if g else ''}" for n, shape, g in passes)
         print(f"  {name:24s} {step.per_step:8.3f} {ratio} {minimum:10.3f} {step.per_step / minimum - 1:8.0%} {own} "
-              f"{step.forward:8.3f} {step.backward:9.3f} {step.data:6.3f} {step.other:6.3f}  {listed}")
+              f"{step.forward:8.3f} {_seconds(step.backward, 9)} {step.data:6.3f} {step.other:6.3f}  {listed}")
+
+
+def _seconds(value: float, width: int) -> str:
+    return f"{'-':>{width}s}" if math.isnan(value) else f"{value:{width}.3f}"
 
 
 def own_overhead(step: StepBreakdown, minimum: float, reference: StepBreakdown, reference_minimum: float) -> float:
