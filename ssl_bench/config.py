@@ -333,6 +333,13 @@ def load_yaml(path: Path) -> DictConfig:
     return loaded if loaded is not None else OmegaConf.create({})
 
 
+def saved_config_differences(saved: Path, cfg: DictConfig, ignore: Tuple[str, ...] = EXECUTION_KEYS) -> List[str]:
+    """The keys in which a run's saved ``config.yaml`` differs from ``cfg`` (differing_keys), execution keys aside
+    by default: the one test of "same run" for resuming a run folder and for counting a record as a sweep cell."""
+    return differing_keys(flatten_keys(OmegaConf.to_container(load_yaml(saved))),
+                          flatten_keys(OmegaConf.to_container(cfg)), ignore=ignore)
+
+
 def load_config(method: str, data: str = "hippocampus", overrides: Optional[List[str]] = None,
                 experiments_dir: Path = EXPERIMENTS_DIR) -> DictConfig:
     """The fully merged, validated config for one run."""

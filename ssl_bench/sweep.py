@@ -53,8 +53,8 @@ import submitit.helpers
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ssl_bench.config import (EXECUTION_KEYS, ConfigError, differing_keys, first_line, flatten_keys, load_config,
-                              load_yaml, merge_checked, run_dir)
+from ssl_bench.config import (EXECUTION_KEYS, ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir,
+                              saved_config_differences)
 from ssl_bench.registry import method_names
 from ssl_bench.report import CONFIG_FILE, METRICS_FILE
 
@@ -188,11 +188,10 @@ def _with_record(cell: Cell, records_dir: Path) -> Cell:
     if not (folder / METRICS_FILE).is_file():
         return cell
     try:
-        recorded = flatten_keys(OmegaConf.to_container(load_yaml(folder / CONFIG_FILE)))
+        diff = saved_config_differences(folder / CONFIG_FILE, cell.config(), ignore=RECORD_IGNORED_KEYS)
     except ConfigError as err:
         print(f"[sweep] record {folder} unusable, its cell will run: {err}", file=sys.stderr, flush=True)
         return cell
-    diff = differing_keys(recorded, flatten_keys(OmegaConf.to_container(cell.config())), ignore=RECORD_IGNORED_KEYS)
     if diff:
         print(f"[sweep] record {folder} has another config ({', '.join(diff[:8])} differ): its cell will run",
               file=sys.stderr, flush=True)

@@ -33,8 +33,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_bench.callbacks import ImageOverlays, ResumeCheckpoint, StepTimer
-from ssl_bench.config import (EXECUTION_KEYS, ConfigError, data_root, differing_keys, flatten_keys, resolve_project_path,
-                              run_dir, to_yaml)
+from ssl_bench.config import (ConfigError, data_root, resolve_project_path, run_dir, saved_config_differences,
+                              to_yaml)
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
 from ssl_bench.data.partial import partial_annotation_flags
@@ -109,8 +109,7 @@ def _check_same_config(run: Path, cfg: DictConfig) -> None:
     saved = run / "config.yaml"
     if not saved.is_file():
         return
-    old, new = flatten_keys(OmegaConf.to_container(OmegaConf.load(saved))), flatten_keys(OmegaConf.to_container(cfg))
-    diff = differing_keys(old, new, ignore=EXECUTION_KEYS)
+    diff = saved_config_differences(saved, cfg)
     if diff:
         raise ConfigError(f"{run} holds a run with a different config ({', '.join(diff[:8])} differ): "
                           "use run.tag=<name> for a variant, or --force to start this run over")
