@@ -3,15 +3,16 @@
 Part 1, the supervised step: the stack is exactly what ``ssl-bench train`` runs (Lightning Trainer + SegmentationDataModule with
 its MONAI transforms + the method's training_step, logging included; validation and checkpoints off).
 The bare loop is the same network, loss, optimizer, schedule, batch and patch, fed batches prepared
-in advance, so the ratio is the price of everything around the arithmetic. The bare loop runs
-before and after the stack and its mean is used, so drifting machine load hits both sides alike.
+in advance, so the ratio is the price of everything around the arithmetic. One bare step runs after each
+stack step (outside its time), so a machine whose speed drifts hits both sides alike.
 
 Part 2, every method: seconds per step through the same stack, relative to supervised and to the
-method's analytic minimum (its network passes and one step of each optimizer, timed alone), and where the
-step's time goes, from Lightning's SimpleProfiler over the same timed steps: training_step (forward passes and
-losses), backward, data (loading and augmenting the batches; with ``data.num_workers=0`` in the training
-process) and the rest (optimizer, EMA and other step-end work, Lightning). Split within the same steps, those
-shares hold on a machine whose speed drifts between runs, which the ratios to a minimum timed apart do not.
+method's analytic minimum (its network passes and one step of each optimizer), and where the step's time goes,
+from Lightning's SimpleProfiler over the same timed steps: training_step (forward passes and losses), backward,
+data (loading and augmenting the batches; with ``data.num_workers=0`` in the training process) and the rest
+(optimizer, EMA and other step-end work, Lightning). The minimum is timed between the timed steps (after each,
+outside its time), on the trained networks: a machine whose speed drifts within seconds (this project's shared
+VM drifts by more than the 15% target) slows a step and its minimum alike, so their ratio holds.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import lightning.pytorch as pl
 import torch
@@ -33,18 +34,40 @@ from ssl_bench.registry import get_method, method_names
 from ssl_bench.train import prepare_data
 
 
-class _WindowTimer(pl.Callback):
-    """Wall time from the start of step ``warmup`` to the end of step ``warmup + steps - 1``."""
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.end = warmup, None, None
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.warmup and self.start is None:
-            self.start = time.perf_counter()
+class _StepClock(pl.Callback):
+    """Seconds of each training step after ``warmup`` ones: from the end of the previous step to the end of
+    this one, so each holds one batch fetch. ``between_steps(trainer, module)``, if given, runs after every step,
+    outside the steps' time, and returns seconds of its own; those of the timed steps are kept too."""
+
+    def __init__(self, warmup: int, between_steps: Optional[Callable] = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.warmup, self.between_steps, self.clock = warmup, between_steps, clock
+        self.step_seconds: List[float] = []
+        self.between_seconds: List[float] = []
+        self._calls, self._resumed = 0, None
+
+    def on_train_start(self, trainer, pl_module):
+        self._resumed = self.clock()  # without warm-up the first step holds the loader's start too
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.end = time.perf_counter()
+        _synchronize(pl_module.device)
+        end, timed = self.clock(), self._calls >= self.warmup
+        if timed:
+            self.step_seconds.append(end - self._resumed)
+        self._calls += 1
+        if self.between_steps is not None:
+            seconds = self.between_steps(trainer, pl_module)  # in warm-up steps too: its own warm-up
+            if timed:
+                self.between_seconds.append(seconds)
+        self._resumed = self.clock()
+
+
+Pass = Tuple[str, Tuple[int, ...], bool]  # (network, input shape, with gradients)
 
 
 def _setup(cfg):
@@ -83,54 +106,61 @@ def breakdown_from_profile(durations: Dict[str, List[float]], per_step: float, s
     return StepBreakdown(per_step, forward, backward, mean_of(lambda n: n.endswith("train_dataloader_next")))
 
 
-def stack_step_breakdown(cfg, warmup: int, steps: int) -> StepBreakdown:
+def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None):
+    """The step through the stack (a StepBreakdown) and, with ``between_steps`` (a class such as MinimumRound or
+    BareStep, built from ``(cfg, manifest, method_cls, datamodule)``), the mean seconds of its work, done after each
+    timed step, and the object built (None and None without)."""
     manifest, method_cls, dm = _setup(cfg)
+    between = between_steps(cfg, manifest, method_cls, dm) if between_steps else None
     pl.seed_everything(0)
     module = method_cls(cfg, manifest.labels, [c.id for c in manifest.cases])
-    timer = _WindowTimer(warmup)
+    clock = _StepClock(warmup, between)
     with tempfile.TemporaryDirectory() as report_dir:  # the profiler's own report is not needed
         profiler = SimpleProfiler(dirpath=report_dir, filename="profile")
         trainer = pl.Trainer(max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
-                             log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=[timer], profiler=profiler)
+                             log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=[clock], profiler=profiler)
         trainer.fit(module, datamodule=dm)
-    per_step = (timer.end - timer.start) / steps
-    return breakdown_from_profile(profiler.recorded_durations, per_step, steps, module.automatic_optimization)
+    per_step = statistics.fmean(clock.step_seconds)
+    step = breakdown_from_profile(profiler.recorded_durations, per_step, steps, module.automatic_optimization)
+    return step, (statistics.fmean(clock.between_seconds) if between else None), between
 
 
-def bare_steps_per_second(cfg, warmup: int, steps: int) -> float:
-    """Plain PyTorch: the same network, DiceCE, AdamW + schedule, on batches prepared beforehand."""
-    manifest, method_cls, dm = _setup(cfg)
-    pl.seed_everything(0)
-    module = method_cls(cfg, manifest.labels, [c.id for c in manifest.cases])
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
-    net, loss_fn = module.net.to(device).train(), module.dice_ce
-    opt_cfg = module.configure_optimizers()
-    optimizer, scheduler = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
-    loader = iter(dm.train_dataloader())
-    batches: List = []
-    for _ in range(min(warmup + steps, 16)):
-        batch, _, _ = next(loader)
-        batches.append((batch["labeled"]["image"].to(device), batch["labeled"]["label"].to(device)))
-    start = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        image, label = batches[i % len(batches)]
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(net(image), label)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - start)
+def _new_module(cfg, manifest, method_cls):
+    return method_cls(cfg, manifest.labels, [c.id for c in manifest.cases])
 
 
-Pass = Tuple[str, Tuple[int, ...], bool]  # (network, input shape, with gradients)
+class BareStep:
+    """One step of a plain PyTorch loop: its own copy of the network, DiceCE, AdamW + schedule, on labeled
+    batches prepared beforehand (nothing of the stack: no Trainer, no data loading, no logging)."""
+
+    def __init__(self, cfg, manifest, method_cls, dm, prepared: int = 16):
+        module = _new_module(cfg, manifest, method_cls)
+        self.net, self.loss_fn = module.net.train(), module.dice_ce
+        configured = module.configure_optimizers()
+        self.optimizer, self.scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+        loader = iter(dm.train_dataloader())
+        self.batches = []
+        for _ in range(prepared):
+            batch, _, _ = next(loader)
+            self.batches.append((batch["labeled"]["image"].as_subclass(torch.Tensor),
+                                 batch["labeled"]["label"].as_subclass(torch.Tensor)))
+        self.calls = 0
+
+    def __call__(self, trainer, module) -> float:
+        device = module.device
+        self.net.to(device)
+        image, label = (t.to(device) for t in self.batches[self.calls % len(self.batches)])
+        self.calls += 1
+        _synchronize(device)
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss_fn(self.net(image), label).backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        _synchronize(device)
+        return time.perf_counter() - start
 
 
 def _recorded_passes(module, batch) -> List[Pass]:
@@ -152,47 +182,34 @@ def _recorded_passes(module, batch) -> List[Pass]:
     return passes
 
 
-def _optimizers(configured) -> list:
-    """The optimizers of a configure_optimizers() result: one config dict, or a list of dicts or optimizers."""
-    items = configured if isinstance(configured, (list, tuple)) else [configured]
-    return [c["optimizer"] if isinstance(c, dict) else c for c in items]
+class MinimumRound:
+    """The method's analytic minimum, one round per call on the trained module's own networks: each network pass
+    one of its steps makes (recorded on a batch by a throwaway module; forward, plus backward of its sum for a pass
+    with gradients) on a random input of its shape, then one step of each of the trainer's optimizers. Its
+    gradients and weight changes do not matter: the next training step zeroes the gradients before its backward,
+    and a few odd updates do not change what a step costs. The forward calls themselves are pinned to their
+    analytic count by tests/test_methods.py::test_forward_calls_per_training_step."""
 
+    def __init__(self, cfg, manifest, method_cls, dm):
+        batch, _, _ = next(iter(dm.train_dataloader()))
+        self.passes = _recorded_passes(_new_module(cfg, manifest, method_cls).train(), batch)
+        self.inputs = [torch.randn(shape) for _, shape, _ in self.passes]
 
-def analytic_minimum_seconds(cfg, repeats: int) -> Tuple[float, List[Pass]]:
-    """Seconds of the network passes a step of this method must make (forward, plus backward for passes
-    with gradients) and one step of each optimizer, each timed alone on the bare network: the floor that the
-    method's whole step is compared with. The forward calls themselves are pinned to their analytic
-    count by tests/test_methods.py::test_forward_calls_per_training_step."""
-    manifest, method_cls, dm = _setup(cfg)
-    module = method_cls(cfg, manifest.labels, [c.id for c in manifest.cases]).train()
-    batch, _, _ = next(iter(dm.train_dataloader()))
-    passes = _recorded_passes(module, batch)
-    networks = module.training_networks()
-    optimizers = _optimizers(module.configure_optimizers())
-
-    def timed(fn) -> float:
-        """The median of ``repeats`` timed calls after a warm-up one: a shared machine's hiccups (a pass timed
-        at 1.5x its neighbours) would otherwise inflate the floor that everything is compared with."""
-        fn()
-        durations = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            durations.append(time.perf_counter() - start)
-        return statistics.median(durations)
-
-    total = 0.0
-    for name, shape, with_grad in passes:
-        x = torch.randn(shape)
-        net = networks[name]
-        if with_grad:
-            total += timed(lambda: net(x).sum().backward())
-        else:
-            with torch.no_grad():
-                total += timed(lambda: net(x))
-    for optimizer in optimizers:
-        total += timed(optimizer.step)
-    return total, passes
+    def __call__(self, trainer, module) -> float:
+        networks, device = module.training_networks(), module.device
+        xs = [x.to(device) for x in self.inputs]
+        _synchronize(device)
+        start = time.perf_counter()
+        for (name, _, with_grad), x in zip(self.passes, xs):
+            if with_grad:
+                networks[name](x).sum().backward()
+            else:
+                with torch.no_grad():
+                    networks[name](x)
+        for optimizer in trainer.optimizers:
+            optimizer.step()
+        _synchronize(device)
+        return time.perf_counter() - start
 
 
 def compare_methods(methods: List[str], data: str, overrides: List[str], warmup: int, steps: int) -> None:
@@ -200,9 +217,8 @@ def compare_methods(methods: List[str], data: str, overrides: List[str], warmup:
     rows = []
     for name in methods:
         cfg = load_config(name, data, ["logging.wandb=false", *overrides])
-        step = stack_step_breakdown(cfg, warmup, steps)
-        minimum, passes = analytic_minimum_seconds(cfg, repeats=max(3, steps // 2))
-        rows.append((name, step, minimum, passes))
+        step, minimum, round_ = stack_step_breakdown(cfg, warmup, steps, MinimumRound)
+        rows.append((name, step, minimum, round_.passes))
     print_method_table(rows, warmup, steps)
 
 
@@ -211,7 +227,7 @@ def print_method_table(rows, warmup: int, steps: int) -> None:
     method whose timed minimum is not above supervised's (tiny networks under load) gets no own overhead."""
     reference = next(((step, minimum) for name, step, minimum, _ in rows if name == "supervised"), None)
     print(f"\nseconds per training step ({steps} timed steps after {warmup} warm-up; minimum = the method's network "
-          "passes and one step of each optimizer, each timed alone; overhead = beyond the minimum; own overhead = "
+          "passes and one step of each optimizer, timed after each timed step (same moments, so drift cancels); overhead = beyond the minimum; own overhead = "
           "the method's extra seconds over supervised, less its extra data time, against its extra minimum, so "
           "the stack's share, which supervised pays too, is left out; then the step split, from the profiler: "
           "training_step (forwards and losses; for manual optimization also its backward passes and optimizer "
@@ -253,15 +269,13 @@ def main(argv=None) -> int:
     torch.set_flush_denormal(True)  # as train() does, for both sides of the comparison
     overrides = ["logging.wandb=false", *args.overrides]
     cfg = load_config("supervised", args.data, overrides)
-    bare_before = bare_steps_per_second(cfg, args.warmup, args.steps)
-    stack = 1.0 / stack_step_breakdown(cfg, args.warmup, args.steps).per_step
-    bare_after = bare_steps_per_second(cfg, args.warmup, args.steps)
-    bare = (bare_before + bare_after) / 2
+    step, bare_seconds, _ = stack_step_breakdown(cfg, args.warmup, args.steps, BareStep)
+    stack, bare = 1.0 / step.per_step, 1.0 / bare_seconds
     d = cfg.data
     print(f"\nperf on {args.data}: batch {d.labeled_batch_size} labeled (+{d.unlabeled_batch_size} unlabeled) x patch "
           f"{list(d.patch_size)}, {torch.get_num_threads()} threads, {args.steps} timed steps after {args.warmup}")
     print("supervised training step, Lightning stack vs bare PyTorch loop:")
-    print(f"  bare PyTorch loop : {bare:7.3f} steps/s  (before {bare_before:.3f}, after {bare_after:.3f})")
+    print(f"  bare PyTorch loop : {bare:7.3f} steps/s  (a bare step after each stack step, so drift hits both alike)")
     print(f"  Lightning stack   : {stack:7.3f} steps/s")
     print(f"  stack / bare      : {stack / bare:7.3f}   (target >= 0.9)")
     methods = method_names() if args.methods == "all" else args.methods.split(",")

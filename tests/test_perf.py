@@ -6,7 +6,11 @@ import math
 
 import pytest
 
-from ssl_bench.perf import StepBreakdown, breakdown_from_profile, main, own_overhead, print_method_table
+from types import SimpleNamespace
+
+import torch
+
+from ssl_bench.perf import StepBreakdown, _StepClock, breakdown_from_profile, main, own_overhead, print_method_table
 from tests.conftest import TINY
 
 
@@ -39,6 +43,40 @@ def test_step_breakdown_takes_the_timed_steps_of_each_profiled_action():
                                     per_step=0.6, steps=3, automatic_optimization=False)
     assert manual.forward == pytest.approx(0.30) and math.isnan(manual.backward)
     assert manual.other == pytest.approx(0.28)
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_step_clock_times_each_step_apart_from_the_minimum_timed_between_steps():
+    """The minimum is timed between the steps (so a drifting machine slows both alike), and never inside a step's
+    own time; warm-up steps are left out of both."""
+    clock, rounds = _FakeClock(), []
+
+    def minimum(trainer, module):
+        rounds.append(clock.now)
+        clock.now += 100.0  # its own time, which no step may include
+        return 0.5
+
+    timer = _StepClock(warmup=2, between_steps=minimum, clock=clock)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    timer.on_train_start(None, module)
+    for seconds in [3.0, 4.0, 5.0, 6.0, 7.0]:
+        clock.now += seconds
+        timer.on_train_batch_end(None, module, None, None, 0)
+    assert timer.step_seconds == [5.0, 6.0, 7.0]
+    assert timer.between_seconds == [0.5, 0.5, 0.5]
+    assert len(rounds) == 5, "warm-up steps warm the minimum up too"
+    plain = _StepClock(warmup=0, clock=clock)
+    plain.on_train_start(None, module)
+    clock.now += 2.0
+    plain.on_train_batch_end(None, module, None, None, 0)
+    assert plain.step_seconds == [2.0] and plain.between_seconds == []
 
 
 def test_perf_prints_every_method_against_supervised_and_its_minimum(synthetic_cache, capsys):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from monai import transforms as T
-from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
+from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate, set_track_meta
 from torch.utils.data import RandomSampler
 
 from ssl_bench.data.manifest import Manifest
@@ -87,6 +87,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.voxel_index = voxel_index
         self.case_index = {c.id: i for i, c in enumerate(manifest.cases)}
         self._datasets: Dict[str, CacheDataset] = {}
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        # Batches need no MONAI metadata (each case's spacing travels as its own key), and tracking it through the
+        # random transforms cost as much as the augmentation itself (make perf: 0.033 against 0.019 s a batch,
+        # identical batches). MONAI's switch is per process; this is the training (or evaluation) process.
+        set_track_meta(False)
 
     def _records(self, ids: List[str], with_label: bool) -> List[dict]:
         by_id = self.manifest.case_by_id

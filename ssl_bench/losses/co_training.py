@@ -8,8 +8,11 @@ import torch
 def mc_mean_and_confidence(samples: torch.Tensor, epsilon: float):
     """From K MC-dropout softmax maps (K, B, C, *spatial) of one view: their mean (B, C, *spatial) and the
     per-voxel confidence 1 / (Σ_c Var_k p_c + ε) (B, 1, *spatial), the inverse predictive variance (UMCT)."""
-    variance = samples.var(dim=0, unbiased=False).sum(dim=1, keepdim=True)
-    return samples.mean(dim=0), 1.0 / (variance + epsilon)
+    mean = samples.mean(dim=0)
+    # Two passes by hand: torch's var over the leading dimension is ~5x slower on CPU (0.39 s against 0.07 s for
+    # 8 passes of 4 hippocampus patches, one thread), a third of co_training's step beyond its network passes.
+    variance = (samples - mean).square_().mean(dim=0).sum(dim=1, keepdim=True)
+    return mean, 1.0 / (variance + epsilon)
 
 
 def leave_one_out_pseudo_labels(means: torch.Tensor, confidences: torch.Tensor) -> torch.Tensor:

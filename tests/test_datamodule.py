@@ -1,0 +1,41 @@
+"""The training data module: what its batches hold."""
+
+import lightning.pytorch as pl
+import torch
+from monai.data import get_track_meta, set_track_meta
+
+from ssl_bench.config import load_config
+from ssl_bench.registry import get_method
+from ssl_bench.train import prepare_data
+from tests.conftest import TINY
+
+
+def _first_batches(cfg, method_cls, setup: bool, n: int = 3):
+    dm = prepare_data(cfg, method_cls).datamodule(cfg, method_cls)
+    if setup:
+        dm.setup("fit")
+    pl.seed_everything(0)
+    loader = iter(dm.train_dataloader())
+    return [next(loader)[0] for _ in range(n)]
+
+
+def test_training_batches_are_plain_tensors_with_the_values_metadata_tracking_gives(synthetic_cache):
+    """Regression (make perf): MONAI's metadata tracking cost as much as the augmentation itself. The data module
+    switches it off in setup(); the batches keep every value, bit for bit, and the same random draws."""
+    cfg = load_config("mean_teacher", "synthetic", [f"data.cache_dir={synthetic_cache}", *TINY])
+    method_cls = get_method("mean_teacher")
+    tracking = get_track_meta()
+    try:
+        set_track_meta(True)
+        tracked = _first_batches(cfg, method_cls, setup=False)
+        plain = _first_batches(cfg, method_cls, setup=True)
+        assert not get_track_meta()
+    finally:
+        set_track_meta(tracking)
+    for with_meta, without in zip(tracked, plain):
+        for stream in ("labeled", "unlabeled"):
+            assert type(with_meta[stream]["image"]) is not torch.Tensor, "tracking on gives MetaTensors"
+            for key, value in without[stream].items():
+                if torch.is_tensor(value):
+                    assert type(value) is torch.Tensor, f"{stream}/{key} carries no metadata"
+                    assert torch.equal(value, with_meta[stream][key].as_subclass(torch.Tensor)), f"{stream}/{key}"
