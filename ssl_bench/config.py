@@ -70,7 +70,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # unet: MONAI UNet (Kerfoot et al. 2018 residual units); basic_unet: MONAI BasicUNet (Falk et al. 2019).
+    # unet: MONAI UNet (Kerfoot et al. 2018 residual units); basic_unet: MONAI BasicUNet (Falk et al. 2019);
+    # fcn: the U-Net's encoder with FCN's summing decoder (Long et al. 2015; ssl_bench/nets/fcn.py).
     arch: str = "unet"
     channels: List[int] = field(default_factory=lambda: [16, 32, 64, 128])
     strides: List[int] = field(default_factory=lambda: [2, 2, 2])
@@ -385,8 +386,8 @@ def validate(cfg: DictConfig) -> None:
     need(0.0 <= d.flip_prob <= 1.0, "data.flip_prob", "must be in [0, 1]")
     need(0.0 <= d.partial.alpha <= 1.0, "data.partial.alpha",
          f"fraction of cases whose annotation of each class is removed must be in [0, 1], got {d.partial.alpha}")
-    need(cfg.model.arch in ("unet", "basic_unet"), "model.arch", f"unknown architecture '{cfg.model.arch}'")
-    if cfg.model.arch == "unet":
+    need(cfg.model.arch in ("unet", "basic_unet", "fcn"), "model.arch", f"unknown architecture '{cfg.model.arch}'")
+    if cfg.model.arch in ("unet", "fcn"):
         need(len(cfg.model.strides) == len(cfg.model.channels) - 1, "model.strides",
              "needs one entry fewer than model.channels")
     need(0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)")

@@ -14,7 +14,7 @@ def _cfg(**kw):
 
 
 @pytest.mark.parametrize("dims, shape", [(3, (2, 1, 32, 48, 32)), (2, (3, 1, 32, 48))])
-@pytest.mark.parametrize("arch, channels", [("unet", [4, 8, 16]), ("basic_unet", [4, 4, 8, 8, 16, 4])])
+@pytest.mark.parametrize("arch, channels", [("unet", [4, 8, 16]), ("basic_unet", [4, 4, 8, 8, 16, 4]), ("fcn", [4, 8, 16])])
 def test_logits_and_features_shapes(dims, shape, arch, channels):
     net = build_backbone(_cfg(arch=arch, channels=channels), dims, in_channels=1, out_channels=3)
     x = torch.randn(*shape)
@@ -54,3 +54,27 @@ def test_unknown_architecture_and_bad_basic_unet_channels():
     with pytest.raises(ValueError, match="6 entries"):
         build_backbone(_cfg(arch="basic_unet"), 3, 1, 2)
     assert count_parameters(build_backbone(_cfg(), 3, 1, 2)) > 0
+
+
+@pytest.mark.parametrize("num_res_units", [0, 2])
+def test_fcn_fuses_by_summing_an_upsampled_coarse_path_into_each_finer_map(num_res_units):
+    """FCN's decoder: the bottleneck (1/4 resolution here) goes up through one 1x1 convolution and one
+    interpolation per level and is added to the encoder map of that level; the head sees full resolution with the
+    first level's channels, and the network has no decoder convolutions beyond the 1x1 ones."""
+    net = build_backbone(_cfg(arch="fcn", num_res_units=num_res_units), 3, in_channels=1, out_channels=3).eval()
+    x = torch.randn(2, 1, 16, 24, 16)
+    f = net.forward_features(x)
+    assert f.bottleneck.shape == (2, 16, 4, 6, 4)
+    assert f.decoder.shape == (2, 4, 16, 24, 16)
+    fcn = net.net
+    with torch.no_grad():
+        maps = [fcn.stem(x)]
+        for down in fcn.encoder:
+            maps.append(down(maps[-1]))
+        y = fcn.upsample[1](fcn.lateral[1](maps[2])) + maps[1]
+        y = fcn.upsample[0](fcn.lateral[0](y)) + maps[0]
+    torch.testing.assert_close(f.decoder, y)
+    torch.testing.assert_close(f.logits, fcn.head(y))
+    kernels = {m.kernel_size for m in fcn.lateral.modules() if isinstance(m, torch.nn.Conv3d)}
+    assert kernels == {(1, 1, 1)}
+    assert count_parameters(net) < count_parameters(build_backbone(_cfg(num_res_units=num_res_units), 3, 1, 3))

@@ -163,6 +163,17 @@ def _run_folder(name, tmp_path):
     return tmp_path / "synthetic" / name / "frac0.5" / "draw0"
 
 
+@pytest.mark.parametrize("name", ["supervised", "mean_teacher", "co_training", "contrastive"])
+def test_the_fcn_backbone_runs_end_to_end(name, tmp_path, synthetic_cache):
+    """model.arch=fcn needs nothing per method, since every network comes from the shared factory: these four
+    cover an EMA copy, one network per view and the features contrastive pretraining takes."""
+    assert main(_cli_args(name, tmp_path, synthetic_cache) + ["model.arch=fcn"]) == 0
+    run = _run_folder(name, tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and math.isfinite(metrics["primary"]["dice_mean"])
+    assert "arch: fcn" in (run / "config.yaml").read_text()
+
+
 @pytest.mark.parametrize("name", method_names())
 def test_a_few_steps_end_to_end_through_the_cli(name, tmp_path, synthetic_cache):
     assert main(_cli_args(name, tmp_path, synthetic_cache)) == 0

@@ -1,4 +1,5 @@
-"""The one backbone every method uses: a MONAI U-Net (2D or 3D) that also exposes its features.
+"""The one backbone every method uses: a MONAI U-Net (2D or 3D; or MONAI's BasicUNet, or an FCN,
+ssl_bench/nets/fcn.py) that also exposes its features.
 
 Methods that need features (contrastive pretraining, feature-level consistency) call
 ``forward_features`` and get the encoder bottleneck and a decoder feature map besides the logits; the
@@ -13,6 +14,8 @@ import torch
 from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import BasicUNet, UNet
 from torch import nn
+
+from ssl_bench.nets.fcn import FCN
 
 
 class Features(NamedTuple):
@@ -82,7 +85,13 @@ def build_backbone(model_cfg, spatial_dims: int, in_channels: int, out_channels:
             features=tuple(model_cfg.channels), norm=model_cfg.norm, dropout=model_cfg.dropout,
         )
         return Backbone(net, "down_4", "final_conv", spatial_dims=spatial_dims, out_channels=out_channels)
-    raise ValueError(f"unknown model.arch '{model_cfg.arch}' (known: unet, basic_unet)")
+    if model_cfg.arch == "fcn":
+        net = FCN(spatial_dims, in_channels, out_channels, channels=tuple(model_cfg.channels),
+                  strides=tuple(model_cfg.strides), num_res_units=model_cfg.num_res_units, norm=model_cfg.norm,
+                  dropout=model_cfg.dropout)
+        return Backbone(net, f"encoder.{len(net.encoder) - 1}", "head", spatial_dims=spatial_dims,
+                        out_channels=out_channels)
+    raise ValueError(f"unknown model.arch '{model_cfg.arch}' (known: unet, basic_unet, fcn)")
 
 
 def count_parameters(module: nn.Module) -> int:
