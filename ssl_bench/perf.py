@@ -70,6 +70,10 @@ class _StepClock(pl.Callback):
 Pass = Tuple[str, Tuple[int, ...], bool]  # (network, input shape, with gradients)
 
 
+def _new_module(cfg, manifest, method_cls):
+    return method_cls(cfg, manifest.labels, [c.id for c in manifest.cases])
+
+
 def _setup(cfg):
     method_cls = get_method(cfg.method.name)
     data = prepare_data(cfg, method_cls)
@@ -113,7 +117,7 @@ def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None):
     manifest, method_cls, dm = _setup(cfg)
     between = between_steps(cfg, manifest, method_cls, dm) if between_steps else None
     pl.seed_everything(0)
-    module = method_cls(cfg, manifest.labels, [c.id for c in manifest.cases])
+    module = _new_module(cfg, manifest, method_cls)
     clock = _StepClock(warmup, between)
     with tempfile.TemporaryDirectory() as report_dir:  # the profiler's own report is not needed
         profiler = SimpleProfiler(dirpath=report_dir, filename="profile")
@@ -127,13 +131,10 @@ def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None):
     return step, (statistics.fmean(clock.between_seconds) if between else None), between
 
 
-def _new_module(cfg, manifest, method_cls):
-    return method_cls(cfg, manifest.labels, [c.id for c in manifest.cases])
-
-
 class BareStep:
-    """One step of a plain PyTorch loop: its own copy of the network, DiceCE, AdamW + schedule, on labeled
-    batches prepared beforehand (nothing of the stack: no Trainer, no data loading, no logging)."""
+    """One step of a plain PyTorch loop per call, between the stack's steps: its own copy of the network, DiceCE,
+    AdamW + schedule, on labeled batches prepared beforehand (nothing of the stack: no Trainer, no data loading,
+    no logging)."""
 
     def __init__(self, cfg, manifest, method_cls, dm, prepared: int = 16):
         module = _new_module(cfg, manifest, method_cls)

@@ -14,7 +14,8 @@ def _cfg(**kw):
 
 
 @pytest.mark.parametrize("dims, shape", [(3, (2, 1, 32, 48, 32)), (2, (3, 1, 32, 48))])
-@pytest.mark.parametrize("arch, channels", [("unet", [4, 8, 16]), ("basic_unet", [4, 4, 8, 8, 16, 4]), ("fcn", [4, 8, 16])])
+@pytest.mark.parametrize("arch, channels",
+                         [("unet", [4, 8, 16]), ("basic_unet", [4, 4, 8, 8, 16, 4]), ("fcn", [4, 8, 16])])
 def test_logits_and_features_shapes(dims, shape, arch, channels):
     net = build_backbone(_cfg(arch=arch, channels=channels), dims, in_channels=1, out_channels=3)
     x = torch.randn(*shape)
