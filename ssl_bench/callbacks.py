@@ -3,10 +3,12 @@ logic here."""
 
 from __future__ import annotations
 
+import random
 import time
 from statistics import median
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
@@ -45,10 +47,39 @@ class ResumeCheckpoint(Checkpoint):
     Lightning writes checkpoints through a temporary file, so a kill never leaves a half-written one. Being a
     Checkpoint, it runs after the other callbacks and after the best-checkpoint callback given before it, so the
     state it saves includes their updates of this validation.
+
+    Every checkpoint also holds the random state the next training step starts from (torch's, for dropout masks
+    and input noise; numpy's and Python's), and a resumed single-process run restores it as training starts:
+    with the position-keyed data streams (ssl_bench/data/stream.py) the run then computes what an uninterrupted
+    one computes. Under DDP each rank has a random state of its own and only one is saved, so none is restored:
+    a resumed DDP run continues its data streams where they stopped, with fresh random states.
     """
 
     def __init__(self, path):
         self.path = str(path)
+        self._restored_random_state = None
+
+    def state_dict(self):
+        # Tensors and plain Python values only, so that checkpoints still load with torch.load(weights_only=True).
+        _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        return {"random_state": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                 "numpy": (torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss),
+                                           float(cached_gaussian)),
+                                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+
+    def load_state_dict(self, state_dict):
+        self._restored_random_state = state_dict.get("random_state")
+
+    def on_train_start(self, trainer, pl_module):
+        state, self._restored_random_state = self._restored_random_state, None
+        if state is None or trainer.world_size > 1:
+            return
+        torch.set_rng_state(state["torch"])
+        keys, position, has_gauss, cached_gaussian = state["numpy"]
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+        random.setstate(state["python"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:

@@ -452,6 +452,11 @@ def _validate_views(cfg, need) -> None:
          "(the protocol's backbone has 0.1), or method.mc_passes=1 for an unweighted average of views")
 
 
+def run_seed(cfg: DictConfig) -> int:
+    """The seed of initialisation and augmentation: trainer.seed, or the draw (so draws differ in split and init)."""
+    return cfg.trainer.seed if cfg.trainer.seed is not None else cfg.data.draw
+
+
 def data_root(cfg: DictConfig) -> Optional[Path]:
     """data.root, else $SSL_BENCH_DATA_ROOT, else None."""
     from ssl_bench.data.manifest import DATA_ROOT_ENV

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ssl_bench.callbacks import StepTimer
-from ssl_bench.config import pretrain_run_dir, to_yaml
+from ssl_bench.config import pretrain_run_dir, run_seed, to_yaml
 from ssl_bench.data.pretraining import PartitionCropBatches, load_volumes
 from ssl_bench.losses.contrastive import local_contrastive_loss, nt_xent, partition_positive_mask, region_embeddings
 from ssl_bench.methods.base import SegmentationMethod
@@ -177,7 +177,7 @@ def _pretrain_once(cfg: DictConfig, run: Path) -> Dict[str, object]:
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / "config.yaml", to_yaml(pcfg))
     atomic_write_json(run / "cases.json", {"pool": manifest.pool})
-    seed = pcfg.trainer.seed if pcfg.trainer.seed is not None else pcfg.data.draw
+    seed = run_seed(pcfg)
     pl.seed_everything(seed, workers=True)
     by_id, d, m = manifest.case_by_id, pcfg.data, pcfg.method
     volumes = load_volumes([manifest.dataset_dir(root) / by_id[c].image for c in manifest.pool])

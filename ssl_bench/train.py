@@ -33,8 +33,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_bench.callbacks import ImageOverlays, ResumeCheckpoint, StepTimer
-from ssl_bench.config import (ConfigError, data_root, resolve_project_path, run_dir, saved_config_differences,
-                              to_yaml)
+from ssl_bench.config import (ConfigError, data_root, resolve_project_path, run_dir, run_seed,
+                              saved_config_differences, to_yaml)
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
 from ssl_bench.data.partial import partial_annotation_flags
@@ -230,7 +230,7 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     # Subnormal floats appear in the optimizer state and normalisation as a run converges; on CPU each one
     # costs a microcode assist, slowing training steps several-fold. Flushing them changes nothing visible.
     torch.set_flush_denormal(True)
-    pl.seed_everything(cfg.trainer.seed if cfg.trainer.seed is not None else cfg.data.draw, workers=True)
+    pl.seed_everything(run_seed(cfg), workers=True)
     dm = data.datamodule(cfg, method_cls)
     module = method_cls(cfg, class_names=manifest.labels, case_ids=[c.id for c in manifest.cases])
     if cfg.method.primary_model not in module.evaluation_networks():

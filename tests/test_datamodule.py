@@ -1,10 +1,12 @@
-"""The training data module: what its batches hold."""
+"""The training data module: what its batches hold, and its position-keyed streams."""
 
 import lightning.pytorch as pl
 import torch
-from monai.data import get_track_meta, set_track_meta
+from monai import transforms as T
+from monai.data import CacheDataset, get_track_meta, set_track_meta
 
 from ssl_bench.config import load_config
+from ssl_bench.data.stream import PositionSeeded, StreamSampler, stream_seed
 from ssl_bench.registry import get_method
 from ssl_bench.train import prepare_data
 from tests.conftest import TINY
@@ -39,3 +41,23 @@ def test_training_batches_are_plain_tensors_with_the_values_metadata_tracking_gi
                 if torch.is_tensor(value):
                     assert type(value) is torch.Tensor, f"{stream}/{key} carries no metadata"
                     assert torch.equal(value, with_meta[stream][key].as_subclass(torch.Tensor)), f"{stream}/{key}"
+
+
+def test_a_stream_started_later_is_the_tail_of_the_same_stream():
+    full = list(StreamSampler(5, 20, seed=7))
+    assert [position for position, _ in full] == list(range(20))
+    assert list(StreamSampler(5, 20, seed=7, start=12)) == full[12:] and len(StreamSampler(5, 20, 7, start=12)) == 8
+    assert list(StreamSampler(5, 20, seed=8)) != full
+    assert stream_seed(0, "labeled") != stream_seed(0, "unlabeled") != stream_seed(1, "unlabeled")
+
+
+def test_an_item_is_augmented_by_its_position_whatever_came_before():
+    images = [{"image": torch.arange(24, dtype=torch.float32).reshape(1, 2, 3, 4) + k} for k in range(3)]
+    augment = T.Compose([T.RandFlipd(keys=["image"], prob=0.5, spatial_axis=a) for a in range(3)]
+                        + [T.RandScaleIntensityd(keys=["image"], factors=0.5, prob=1.0)])
+    seeded = PositionSeeded(CacheDataset(images, augment, progress=False), seed=3)
+    first = seeded[(4, 1)]["image"]
+    for key in [(0, 0), (9, 2), (5, 1)]:
+        seeded[key]
+    assert torch.equal(seeded[(4, 1)]["image"], first)
+    assert not torch.equal(seeded[(5, 1)]["image"], first), "another position, another augmentation"

@@ -184,6 +184,64 @@ def test_resume_after_kill(tmp_path, synthetic_cache):
     assert 0 < metrics["resumed_from_step"] < 120
 
 
+class _Killed(Exception):
+    pass
+
+
+def test_a_resumed_run_computes_what_an_uninterrupted_one_computes(tmp_path, synthetic_cache, monkeypatch):
+    """Stopped right after its step-3 checkpoint and started again, a Mean Teacher run (two data streams, random
+    crops and flips, dropout, input noise) ends with the weights of the same run never stopped, bit for bit: it
+    continues the data streams where they were (not from their start) and restores the random state."""
+    from ssl_bench.callbacks import ResumeCheckpoint
+    common = ("data.fraction=0.5", "trainer.max_steps=6", "trainer.val_every_n_steps=3")
+    uninterrupted, resumed = tmp_path / "a", tmp_path / "b"
+    assert main(_args(uninterrupted, synthetic_cache, *common, method="mean_teacher")) == 0
+
+    save_and_continue = ResumeCheckpoint.on_validation_end
+
+    def save_and_stop(self, trainer, pl_module):
+        save_and_continue(self, trainer, pl_module)
+        if trainer.global_step == 3:
+            raise _Killed  # as a kill right after the checkpoint: train() leaves no result
+    monkeypatch.setattr(ResumeCheckpoint, "on_validation_end", save_and_stop)
+    with pytest.raises(_Killed):
+        main(_args(resumed, synthetic_cache, *common, method="mean_teacher"))
+    monkeypatch.undo()
+    run = _run_dir(resumed, method="mean_teacher")
+    assert not (run / "metrics.json").exists()
+    assert main(_args(resumed, synthetic_cache, *common, method="mean_teacher")) == 0
+    assert json.loads((run / "metrics.json").read_text())["resumed_from_step"] == 3
+
+    def final_weights(root):
+        return torch.load(_run_dir(root, method="mean_teacher") / "checkpoints" / "last.ckpt",
+                          weights_only=True)["state_dict"]
+    expected, got = final_weights(uninterrupted), final_weights(resumed)
+    assert expected.keys() == got.keys()
+    differing = [name for name in expected if not torch.equal(expected[name], got[name])]
+    assert not differing, f"{len(differing)} of {len(expected)} tensors differ, e.g. {differing[:3]}"
+
+
+def test_a_checkpoint_without_a_random_state_still_resumes(tmp_path, synthetic_cache, monkeypatch):
+    """Checkpoints written before the random state was saved (session 8) resume, with the random state as it is."""
+    from ssl_bench.callbacks import ResumeCheckpoint
+    args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=4", "trainer.val_every_n_steps=2")
+    save_and_continue = ResumeCheckpoint.on_validation_end
+
+    def save_and_stop(self, trainer, pl_module):
+        save_and_continue(self, trainer, pl_module)
+        raise _Killed
+    monkeypatch.setattr(ResumeCheckpoint, "on_validation_end", save_and_stop)
+    with pytest.raises(_Killed):
+        main(args)
+    monkeypatch.undo()
+    last = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    del checkpoint["callbacks"]["ResumeCheckpoint"]
+    torch.save(checkpoint, last)
+    assert main(args) == 0
+    assert json.loads((_run_dir(tmp_path) / "metrics.json").read_text())["resumed_from_step"] == 2
+
+
 class _PlateauModule(pl.LightningModule):
     """A linear model whose validation score only gets worse after its first validation."""
 

@@ -21,11 +21,12 @@ import torch
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from monai import transforms as T
 from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate, set_track_meta
-from torch.utils.data import RandomSampler
 
+from ssl_bench.config import run_seed
 from ssl_bench.data.manifest import Manifest
 from ssl_bench.data.partial import RemoveUnannotatedOrgans
 from ssl_bench.data.splits import PoolSplit
+from ssl_bench.data.stream import PositionSeeded, StreamSampler, stream_seed
 
 
 def _labels_as_integers(label) -> torch.Tensor:
@@ -143,11 +144,26 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _train_loader(self, name: str, batch_size: int) -> DataLoader:
         ds = self._dataset(name)
         # Sampling with replacement for the whole iteration budget: training length is trainer.max_steps,
-        # never epochs, so every method sees the same number of batches whatever the split sizes.
-        sampler = RandomSampler(ds, replacement=True, num_samples=self.cfg.trainer.max_steps * batch_size)
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.data.num_workers,
-                          collate_fn=list_data_collate, persistent_workers=self.cfg.data.num_workers > 0,
-                          drop_last=True)
+        # never epochs, so every method sees the same number of batches whatever the split sizes. The stream is
+        # a function of position (ssl_bench/data/stream.py), so a resumed run continues it where it stopped.
+        seed = stream_seed(run_seed(self.cfg), name)
+        # Under DDP Lightning deals the stream out to the ranks: it holds every rank's batches of the budget.
+        per_step = batch_size * self._world_size()
+        sampler = StreamSampler(len(ds), self.cfg.trainer.max_steps * per_step, seed,
+                                start=self._steps_taken() * per_step)
+        return DataLoader(PositionSeeded(ds, seed), batch_size=batch_size, sampler=sampler,
+                          num_workers=self.cfg.data.num_workers, collate_fn=list_data_collate,
+                          persistent_workers=self.cfg.data.num_workers > 0, drop_last=True,
+                          # its own generator, so that making the loader draws nothing from the global one
+                          generator=torch.Generator().manual_seed(seed))
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def _steps_taken(self) -> int:
+        """Training steps already taken: a resumed run's checkpoint step (Lightning restores it before it asks for
+        the loaders), so its streams continue where they stopped."""
+        return self.trainer.global_step if self.trainer is not None else 0
 
     def train_dataloader(self):
         loaders = {"labeled": self._train_loader("labeled", self.cfg.data.labeled_batch_size)}
