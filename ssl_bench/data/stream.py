@@ -25,6 +25,9 @@ def stream_seed(run_seed: int, stream: str) -> int:
 
 
 class StreamSampler(Sampler):
+    """``(position, item index)`` for positions ``start`` .. ``n_samples - 1`` of a stream of items drawn with
+    replacement by a generator seeded with ``seed`` alone: the same stream however late it starts."""
+
     def __init__(self, n_items: int, n_samples: int, seed: int, start: int = 0):
         self.n_items, self.n_samples, self.seed, self.start = n_items, n_samples, seed, start
 
