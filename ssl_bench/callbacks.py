@@ -1,5 +1,5 @@
-"""Optional callbacks: timing of training steps, the resume checkpoint and image overlays for W&B. No training
-logic here."""
+"""Callbacks: timing of training steps, the resume checkpoint and the random state a resumed run needs, image
+overlays for W&B. No training logic here."""
 
 from __future__ import annotations
 
@@ -47,16 +47,25 @@ class ResumeCheckpoint(Checkpoint):
     Lightning writes checkpoints through a temporary file, so a kill never leaves a half-written one. Being a
     Checkpoint, it runs after the other callbacks and after the best-checkpoint callback given before it, so the
     state it saves includes their updates of this validation.
-
-    Every checkpoint also holds the random state the next training step starts from (torch's, for dropout masks
-    and input noise; numpy's and Python's), and a resumed single-process run restores it as training starts:
-    with the position-keyed data streams (ssl_bench/data/stream.py) the run then computes what an uninterrupted
-    one computes. Under DDP each rank has a random state of its own and only one is saved, so none is restored:
-    a resumed DDP run continues its data streams where they stopped, with fresh random states.
     """
 
     def __init__(self, path):
         self.path = str(path)
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        trainer.save_checkpoint(self.path)  # every rank calls it; the strategy writes once
+
+
+class TrainingRandomState(pl.Callback):
+    """Puts into every checkpoint the random state the next training step starts from (torch's, for dropout masks,
+    input noise and augmentation drawn in the step; numpy's and Python's), and restores it when a single-process
+    run resumes, as training starts. With data streams that a resumed run continues where they stopped
+    (ssl_bench/data/stream.py; the contrastive pretraining's batches), the run then computes what an uninterrupted
+    one computes. Under DDP each rank has a random state of its own and only one is saved, so none is restored."""
+
+    def __init__(self):
         self._restored_random_state = None
 
     def state_dict(self):
@@ -80,11 +89,6 @@ class ResumeCheckpoint(Checkpoint):
         random.setstate(state["python"])
         if state["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
-            return
-        trainer.save_checkpoint(self.path)  # every rank calls it; the strategy writes once
 
 
 class ImageOverlays(pl.Callback):

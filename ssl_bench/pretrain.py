@@ -23,7 +23,7 @@ import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import lightning.pytorch as pl
 import torch
@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ssl_bench.callbacks import StepTimer
+from ssl_bench.callbacks import StepTimer, TrainingRandomState
 from ssl_bench.config import pretrain_run_dir, run_seed, to_yaml
 from ssl_bench.data.pretraining import PartitionCropBatches, load_volumes
 from ssl_bench.losses.contrastive import local_contrastive_loss, nt_xent, partition_positive_mask, region_embeddings
@@ -58,9 +58,10 @@ class ContrastivePretraining(pl.LightningModule):
     optimizer_with_schedule = SegmentationMethod.optimizer_with_schedule
     lr_schedule = SegmentationMethod.lr_schedule
 
-    def __init__(self, cfg: DictConfig, num_classes: int):
+    def __init__(self, cfg: DictConfig, num_classes: int, batches: Optional[PartitionCropBatches] = None):
         super().__init__()
         self.cfg = cfg
+        self.batches = batches
         self.net = build_backbone(cfg.model, cfg.data.spatial_dims, in_channels=1, out_channels=num_classes)
         bottleneck_channels, decoder_channels = self._feature_channels()
         m = cfg.method
@@ -111,6 +112,12 @@ class ContrastivePretraining(pl.LightningModule):
 
     def configure_optimizers(self):
         return self.optimizer_with_schedule(self.parameters())
+
+    def train_dataloader(self) -> DataLoader:
+        # Batch i is a function of i alone: a resumed pretraining continues at its checkpoint's step (Lightning has
+        # restored global_step by the time it asks), with its random state restored by TrainingRandomState.
+        remaining = range(self.trainer.global_step, len(self.batches))
+        return DataLoader(self.batches, batch_size=None, sampler=remaining, num_workers=self.cfg.data.num_workers)
 
 
 def total_stride(model_cfg) -> int:
@@ -183,8 +190,7 @@ def _pretrain_once(cfg: DictConfig, run: Path) -> Dict[str, object]:
     volumes = load_volumes([manifest.dataset_dir(root) / by_id[c].image for c in manifest.pool])
     batches = PartitionCropBatches(volumes, m.pretrain_volumes, m.partitions, d.slice_axis, crop_size(pcfg),
                                    pcfg.trainer.max_steps, seed)
-    loader = DataLoader(batches, batch_size=None, shuffle=False, num_workers=d.num_workers)
-    module = ContrastivePretraining(pcfg, manifest.num_classes)
+    module = ContrastivePretraining(pcfg, manifest.num_classes, batches)
     timer, t = StepTimer(), pcfg.trainer
     saver = ModelCheckpoint(dirpath=str(run / CHECKPOINTS), filename="step{step}", save_last=True,
                             every_n_train_steps=min(t.val_every_n_steps, t.max_steps), auto_insert_metric_name=False)
@@ -192,9 +198,10 @@ def _pretrain_once(cfg: DictConfig, run: Path) -> Dict[str, object]:
                          accelerator=t.accelerator, devices=1, precision=t.precision, deterministic=t.deterministic,
                          log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
                          enable_model_summary=False, default_root_dir=str(run),
-                         logger=CSVLogger(save_dir=str(run), name="csv"), callbacks=[saver, timer])
+                         logger=CSVLogger(save_dir=str(run), name="csv"),
+                         callbacks=[saver, timer, TrainingRandomState()])
     last = run / CHECKPOINTS / LAST
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if last.is_file() else None)
+    trainer.fit(module, ckpt_path=str(last) if last.is_file() else None)
     arch = architecture(pcfg.model, d.spatial_dims, in_channels=1, out_channels=manifest.num_classes)
     save_backbone(module.net, run / BACKBONE, arch)
     record = {"dataset": d.name, "draw": d.draw, "run_dir": str(run), "checkpoint": str(run / BACKBONE),

@@ -291,3 +291,33 @@ def test_cells_running_at_once_wait_for_one_pretraining(tmp_path):
     for t in threads:
         t.join(10)
     assert events == ["first in", "first out", "second in"]
+
+
+def test_a_resumed_pretraining_computes_what_an_uninterrupted_one_computes(tmp_path, synthetic_cache, monkeypatch):
+    """Stopped right after its step-2 checkpoint and started again, the pretraining (random crops and augmentations
+    drawn in the step, dropout) ends with the backbone of the same pretraining never stopped, bit for bit."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    pretraining = ("trainer.val_every_n_steps=2", "trainer.max_steps=2")
+
+    def backbone(root):
+        path = root / "synthetic" / "contrastive_pretrain" / "draw0" / "checkpoints" / "backbone.pt"
+        return torch.load(path, weights_only=False)["state_dict"]
+    assert cli(tmp_path / "a", synthetic_cache, 0.5, *pretraining) == 0
+
+    class Stopped(Exception):
+        pass
+    save_and_continue = ModelCheckpoint.on_train_batch_end
+
+    def save_and_stop(self, trainer, *args):
+        save_and_continue(self, trainer, *args)
+        if trainer.global_step == 2:
+            raise Stopped
+    monkeypatch.setattr(ModelCheckpoint, "on_train_batch_end", save_and_stop)
+    with pytest.raises(Stopped):
+        cli(tmp_path / "b", synthetic_cache, 0.5, *pretraining)
+    monkeypatch.undo()
+    assert not (tmp_path / "b" / "synthetic" / "contrastive_pretrain" / "draw0" / "pretrain.json").exists()
+    assert cli(tmp_path / "b", synthetic_cache, 0.5, *pretraining) == 0
+    expected, got = backbone(tmp_path / "a"), backbone(tmp_path / "b")
+    differing = [name for name in expected if not torch.equal(expected[name], got[name])]
+    assert not differing, f"{len(differing)} of {len(expected)} tensors differ, e.g. {differing[:3]}"

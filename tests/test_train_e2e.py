@@ -236,7 +236,7 @@ def test_a_checkpoint_without_a_random_state_still_resumes(tmp_path, synthetic_c
     monkeypatch.undo()
     last = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
-    del checkpoint["callbacks"]["ResumeCheckpoint"]
+    del checkpoint["callbacks"]["TrainingRandomState"]
     torch.save(checkpoint, last)
     assert main(args) == 0
     assert json.loads((_run_dir(tmp_path) / "metrics.json").read_text())["resumed_from_step"] == 2
