@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from ssl_bench.callbacks import StepTimer, TrainingRandomState
 from ssl_bench.config import pretrain_run_dir, run_seed, to_yaml
 from ssl_bench.data.pretraining import PartitionCropBatches, load_volumes
+from ssl_bench.data.stream import streams_resume_by_position
 from ssl_bench.losses.contrastive import local_contrastive_loss, nt_xent, partition_positive_mask, region_embeddings
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.nets.backbone import build_backbone
@@ -201,7 +202,8 @@ def _pretrain_once(cfg: DictConfig, run: Path) -> Dict[str, object]:
                          logger=CSVLogger(save_dir=str(run), name="csv"),
                          callbacks=[saver, timer, TrainingRandomState()])
     last = run / CHECKPOINTS / LAST
-    trainer.fit(module, ckpt_path=str(last) if last.is_file() else None)
+    with streams_resume_by_position():
+        trainer.fit(module, ckpt_path=str(last) if last.is_file() else None)
     arch = architecture(pcfg.model, d.spatial_dims, in_channels=1, out_channels=manifest.num_classes)
     save_backbone(module.net, run / BACKBONE, arch)
     record = {"dataset": d.name, "draw": d.draw, "run_dir": str(run), "checkpoint": str(run / BACKBONE),

@@ -39,6 +39,7 @@ from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
 from ssl_bench.data.partial import partial_annotation_flags
 from ssl_bench.data.splits import PoolSplit, split_pool
+from ssl_bench.data.stream import streams_resume_by_position
 from ssl_bench.data.synthetic import SyntheticSpec, ensure_synthetic
 from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.evaluation import summarize
@@ -254,7 +255,8 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     resume_from = str(last) if last.is_file() else None
     if resume_from:
         print(f"{run}: resuming from {last}")
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+    with streams_resume_by_position():
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     trainer.save_checkpoint(str(last))
     if trainer.is_global_zero:
         for name, content in module.run_records().items():

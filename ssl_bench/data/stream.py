@@ -6,11 +6,13 @@ it is augmented depend on the position alone, never on what the process did befo
 dataset from the stream's seed and the position before it makes that item. A run resumed at step s starts its
 streams at position s x batch size and so sees the batches an uninterrupted run would have seen; with the
 random state of the training step (dropout, noise) restored from the checkpoint
-(ssl_bench.callbacks.ResumeCheckpoint), it computes what that run computes.
+(ssl_bench.callbacks.TrainingRandomState), it computes what that run computes.
 """
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
@@ -22,6 +24,16 @@ from torch.utils.data import Dataset, Sampler
 def stream_seed(run_seed: int, stream: str) -> int:
     """A seed per (run seed, stream name), so that the labeled and unlabeled streams differ."""
     return int(np.random.SeedSequence([run_seed, *stream.encode()]).generate_state(1)[0])
+
+
+@contextmanager
+def streams_resume_by_position():
+    """Around ``trainer.fit``: Lightning warns that a loader without ``state_dict`` resumed mid-epoch gives
+    unreliable results; a position-keyed stream does not (it starts at the checkpoint's step), so the warning
+    would only mislead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        yield
 
 
 class StreamSampler(Sampler):
