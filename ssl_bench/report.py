@@ -59,6 +59,7 @@ CONFIDENCE = 0.95
 CHECKPOINTS = ("last", "best")
 # Inches per dataset panel of the plot.
 PANEL_SIZE = (6.0, 4.5)
+LINE_MARKERS = ("o", "s", "^", "D", "v")
 # Panels per row of the Dice-vs-alpha plot (the mean, then one per class, wrapped).
 ALPHA_PANELS_PER_ROW = 3
 
@@ -458,6 +459,14 @@ def _draws_label(points: List[Group]) -> str:
     return "draws " + "/".join(map(str, counts))
 
 
+def line_style(index: int) -> Dict[str, str]:
+    """Colour and marker of a plot's index-th line: matplotlib's colour cycle repeats after 10 lines, so the
+    marker changes with each cycle and no two lines look alike."""
+    import matplotlib
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {"color": colors[index % len(colors)], "marker": LINE_MARKERS[index // len(colors) % len(LINE_MARKERS)]}
+
+
 def plot_dice_vs_fraction(groups: List[Group], path: Path) -> Path:
     """One panel per dataset: a line per method with error bars (std over draws), supervised at 100% dashed."""
     import matplotlib
@@ -468,11 +477,11 @@ def plot_dice_vs_fraction(groups: List[Group], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(datasets), figsize=(PANEL_SIZE[0] * len(datasets), PANEL_SIZE[1]), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         members = sorted((g for g in groups if g.dataset == dataset), key=lambda g: g.fraction)
-        for method in dict.fromkeys(g.method for g in members):
+        for index, method in enumerate(dict.fromkeys(g.method for g in members)):
             points = [g for g in members if g.method == method]
             ax.errorbar([g.fraction for g in points], [g.dice.mean for g in points],
                         yerr=[0.0 if math.isnan(g.dice.std) else g.dice.std for g in points],
-                        marker="o", capsize=3, label=f"{method} ({_draws_label(points)})")
+                        capsize=3, label=f"{method} ({_draws_label(points)})", **line_style(index))
         for g in members:
             if g.method == g.reference_method and g.fraction == FULL_FRACTION:
                 ax.axhline(g.dice.mean, linestyle="--", color="grey", label=f"{g.method}, 100% labels")
@@ -508,11 +517,11 @@ def plot_dice_vs_alpha(groups: List[AlphaGroup], path: Path) -> Path:
         classes, reference = members[0].classes, _alpha_reference(groups, dataset, fraction)
         panels = [("mean over classes", lambda g: g.dice)] + [(c, lambda g, c=c: g.class_dice[c]) for c in classes]
         for ax, (title, pick) in zip(block_axes, panels):
-            for method in dict.fromkeys(g.method for g in members):
+            for index, method in enumerate(dict.fromkeys(g.method for g in members)):
                 points = sorted((g for g in members if g.method == method), key=lambda g: g.alpha)
                 ax.errorbar([g.alpha for g in points], [pick(g).mean for g in points],
                             yerr=[0.0 if math.isnan(pick(g).std) else pick(g).std for g in points],
-                            marker="o", capsize=3, label=method)
+                            capsize=3, label=method, **line_style(index))
             if reference:
                 ax.axhline(pick(reference).mean, linestyle="--", color="grey", label=f"{REFERENCE_METHOD}, alpha 0")
             ax.set(title=f"{dataset}: {title}", xlabel="alpha (share of cases missing each annotation)",

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from scipy.stats import wilcoxon
 
 from ssl_bench.cli import main
-from ssl_bench.report import Run, _draws_label, alpha_line, protocol_differences, load_runs, summarize_alpha, summarize_groups, write_report
+from ssl_bench.report import (Run, _draws_label, alpha_line, line_style, protocol_differences, load_runs, summarize_alpha,
+                               summarize_groups, write_report)
 
 CLASSES = ["a", "b"]
 T_975_ONE_DEGREE_OF_FREEDOM = 12.706204736174707  # Student's t, 97.5% quantile, 1 degree of freedom
@@ -178,6 +179,13 @@ def test_plot_legend_says_how_many_draws_each_line_averages(fake_runs):
     assert _draws_label([groups["mean_teacher", 0.5]]) == "2 draws"
     assert _draws_label([groups["supervised", 1.0]]) == "1 draw"
     assert _draws_label([groups["supervised", 0.5], groups["supervised", 1.0]]) == "draws 2/1"
+
+
+def test_plot_lines_differ_beyond_the_colour_cycle():
+    """Regression: with 11 methods the 11th line had the 1st one's colour and marker (results of session 9)."""
+    styles = [tuple(sorted(line_style(i).items())) for i in range(30)]
+    assert len(set(styles)) == 30
+    assert line_style(0)["color"] == line_style(10)["color"] and line_style(0)["marker"] != line_style(10)["marker"]
 
 
 def test_variant_is_compared_with_the_supervised_run_of_its_tag():
