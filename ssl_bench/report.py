@@ -155,6 +155,27 @@ class AlphaGroup:
     vs_full: Optional[PairedTest]  # against supervised at alpha 0 (every annotation), same fraction
 
 
+@dataclass
+class Replicate:
+    """One run of a set of training-seed replicates, against the set's first run."""
+    method: str  # the method folder, e.g. supervised-seed100
+    seed: int  # trainer.seed, or the draw when it is unset (run_seed)
+    dice: float
+    vs_first: Optional[PairedTest]  # None for the first run itself
+
+
+@dataclass
+class ReplicateSet:
+    """Runs of one method, fraction and draw whose configs differ only in trainer.seed: the same split and
+    settings trained again, which measures the run-to-run noise a method comparison has to beat."""
+    dataset: str
+    method: str  # metrics.json's method (without a tag)
+    fraction: float
+    draw: int
+    replicates: List[Replicate]
+    dice: Estimate  # over the replicates
+
+
 def _partial_alpha(metrics: dict, folder: Path) -> float:
     """metrics.json's partial_alpha; runs written before it was recorded have it in their config.yaml."""
     if "partial_alpha" in metrics:
@@ -338,6 +359,69 @@ def summarize_groups(runs: List[Run]) -> List[Group]:
             protocol_differences=protocol_differences(members[0], references[0]) if comparable else [],
             per_draw=per_draw_comparisons(members, references) if comparable else []))
     return groups
+
+
+# Config keys in which training-seed replicates may differ.
+_REPLICATE_KEYS = ("trainer.seed", "run.", *EXECUTION_KEYS)
+
+
+def _effective_seed(run: Run, config: dict) -> int:
+    """ssl_bench.config.run_seed of a run: trainer.seed, or the draw when unset."""
+    seed = config.get("trainer.seed")
+    return int(seed if seed is not None else run.metrics["draw"])
+
+
+def summarize_replicates(runs: List[Run]) -> List[ReplicateSet]:
+    """Sets of runs (two or more) of the same dataset, method, fraction and draw whose configs differ at most in
+    the training seed (a repeated seed shows nondeterminism); the untagged run (if any) comes first, then by seed.
+    Runs without config.yaml are left out: nothing shows what else they changed."""
+    buckets: Dict[Tuple[str, str, float, int], List[Tuple[Run, dict]]] = {}
+    for run in runs:
+        config = run.config()
+        if config:
+            m = run.metrics
+            buckets.setdefault((m["dataset"], m["method"], float(m["fraction"]), m["draw"]), []).append((run, config))
+    sets = []
+    for (dataset, method, fraction, draw), members in buckets.items():
+        members.sort(key=lambda rc: (rc[0].method != method, _effective_seed(*rc), rc[0].method))
+        clusters: List[List[Tuple[Run, dict]]] = []
+        for run, config in members:
+            home = next((c for c in clusters if not differing_keys(config, c[0][1], ignore=_REPLICATE_KEYS)), None)
+            if home is None:
+                clusters.append([(run, config)])
+            else:
+                home.append((run, config))
+        for cluster in clusters:
+            if len(cluster) < 2:
+                continue
+            first = cluster[0][0]
+            replicates = [Replicate(run.method, _effective_seed(run, config), run.result("last")["dice_mean"],
+                                    paired_test([run], [first]) if run is not first else None)
+                          for run, config in cluster]
+            sets.append(ReplicateSet(dataset, method, fraction, draw, replicates,
+                                     estimate(r.dice for r in replicates)))
+    return sorted(sets, key=lambda s: (s.dataset, s.fraction, s.method, s.draw))
+
+
+def replicates_markdown(sets: List[ReplicateSet]) -> str:
+    if not sets:
+        return ""
+    lines = ["", "## Training-seed replicates", "",
+             "Runs that differ only in `trainer.seed` (initialisation, sampling and augmentation; same split, same "
+             "settings): how much a result moves when the same run is trained again. Each replicate against the "
+             "set's first run: median per-case Dice difference, paired Wilcoxon p-value, test cases better. A "
+             "method's gain over `supervised` within this spread may be training noise.",
+             "", "| dataset | method | fraction | draw | run | seed | Dice | vs first | cases better |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in sets:
+        for r in s.replicates:
+            better = f"{r.vs_first.n_better}/{r.vs_first.n_pairs}" if r.vs_first else "—"
+            lines.append(f"| {s.dataset} | {s.method} | {s.fraction:g} | {s.draw} | {r.method} | {r.seed} | "
+                         f"{r.dice:.4f} | {_versus(r.vs_first) if r.vs_first else 'first'} | {better} |")
+    lines += [""] + [f"- {s.method} at {s.fraction:g}, draw {s.draw} ({s.dataset}): {s.dice.n} seeds, Dice "
+                     f"{_mean_std(s.dice, 4)}, range {max(r.dice for r in s.replicates) - min(r.dice for r in s.replicates):.4f}"
+                     for s in sets]
+    return "\n".join(lines) + "\n"
 
 
 def summarize_alpha(runs: List[Run]) -> List[AlphaGroup]:
@@ -589,7 +673,8 @@ def write_report(runs_dir: Path, out: Path, wandb_project: Optional[str] = None,
     groups, alpha_groups = summarize_groups(runs), summarize_alpha(runs)
     paths = {"csv": out / "summary.csv", "markdown": out / "summary.md", "plot": out / "dice_vs_fraction.png"}
     atomic_write_text(paths["csv"], _csv_text(rows))
-    atomic_write_text(paths["markdown"], markdown(groups, _provenance(runs, runs_dir, records_dir)) + alpha_markdown(alpha_groups))
+    atomic_write_text(paths["markdown"], markdown(groups, _provenance(runs, runs_dir, records_dir))
+                      + replicates_markdown(summarize_replicates(runs)) + alpha_markdown(alpha_groups))
     # Partial-annotation variants have their own plot (against alpha); a point each would clutter this one.
     alpha_variants = {r.method for r in runs if alpha_line(r) is not None}
     fraction_groups = [g for g in groups if g.method not in alpha_variants]

@@ -14,7 +14,7 @@ from scipy.stats import wilcoxon
 
 from ssl_bench.cli import main
 from ssl_bench.report import (Run, _draws_label, alpha_line, line_style, protocol_differences, load_runs, summarize_alpha,
-                               summarize_groups, write_report)
+                               summarize_groups, summarize_replicates, write_report)
 
 CLASSES = ["a", "b"]
 T_975_ONE_DEGREE_OF_FREEDOM = 12.706204736174707  # Student's t, 97.5% quantile, 1 degree of freedom
@@ -390,3 +390,30 @@ def test_only_partial_runs_write_no_fraction_plot(partial_runs, tmp_path):
     paths = write_report(partial_runs, tmp_path / "results")
     assert "plot" not in paths and not (tmp_path / "results" / "dice_vs_fraction.png").exists()
     assert paths["alpha_plot"].is_file()
+
+
+def test_training_seed_replicates_are_compared_with_the_run_of_the_draws_seed(tmp_path):
+    """Runs differing only in trainer.seed (or not at all: a repeat shows nondeterminism) form one replicate set,
+    untagged run first; a run that also changes another setting is no replicate."""
+    runs = tmp_path / "runs"
+    replicas = {  # folder: (per-case Dice, config changes)
+        "supervised": (DICE[("supervised", 0.5, 0)], {}),
+        "supervised-seed100": (DICE[("supervised", 0.5, 1)], {"trainer": {"seed": 100}}),
+        "supervised-lr0.001": (DICE[("mean_teacher", 0.5, 0)], {"trainer": {"seed": 101}, "optim": {"lr": 0.001}}),
+        "supervised-again": (DICE[("mean_teacher", 0.5, 1)], {"trainer": {"seed": 0}}),  # the draw's seed, set
+    }
+    for folder, (cases, changes) in replicas.items():
+        _write_fake_run(runs, "supervised", 0.5, 0, cases, folder_name=folder)
+        config = OmegaConf.merge({"data": {"name": "toy", "fraction": 0.5, "draw": 0}, "optim": {"lr": 0.002},
+                                  "trainer": {"seed": None}, "run": {"tag": folder.partition("-")[2]}}, changes)
+        (runs / "toy" / folder / "frac0.5" / "draw0" / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    (replicate_set,) = summarize_replicates(load_runs(runs))
+    assert [(r.method, r.seed) for r in replicate_set.replicates] == [
+        ("supervised", 0), ("supervised-again", 0), ("supervised-seed100", 100)]
+    first, _, second = replicate_set.replicates
+    assert first.vs_first is None
+    ours, theirs = ([_case_dice(("supervised", 0.5, d), c) for c in ("c1", "c2", "c3")] for d in (1, 0))
+    assert second.vs_first.p_value == pytest.approx(wilcoxon(ours, theirs).pvalue)
+    assert second.dice == pytest.approx(np.mean(ours)) and replicate_set.dice.n == 3
+    text = write_report(runs, tmp_path / "results")["markdown"].read_text()
+    assert "## Training-seed replicates" in text and "| supervised-seed100 | 100 |" in text
