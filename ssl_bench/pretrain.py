@@ -170,6 +170,17 @@ def ensure_pretrained(cfg: DictConfig) -> Dict[str, object]:
         return _pretrain_once(cfg, run)
 
 
+def record_of_backbone(checkpoint: Path) -> Optional[Dict[str, object]]:
+    """The record (pretrain.json) of the pretraining that wrote ``checkpoint`` (its run folder's
+    checkpoints/backbone.pt), or None for a backbone made elsewhere: a fine-tuning given the checkpoint by hand
+    (model.init_from) still records which pretraining it starts from, and its cost."""
+    record_path = Path(checkpoint).parent.parent / RECORD
+    if not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text())
+    return record if Path(record["checkpoint"]).parts[-2:] == Path(checkpoint).parts[-2:] else None
+
+
 def _pretrain_once(cfg: DictConfig, run: Path) -> Dict[str, object]:
     from ssl_bench.train import CHECKPOINTS, LAST, _check_same_config, resolve_dataset
     from ssl_bench.data.verify import verify_or_raise

@@ -254,6 +254,19 @@ def test_pretraining_once_per_draw_then_fine_tuning_every_fraction(tmp_path, syn
         assert metrics["pretrain_seconds_per_step"] == record["seconds_per_step"] > 0
         assert metrics["pretrain_wall_time_s"] == record["wall_time_s"] > 0
         assert f"init_from: {backbone}" in (run / "config.yaml").read_text()
+    # Given by hand (a sweep on fine-tuning settings), the backbone still names its pretraining: the report then
+    # knows the initialisation is the method's own stage, not a protocol change.
+    assert cli(tmp_path, synthetic_cache, 0.5, f"model.init_from={backbone}", "run.tag=by_hand") == 0
+    metrics = json.loads((tmp_path / "synthetic" / "contrastive-by_hand" / "frac0.5" / "draw0" / "metrics.json").read_text())
+    assert metrics["pretrain_run_dir"] == str(pretrain_dir) and metrics["pretrain_steps"] == 4
+
+
+def test_a_backbone_made_elsewhere_has_no_pretraining_record(tmp_path):
+    from ssl_bench.pretrain import record_of_backbone
+    (tmp_path / "checkpoints").mkdir()
+    assert record_of_backbone(tmp_path / "checkpoints" / "backbone.pt") is None
+    (tmp_path / "pretrain.json").write_text(json.dumps({"checkpoint": "elsewhere/checkpoints/other.pt"}))
+    assert record_of_backbone(tmp_path / "checkpoints" / "backbone.pt") is None
 
 
 def test_a_changed_pretraining_config_for_the_same_draw_is_an_error(tmp_path, synthetic_cache, capsys):

@@ -10,12 +10,15 @@ the draw's pretraining or runs it if it is missing, so ``ssl-bench train --metho
 metrics.json reports both stages' cost: the fine-tuning's as for every method, the pretraining's as
 ``pretrain_seconds_per_step``, ``pretrain_wall_time_s`` and ``pretrain_steps``.
 
-An explicit ``model.init_from=<backbone.pt>`` skips stage 1 and fine-tunes from that checkpoint. Built outside
+An explicit ``model.init_from=<backbone.pt>`` skips stage 1 and fine-tunes from that checkpoint; when it is a
+stage-1 run's backbone, metrics.json records that run and its cost as above. Built outside
 train() (tests, ``make perf``) with no ``init_from``, the network is randomly initialised: the per-step cost of
 fine-tuning is that of ``supervised``.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from omegaconf import open_dict
 
@@ -34,9 +37,11 @@ class Contrastive(SegmentationMethod):
 
     @classmethod
     def prepare_run(cls, cfg):
+        # Imports the pretraining stack only when it is needed.
+        from ssl_bench.pretrain import ensure_pretrained, record_of_backbone
         if cfg.model.init_from:
-            return cfg, {}
-        from ssl_bench.pretrain import ensure_pretrained  # imports the pretraining stack only when it is needed
+            record = record_of_backbone(Path(cfg.model.init_from))
+            return cfg, {key: record[source] for key, source in PRETRAIN_COST.items()} if record else {}
         record = ensure_pretrained(cfg)
         cfg = cfg.copy()
         with open_dict(cfg):
