@@ -308,11 +308,17 @@ def per_draw_comparisons(runs: List[Run], references: List[Run]) -> List[DrawCom
 _VARIANT_KEYS = ("method.", "run.", "data.draw", *EXECUTION_KEYS)
 
 
+def _method_keys(run: Run) -> Tuple[str, ...]:
+    """The config keys that belong to ``run``'s method (its own settings, tag, draw, execution)."""
+    # A method's own first stage (contrastive's pretraining, recorded in metrics.json) sets the initialisation.
+    return _VARIANT_KEYS + (("model.init_from",) if "pretrain_run_dir" in run.metrics else ())
+
+
 def differs_only_in_method(run: Run, reference: Run) -> bool:
     """Whether two runs' configs differ only in method settings (and tag, draw, execution): the same data,
     network, optimizer and budget. False when either has no config.yaml."""
     ours, theirs = run.config(), reference.config()
-    return bool(ours and theirs) and not differing_keys(ours, theirs, ignore=_VARIANT_KEYS)
+    return bool(ours and theirs) and not differing_keys(ours, theirs, ignore=_method_keys(run))
 
 
 def protocol_differences(run: Run, reference: Run) -> List[str]:
@@ -321,9 +327,7 @@ def protocol_differences(run: Run, reference: Run) -> List[str]:
     ours, theirs = run.config(), reference.config()
     if not (ours and theirs):
         return []
-    # A method's own first stage (contrastive's pretraining, recorded in metrics.json) sets the initialisation.
-    ignore = _VARIANT_KEYS + (("model.init_from",) if "pretrain_run_dir" in run.metrics else ())
-    return [f"{k}: {ours.get(k)} vs {theirs.get(k)}" for k in differing_keys(ours, theirs, ignore=ignore)]
+    return [f"{k}: {ours.get(k)} vs {theirs.get(k)}" for k in differing_keys(ours, theirs, ignore=_method_keys(run))]
 
 
 def reference_of(members: List[Run], by_key: Dict[Tuple[str, str, float], List[Run]]) -> str:

@@ -35,7 +35,7 @@ ALPHA_DICE = {
     ("smile", 0.7, 1): {"c1": (0.83, 0.66), "c2": (0.75, 0.55)},
 }
 BEST_OFFSET = -0.01  # the best-on-validation checkpoint scores a little lower in these fakes
-PRIMARY = {"supervised": "student", "mean_teacher": "teacher", "smile": "student"}
+PRIMARY = {"supervised": "student", "mean_teacher": "teacher", "smile": "student", "contrastive": "student"}
 
 
 def _hd95(dice: float) -> float:
@@ -228,6 +228,29 @@ def test_variant_of_a_method_setting_is_compared_with_the_untagged_supervised_ru
         assert variant.vs_reference.p_value == pytest.approx(wilcoxon(ours, theirs).pvalue)
     else:
         assert variant.reference_method == "supervised-lambda_max1.0" and variant.vs_reference is None
+
+
+@pytest.mark.parametrize("own_pretraining", [True, False])
+def test_variant_of_a_pretrained_method_is_compared_with_the_untagged_supervised_run(tmp_path, own_pretraining):
+    """contrastive-slab_thickness16 (a pretraining setting): its init_from is its own stage's backbone when
+    metrics.json names that pretraining, so the untagged supervised run is its baseline; a backbone from
+    elsewhere is a protocol change, and there is then no baseline."""
+    runs = tmp_path / "runs"
+    folder = "contrastive-slab_thickness16"
+    for method, name in (("supervised", "supervised"), ("contrastive", folder)):
+        metrics = _write_fake_run(runs, method, 0.5, 0, DICE[(method if method == "supervised" else "mean_teacher", 0.5, 0)],
+                                  folder_name=name)
+        run = runs / "toy" / name / "frac0.5" / "draw0"
+        _write_config(run, method)
+        if method == "contrastive":
+            config = OmegaConf.load(run / "config.yaml")
+            config.method.slab_thickness, config.model = 16, {"init_from": "pretrain/checkpoints/backbone.pt"}
+            (run / "config.yaml").write_text(OmegaConf.to_yaml(config))
+            if own_pretraining:
+                (run / "metrics.json").write_text(json.dumps({**metrics, "pretrain_run_dir": "pretrain"}))
+    variant = next(g for g in summarize_groups(load_runs(runs)) if g.method == folder)
+    assert (variant.reference_method == "supervised") == own_pretraining
+    assert (variant.vs_reference is not None) == own_pretraining and variant.protocol_differences == []
 
 
 def test_a_comparison_that_differs_in_protocol_settings_is_flagged(tmp_path):
