@@ -206,6 +206,23 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_a_clear_error(tmp_path):
         build(f"model.init_from={path}")
 
 
+class _NotAWeight:
+    pass
+
+
+def test_an_unreadable_or_unsafe_backbone_file_is_a_clear_error_naming_it(tmp_path):
+    module = build()
+    path = tmp_path / "backbone.pt"
+    save_backbone(module.net, path, module.backbone_architecture())
+    path.write_bytes(path.read_bytes()[:100])  # truncated, as by a killed copy
+    with pytest.raises(BackboneCheckpointError, match=f"{path} cannot be read .* \\(not a complete torch.save file\\)"):
+        build(f"model.init_from={path}")
+    # Arbitrary pickled objects are refused (weights_only), not unpickled.
+    torch.save({"format": "ssl_bench.backbone/1", "architecture": _NotAWeight(), "state_dict": {}}, path)
+    with pytest.raises(BackboneCheckpointError, match=f"{path} cannot be read .* would run their code"):
+        build(f"model.init_from={path}")
+
+
 def test_the_pretraining_config_has_no_fraction_its_own_budget_and_leaves_the_run_config_alone():
     cfg = load_config("contrastive", "synthetic", ["data.fraction=0.25", "data.partial.alpha=0.5",
                                                    "trainer.max_steps=7", "model.init_from=/some/backbone.pt"])

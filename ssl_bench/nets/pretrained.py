@@ -5,6 +5,7 @@ error naming the file rather than a silent partial load."""
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Dict
 
@@ -42,7 +43,17 @@ def load_backbone(net: Backbone, path: Path, arch: Dict[str, object]) -> None:
     path = Path(path)
     if not path.is_file():
         raise BackboneCheckpointError(f"model.init_from: no backbone checkpoint at {path}")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        # weights_only: a backbone file may come from elsewhere, and loading it must not run its pickled code.
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise BackboneCheckpointError(
+            f"{path} cannot be read as a backbone checkpoint: it holds pickled objects other than tensors and "
+            "plain values, which are not loaded because loading them would run their code") from error
+    except Exception as error:  # truncated, or not a torch file at all
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise BackboneCheckpointError(f"{path} cannot be read as a backbone checkpoint (not a complete torch.save "
+                                      f"file): {type(error).__name__} {detail}".rstrip()) from error
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise BackboneCheckpointError(f"{path} is not a backbone checkpoint (format {FORMAT})")
     if saved["architecture"] != arch:
