@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import time
 from statistics import median
+from typing import Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -15,14 +16,21 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 
 class StepTimer(pl.Callback):
-    """Wall-clock seconds of each training step (forward, backward, optimizer, data), for the report.
+    """Wall-clock seconds of each training step (forward, backward, optimizer, data), and of the whole run, for
+    the report.
 
-    The first ``warmup`` steps are dropped (allocator warm-up, lazy initialisation).
+    Its state goes into every checkpoint, so that a resumed run reports the cost of all its steps: the step
+    durations of the process that wrote the checkpoint, and its wall time up to it (the time between that
+    checkpoint and a kill is lost work, not counted). The first ``warmup`` steps are dropped (allocator warm-up,
+    lazy initialisation).
     """
 
-    def __init__(self, warmup: int = 5):
+    def __init__(self, warmup: int = 5, started: Optional[float] = None):
         self.warmup = warmup
         self.durations: list = []
+        self.restored_steps = 0  # steps timed before the checkpoint this process resumed from
+        self._started = time.perf_counter() if started is None else started
+        self._wall_time_before_resume = 0.0
         self._start = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -32,6 +40,23 @@ class StepTimer(pl.Callback):
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         self.durations.append(time.perf_counter() - self._start)
+
+    def state_dict(self):
+        return {"durations": list(self.durations), "wall_time_s": self.wall_time_s}
+
+    def load_state_dict(self, state_dict):
+        self.durations = list(state_dict["durations"])
+        self.restored_steps = len(self.durations)
+        self._wall_time_before_resume = float(state_dict["wall_time_s"])
+
+    @property
+    def steps_this_process(self) -> int:
+        return len(self.durations) - self.restored_steps
+
+    @property
+    def wall_time_s(self) -> float:
+        """Seconds since the run started, plus, for a resumed run, those of the run up to its checkpoint."""
+        return self._wall_time_before_resume + time.perf_counter() - self._started
 
     @property
     def seconds_per_step(self) -> float:

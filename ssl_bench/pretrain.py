@@ -203,7 +203,7 @@ def _pretrain_once(cfg: DictConfig, run: Path) -> Dict[str, object]:
     batches = PartitionCropBatches(volumes, m.pretrain_volumes, m.partitions, d.slice_axis, crop_size(pcfg),
                                    pcfg.trainer.max_steps, seed)
     module = ContrastivePretraining(pcfg, manifest.num_classes, batches)
-    timer, t = StepTimer(), pcfg.trainer
+    timer, t = StepTimer(started=started), pcfg.trainer
     saver = ModelCheckpoint(dirpath=str(run / CHECKPOINTS), filename="step{step}", save_last=True,
                             every_n_train_steps=min(t.val_every_n_steps, t.max_steps), auto_insert_metric_name=False)
     trainer = pl.Trainer(max_steps=t.max_steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0,
@@ -218,7 +218,7 @@ def _pretrain_once(cfg: DictConfig, run: Path) -> Dict[str, object]:
     arch = architecture(pcfg.model, d.spatial_dims, in_channels=1, out_channels=manifest.num_classes)
     save_backbone(module.net, run / BACKBONE, arch)
     record = {"dataset": d.name, "draw": d.draw, "run_dir": str(run), "checkpoint": str(run / BACKBONE),
-              "steps": trainer.global_step, "seconds_per_step": timer.seconds_per_step,
-              "wall_time_s": time.perf_counter() - started, "n_images": len(volumes)}
+              "steps": trainer.global_step, "resumed_from_step": trainer.global_step - timer.steps_this_process,
+              "seconds_per_step": timer.seconds_per_step, "wall_time_s": timer.wall_time_s, "n_images": len(volumes)}
     atomic_write_json(record_path, record)  # last: its presence marks the pretraining finished
     return record

@@ -239,7 +239,7 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
                           f"{cfg.method.name} (it evaluates {', '.join(module.evaluation_networks())})")
     ckpt_dir = run / CHECKPOINTS
     best_cb, resume_cb = checkpoint_callbacks(ckpt_dir)
-    timer = StepTimer()
+    timer = StepTimer(started=started)
     loggers = _loggers(cfg, run)
     callbacks = [best_cb, resume_cb, timer, TrainingRandomState(), LearningRateMonitor(logging_interval="step")]
     if cfg.logging.log_images and any(isinstance(lg, WandbLogger) for lg in loggers):
@@ -261,7 +261,7 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     if trainer.is_global_zero:
         for name, content in module.run_records().items():
             atomic_write_json(run / name, content)
-    resumed_step = trainer.global_step - len(timer.durations)
+    resumed_step = trainer.global_step - timer.steps_this_process
 
     best = best_cb.best_model_path or str(last)
     for tag, path in (("last", str(last)), ("best", best)):
@@ -282,7 +282,7 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         "primary": {"checkpoint": "last", "model": cfg.method.primary_model},
         "results": _results(rows, foreground),
         "best_checkpoint": Path(best).name, "steps": trainer.global_step, "resumed_from_step": resumed_step,
-        "seconds_per_step": timer.seconds_per_step, "wall_time_s": time.perf_counter() - started,
+        "seconds_per_step": timer.seconds_per_step, "wall_time_s": timer.wall_time_s,
         # Trained parameters (an EMA teacher or other frozen copies are counted only in the total).
         "peak_memory_mb": _peak_memory_mb(module.device),
         "n_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),

@@ -3,6 +3,7 @@ crops, loading a pretrained backbone, and both stages end to end through the CLI
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -346,8 +347,17 @@ def test_a_resumed_pretraining_computes_what_an_uninterrupted_one_computes(tmp_p
     with pytest.raises(Stopped):
         cli(tmp_path / "b", synthetic_cache, 0.5, *pretraining)
     monkeypatch.undo()
-    assert not (tmp_path / "b" / "synthetic" / "contrastive_pretrain" / "draw0" / "pretrain.json").exists()
+    run = tmp_path / "b" / "synthetic" / "contrastive_pretrain" / "draw0"
+    assert not (run / "pretrain.json").exists()
+    timed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["StepTimer"]
+    assert len(timed["durations"]) == 2
     assert cli(tmp_path / "b", synthetic_cache, 0.5, *pretraining) == 0
+    # Its recorded cost covers the steps of the stopped process too (method.pretrain_steps=4).
+    record = json.loads((run / "pretrain.json").read_text())
+    all_steps = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["StepTimer"]
+    assert all_steps["durations"][:2] == timed["durations"] and len(all_steps["durations"]) == 4
+    assert record["resumed_from_step"] == 2 and record["seconds_per_step"] == statistics.median(all_steps["durations"])
+    assert record["wall_time_s"] > all_steps["wall_time_s"] > timed["wall_time_s"]
     expected, got = backbone(tmp_path / "a"), backbone(tmp_path / "b")
     differing = [name for name in expected if not torch.equal(expected[name], got[name])]
     assert not differing, f"{len(differing)} of {len(expected)} tensors differ, e.g. {differing[:3]}"

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -242,6 +243,32 @@ def test_a_checkpoint_without_a_random_state_still_resumes(tmp_path, synthetic_c
     torch.save(checkpoint, last)
     assert main(args) == 0
     assert json.loads((_run_dir(tmp_path) / "metrics.json").read_text())["resumed_from_step"] == 2
+
+
+def test_a_resumed_run_reports_the_cost_of_all_its_steps(tmp_path, synthetic_cache, monkeypatch):
+    """seconds_per_step and wall_time_s of a run killed after its step-2 checkpoint and resumed cover the steps of
+    both processes, not only those after the resume."""
+    from ssl_bench.callbacks import ResumeCheckpoint
+    args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=4", "trainer.val_every_n_steps=2")
+    save_and_continue = ResumeCheckpoint.on_validation_end
+
+    def save_and_stop(self, trainer, pl_module):
+        save_and_continue(self, trainer, pl_module)
+        raise _Killed
+    monkeypatch.setattr(ResumeCheckpoint, "on_validation_end", save_and_stop)
+    with pytest.raises(_Killed):
+        main(args)
+    monkeypatch.undo()
+    last = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    before = torch.load(last, weights_only=True)["callbacks"]["StepTimer"]
+    assert len(before["durations"]) == 2 and before["wall_time_s"] > 0
+    assert main(args) == 0
+    after = torch.load(last, weights_only=True)["callbacks"]["StepTimer"]
+    assert after["durations"][:2] == before["durations"] and len(after["durations"]) == 4
+    metrics = json.loads((_run_dir(tmp_path) / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 2 and metrics["steps"] == 4
+    assert metrics["seconds_per_step"] == statistics.median(after["durations"])
+    assert metrics["wall_time_s"] > after["wall_time_s"] > before["wall_time_s"]
 
 
 class _PlateauModule(pl.LightningModule):
