@@ -225,7 +225,8 @@ def test_a_resumed_run_computes_what_an_uninterrupted_one_computes(tmp_path, syn
 
 
 def test_a_checkpoint_without_a_random_state_still_resumes(tmp_path, synthetic_cache, monkeypatch):
-    """Checkpoints written before the random state was saved (session 8) resume, with the random state as it is."""
+    """Checkpoints written before the random state (session 8) and the step timer (session 11) were saved resume,
+    with the random state as it is and the cost of the steps after the resume."""
     from ssl_bench.callbacks import ResumeCheckpoint
     args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=4", "trainer.val_every_n_steps=2")
     save_and_continue = ResumeCheckpoint.on_validation_end
@@ -239,10 +240,12 @@ def test_a_checkpoint_without_a_random_state_still_resumes(tmp_path, synthetic_c
     monkeypatch.undo()
     last = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
-    del checkpoint["callbacks"]["TrainingRandomState"]
+    del checkpoint["callbacks"]["TrainingRandomState"], checkpoint["callbacks"]["StepTimer"]
     torch.save(checkpoint, last)
     assert main(args) == 0
-    assert json.loads((_run_dir(tmp_path) / "metrics.json").read_text())["resumed_from_step"] == 2
+    metrics = json.loads((_run_dir(tmp_path) / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 2 and metrics["steps"] == 4
+    assert len(torch.load(last, weights_only=True)["callbacks"]["StepTimer"]["durations"]) == 2
 
 
 def test_a_resumed_run_reports_the_cost_of_all_its_steps(tmp_path, synthetic_cache, monkeypatch):
