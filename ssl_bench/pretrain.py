@@ -170,6 +170,11 @@ def ensure_pretrained(cfg: DictConfig) -> Dict[str, object]:
         return _pretrain_once(cfg, run)
 
 
+def backbone_path(cfg: DictConfig) -> Path:
+    """Where the pretraining of cfg's dataset and draw writes its backbone (pretrain.json's "checkpoint")."""
+    return pretrain_run_dir(cfg, STAGE) / BACKBONE
+
+
 def record_of_backbone(checkpoint: Path) -> Optional[Dict[str, object]]:
     """The record (pretrain.json) of the pretraining that wrote ``checkpoint`` (its run folder's
     checkpoints/backbone.pt), or None for a backbone made elsewhere: a fine-tuning given the checkpoint by hand

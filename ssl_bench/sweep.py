@@ -55,7 +55,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ssl_bench.config import (EXECUTION_KEYS, ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir,
                               saved_config_differences)
-from ssl_bench.registry import method_names
+from ssl_bench.registry import get_method, method_names
 from ssl_bench.report import CONFIG_FILE, METRICS_FILE
 
 LAUNCHERS = ("local", "slurm")
@@ -188,7 +188,12 @@ def _with_record(cell: Cell, records_dir: Path) -> Cell:
     if not (folder / METRICS_FILE).is_file():
         return cell
     try:
-        diff = saved_config_differences(folder / CONFIG_FILE, cell.config(), ignore=RECORD_IGNORED_KEYS)
+        # The config as train() saves it, e.g. with the init_from of a pretraining stage, placed where the
+        # record's run was (the same place relative to its runs_dir).
+        cfg = cell.config()
+        cfg.run.runs_dir = load_yaml(folder / CONFIG_FILE).run.runs_dir
+        diff = saved_config_differences(folder / CONFIG_FILE, get_method(cell.method).run_config(cfg),
+                                        ignore=RECORD_IGNORED_KEYS)
     except ConfigError as err:
         print(f"[sweep] record {folder} unusable, its cell will run: {err}", file=sys.stderr, flush=True)
         return cell

@@ -247,6 +247,22 @@ def test_cells_recorded_with_the_same_config_count_as_finished_and_others_run(tm
         load_sweep(path, runs, tmp_path / "missing")
 
 
+def test_a_record_of_a_pretrained_method_counts_as_its_cell(tmp_path, capsys):
+    """contrastive's saved config holds the init_from its pretraining stage filled in, which the cell's config
+    lacks; the record still counts, wherever its runs_dir was, unless it started from another backbone."""
+    from ssl_bench.pretrain import backbone_path
+    path = _write_sweep(tmp_path / "records.yaml", methods=["contrastive"], draws=[0, 1])
+    runs, records = [f"run.runs_dir={tmp_path / 'runs'}"], tmp_path / "records"
+    cells = load_sweep(path, runs).cells
+    elsewhere = cells[0].config()
+    elsewhere.run.runs_dir = "/elsewhere/runs"
+    same = _record(records, cells[0], **{"run.runs_dir": "/elsewhere/runs",
+                                          "model.init_from": str(backbone_path(elsewhere))})
+    other = _record(records, cells[1], **{"model.init_from": "/my/backbone.pt"})
+    assert [c.record for c in load_sweep(path, runs, records).cells] == [same, None]
+    assert f"record {other} has another config (model.init_from differ)" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sweep's children die with it on Linux only")
 def test_killed_sweep_resumes_with_exactly_one_result_per_cell(tmp_path, synthetic_cache, capfd):
     """A real SIGKILL of the sweep while its second cell trains, then the same command again."""

@@ -82,6 +82,12 @@ class SegmentationMethod(pl.LightningModule):
         ``model.init_from``), and entries for its metrics.json (e.g. a prerequisite stage's cost)."""
         return cfg, {}
 
+    @classmethod
+    def run_config(cls, cfg):
+        """The config train() saves for ``cfg`` (prepare_run's completion, without its work), e.g. to compare a
+        sweep cell with a record of it."""
+        return cfg
+
     def supervised_loss(self, labeled: dict, cache: dict) -> torch.Tensor:
         logits = self.net(labeled["image"])
         cache["labeled_logits"] = logits

@@ -43,7 +43,14 @@ class Contrastive(SegmentationMethod):
             record = record_of_backbone(Path(cfg.model.init_from))
             return cfg, {key: record[source] for key, source in PRETRAIN_COST.items()} if record else {}
         record = ensure_pretrained(cfg)
+        return cls.run_config(cfg), {key: record[source] for key, source in PRETRAIN_COST.items()}
+
+    @classmethod
+    def run_config(cls, cfg):
+        from ssl_bench.pretrain import backbone_path
+        if cfg.model.init_from:
+            return cfg
         cfg = cfg.copy()
         with open_dict(cfg):
-            cfg.model.init_from = record["checkpoint"]
-        return cfg, {key: record[source] for key, source in PRETRAIN_COST.items()}
+            cfg.model.init_from = str(backbone_path(cfg))
+        return cfg
