@@ -194,8 +194,8 @@ def _with_record(cell: Cell, records_dir: Path) -> Cell:
         cfg.run.runs_dir = load_yaml(folder / CONFIG_FILE).run.runs_dir
         diff = saved_config_differences(folder / CONFIG_FILE, get_method(cell.method).run_config(cfg),
                                         ignore=RECORD_IGNORED_KEYS)
-    except ConfigError as err:
-        print(f"[sweep] record {folder} unusable, its cell will run: {err}", file=sys.stderr, flush=True)
+    except (ConfigError, OmegaConfBaseException) as err:  # e.g. a config.yaml without run.runs_dir
+        print(f"[sweep] record {folder} unusable, its cell will run: {first_line(err)}", file=sys.stderr, flush=True)
         return cell
     if diff:
         print(f"[sweep] record {folder} has another config ({', '.join(diff[:8])} differ): its cell will run",

@@ -261,6 +261,9 @@ def test_a_record_of_a_pretrained_method_counts_as_its_cell(tmp_path, capsys):
     other = _record(records, cells[1], **{"model.init_from": "/my/backbone.pt"})
     assert [c.record for c in load_sweep(path, runs, records).cells] == [same, None]
     assert f"record {other} has another config (model.init_from differ)" in capsys.readouterr().err
+    (other / "config.yaml").write_text("model: {}\n")  # no run section: unusable, not a crash
+    assert [c.record for c in load_sweep(path, runs, records).cells] == [same, None]
+    assert f"record {other} unusable, its cell will run" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sweep's children die with it on Linux only")
