@@ -224,11 +224,9 @@ def test_a_resumed_run_computes_what_an_uninterrupted_one_computes(tmp_path, syn
     assert not differing, f"{len(differing)} of {len(expected)} tensors differ, e.g. {differing[:3]}"
 
 
-def test_a_checkpoint_without_a_random_state_still_resumes(tmp_path, synthetic_cache, monkeypatch):
-    """Checkpoints written before the random state (session 8) and the step timer (session 11) were saved resume,
-    with the random state as it is and the cost of the steps after the resume."""
+def _killed_after_first_checkpoint(tmp_path, args, monkeypatch) -> Path:
+    """Runs ``args`` until its first resume checkpoint is written, then stops it as a kill would; its last.ckpt."""
     from ssl_bench.callbacks import ResumeCheckpoint
-    args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=4", "trainer.val_every_n_steps=2")
     save_and_continue = ResumeCheckpoint.on_validation_end
 
     def save_and_stop(self, trainer, pl_module):
@@ -238,7 +236,14 @@ def test_a_checkpoint_without_a_random_state_still_resumes(tmp_path, synthetic_c
     with pytest.raises(_Killed):
         main(args)
     monkeypatch.undo()
-    last = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    return _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+
+
+def test_a_checkpoint_without_a_random_state_still_resumes(tmp_path, synthetic_cache, monkeypatch):
+    """Checkpoints written before the random state (session 8) and the step timer (session 11) were saved resume,
+    with the random state as it is and the cost of the steps after the resume."""
+    args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=4", "trainer.val_every_n_steps=2")
+    last = _killed_after_first_checkpoint(tmp_path, args, monkeypatch)
     checkpoint = torch.load(last, weights_only=True)
     del checkpoint["callbacks"]["TrainingRandomState"], checkpoint["callbacks"]["StepTimer"]
     torch.save(checkpoint, last)
@@ -251,18 +256,8 @@ def test_a_checkpoint_without_a_random_state_still_resumes(tmp_path, synthetic_c
 def test_a_resumed_run_reports_the_cost_of_all_its_steps(tmp_path, synthetic_cache, monkeypatch):
     """seconds_per_step and wall_time_s of a run killed after its step-2 checkpoint and resumed cover the steps of
     both processes, not only those after the resume."""
-    from ssl_bench.callbacks import ResumeCheckpoint
     args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=4", "trainer.val_every_n_steps=2")
-    save_and_continue = ResumeCheckpoint.on_validation_end
-
-    def save_and_stop(self, trainer, pl_module):
-        save_and_continue(self, trainer, pl_module)
-        raise _Killed
-    monkeypatch.setattr(ResumeCheckpoint, "on_validation_end", save_and_stop)
-    with pytest.raises(_Killed):
-        main(args)
-    monkeypatch.undo()
-    last = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    last = _killed_after_first_checkpoint(tmp_path, args, monkeypatch)
     before = torch.load(last, weights_only=True)["callbacks"]["StepTimer"]
     assert len(before["durations"]) == 2 and before["wall_time_s"] > 0
     assert main(args) == 0
