@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ssl_bench.callbacks import StepTimer, TrainingRandomState
-from ssl_bench.config import pretrain_run_dir, run_seed, to_yaml
+from ssl_bench.config import DEFAULT_SLAB_STRIDES, pretrain_run_dir, run_seed, to_yaml
 from ssl_bench.data.pretraining import PartitionCropBatches, load_volumes
 from ssl_bench.data.stream import streams_resume_by_position
 from ssl_bench.losses.contrastive import local_contrastive_loss, nt_xent, partition_positive_mask, region_embeddings
@@ -134,7 +134,7 @@ def crop_size(cfg: DictConfig) -> List[int]:
     size = list(d.patch_size)
     if d.spatial_dims == 3:
         stride = total_stride(cfg.model)
-        derived = max(stride, size[d.slice_axis] // m.partitions // stride * stride)
+        derived = min(DEFAULT_SLAB_STRIDES * stride, max(stride, size[d.slice_axis] // stride * stride))
         size[d.slice_axis] = m.slab_thickness or derived
     return size
 

@@ -131,11 +131,13 @@ def test_a_batch_holds_one_crop_per_partition_of_distinct_volumes():
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    ([], [40, 56, 8]),  # 40 / 4 partitions = 10, rounded down to the U-Net's total stride 8
-    (["method.partitions=2"], [40, 56, 16]),
-    (["method.slab_thickness=24"], [40, 56, 24]),
-    (["data.slice_axis=1"], [40, 8, 40]),  # 56 / 4 = 14 -> 8
-    (["method.partitions=8"], [40, 56, 8]),  # never thinner than one stride
+    ([], [40, 56, 24]),  # three of the U-Net's total stride 8
+    (["method.slab_thickness=8"], [40, 56, 8]),
+    (["data.slice_axis=1"], [40, 24, 40]),
+    (["method.partitions=8"], [40, 56, 24]),  # partitions place the slabs, not their thickness
+    (["data.patch_size=[40,56,20]"], [40, 56, 16]),  # at most the patch, rounded down to a stride
+    (["data.patch_size=[40,56,6]"], [40, 56, 8]),  # never thinner than one stride
+    (["model.strides=[2,2]", "model.channels=[4,8,16]"], [40, 56, 12]),  # three strides of 4
     (["data.spatial_dims=2", "data.patch_size=[40,56]"], [40, 56]),  # 2D: a slice, the patch unchanged
 ])
 def test_3d_crops_are_slabs_of_the_patch_along_the_main_axis(overrides, expected):
