@@ -118,6 +118,22 @@ def test_unsupervised_term_changes_the_student_gradient(name):
     assert (with_term - without).abs().max() > 1e-6 * without.abs().max()
 
 
+@pytest.mark.parametrize("name", [n for n in method_names() if "lambda_max" in build(n).cfg.method])
+def test_lambda_max_zero_skips_the_unsupervised_passes(name, monkeypatch):
+    # The ablation without the unsupervised term (e.g. co_training's views as a plain ensemble) must not pay
+    # for that term's passes: at 16x a supervised step for co_training, they are most of the step.
+    torch.manual_seed(0)
+    module = build(name, "method.lambda_max=0")
+    if not module.automatic_optimization:
+        pytest.skip(f"{name} steps its own optimizers")
+    monkeypatch.setattr(module, "unsupervised_loss", lambda *args: pytest.fail("unsupervised passes ran"))
+    batch = make_batch()
+    loss = module.training_step(batch, 0)
+    torch.manual_seed(0)
+    assert loss.item() == pytest.approx(build(name).supervised_loss(batch["labeled"], {}).item())
+    assert "train/loss_unsup" not in module.logged
+
+
 # Batch sizes of the forward calls of one training step, per network, with L = U = BATCH_SIZE: every method
 # at its analytic minimum of forwarded images, each group of passes batched into one call.
 MC_PASSES = 8

@@ -108,6 +108,11 @@ class SegmentationMethod(pl.LightningModule):
         """λ(t) = λ_max · rampup(t); called only for methods whose unsupervised_loss returns a term."""
         return self.cfg.method.lambda_max * self.rampup()
 
+    def unsupervised_term_off(self) -> bool:
+        """method.lambda_max = 0, an ablation (e.g. co_training's views without co-training): λ(t) is 0 at every
+        step, so training_step skips the term's passes rather than paying for them to multiply them by 0."""
+        return "lambda_max" in self.cfg.method and self.cfg.method.lambda_max == 0
+
     def evaluation_networks(self) -> Dict[str, nn.Module]:
         return {"student": self.net}
 
@@ -131,7 +136,7 @@ class SegmentationMethod(pl.LightningModule):
         batch_size = labeled["image"].shape[0]
         loss_sup = self.supervised_loss(labeled, cache)
         loss = loss_sup
-        loss_unsup = self.unsupervised_loss(batch, cache)
+        loss_unsup = None if self.unsupervised_term_off() else self.unsupervised_loss(batch, cache)
         if loss_unsup is not None:
             weight = self.unsupervised_weight()
             loss = loss_sup + weight * loss_unsup
