@@ -80,7 +80,8 @@ class ResumeCheckpoint(Checkpoint):
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        trainer.save_checkpoint(self.path)  # every rank calls it; the strategy writes once
+        # The full state (optimizers, loops, callbacks), said explicitly; every rank calls it, the strategy writes once.
+        trainer.save_checkpoint(self.path, weights_only=False)
 
 
 class TrainingRandomState(pl.Callback):

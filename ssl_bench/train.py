@@ -257,7 +257,7 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         print(f"{run}: resuming from {last}")
     with streams_resume_by_position():
         trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
-    trainer.save_checkpoint(str(last))
+    trainer.save_checkpoint(str(last), weights_only=False)
     if trainer.is_global_zero:
         for name, content in module.run_records().items():
             atomic_write_json(run / name, content)

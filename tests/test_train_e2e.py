@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import math
 import os
 import signal
@@ -303,8 +304,19 @@ def test_resume_checkpoint_follows_every_validation_though_the_score_stops_impro
                          limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu", logger=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[best_cb, resume_cb, Probe()])
-    trainer.fit(_PlateauModule(), loader, loader)
+    # Lightning's logger does not propagate to pytest's capture: listen on it directly.
+    messages, lightning_log = [], logging.getLogger("lightning.pytorch")
+    listener = logging.Handler(logging.INFO)
+    listener.emit = lambda record: messages.append(record.getMessage())
+    lightning_log.addHandler(listener)
+    try:
+        trainer.fit(_PlateauModule(), loader, loader)
+    finally:
+        lightning_log.removeHandler(listener)
     assert resumable_steps == [2, 4]
+    # Regression: saving the resume state without saying it is the full state logged "`weights_only` was not
+    # set, defaulting to `False`" at every validation of every run.
+    assert [m for m in messages if "weights_only" in m] == []
     assert Path(best_cb.best_model_path).name == "best-2.ckpt"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best-2.ckpt", "last.ckpt"]
 
