@@ -6,13 +6,16 @@ checkpoint's step) with respect to the trained parameters: their norms, the rati
 cosine. A ratio of 1% means that, step for step, the semi-supervised method trains almost exactly like its
 supervised baseline: the first thing to check when a method does not beat ``supervised``.
 
-Methods with manual optimization (``adversarial``) have no single unsupervised term and are refused.
+A method with manual optimization (``adversarial``) has its segmenter loss split the same way: L_sup against
+the rest (its adversarial and self-training terms, each weighted by its own λ), from its pure ``losses(batch,
+step)`` at the checkpoint's step.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from statistics import median
 from typing import List, Optional
@@ -29,10 +32,14 @@ class GradientBalance:
     """One batch: the two loss terms and the norms and cosine of their gradients."""
     loss_sup: float
     loss_unsup: float
-    weight: float  # λ(t)
+    weight: Optional[float]  # λ(t); None: the unsupervised terms carry their own weights (manual optimization)
     grad_sup: float  # ||∇ L_sup||
     grad_unsup: float  # ||∇ λ(t)·L_unsup||
     cosine: float
+
+    @property
+    def weighted_loss_unsup(self) -> float:
+        return self.loss_unsup if self.weight is None else self.weight * self.loss_unsup
 
     @property
     def ratio(self) -> float:
@@ -55,8 +62,19 @@ def gradient_balance(module, batch: dict, weight: float) -> GradientBalance:
     loss_unsup = module.unsupervised_loss(batch, cache)
     if loss_unsup is None:
         raise ConfigError(f"{module.cfg.method.name} has no unsupervised term to diagnose")
+    return _balance(loss_sup, loss_unsup, weight, params)
+
+
+def manual_gradient_balance(module, batch: dict, step: int) -> GradientBalance:
+    """The same for a manual-optimization method: its segmenter loss at ``step`` split into L_sup and the rest."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    losses = module.losses(batch, step=step)
+    return _balance(losses.supervised, losses.segmenter - losses.supervised, None, params)
+
+
+def _balance(loss_sup: torch.Tensor, loss_unsup: torch.Tensor, weight: Optional[float], params) -> GradientBalance:
     g_sup = _flat_gradient(loss_sup, params, retain_graph=True)
-    g_unsup = _flat_gradient(weight * loss_unsup, params)
+    g_unsup = _flat_gradient((1.0 if weight is None else weight) * loss_unsup, params)
     norm_sup, norm_unsup = float(g_sup.norm()), float(g_unsup.norm())
     cosine = float(g_sup @ g_unsup) / (norm_sup * norm_unsup) if norm_sup > 0 and norm_unsup > 0 else float("nan")
     return GradientBalance(float(loss_sup.detach()), float(loss_unsup.detach()), weight, norm_sup, norm_unsup, cosine)
@@ -85,15 +103,18 @@ def diagnose(run: Path, n_batches: int, overrides: Optional[List[str]] = None) -
     data = prepare_data(cfg, method_cls, evaluation=False)
     dm, manifest = data.datamodule(cfg, method_cls), data.manifest
     module = method_cls(cfg, class_names=manifest.labels, case_ids=[c.id for c in manifest.cases])
-    if not module.automatic_optimization:
-        raise ConfigError(f"{cfg.method.name} optimizes manually (several losses and optimizers): not diagnosed")
-    if "lambda_max" not in cfg.method:  # SemiSupervisedConfig: the methods that add λ(t)·L_unsup
+    # SemiSupervisedConfig: the methods that add λ(t)·L_unsup; manual optimization: a segmenter loss to split.
+    if module.automatic_optimization and "lambda_max" not in cfg.method:
         raise ConfigError(f"{cfg.method.name} has no unsupervised term to diagnose")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     module.load_state_dict(checkpoint["state_dict"])
     module.train()
-    rampup_steps = cfg.method.rampup_fraction * cfg.trainer.max_steps
-    weight = cfg.method.lambda_max * sigmoid_rampup(checkpoint["global_step"], rampup_steps)
+    step = checkpoint["global_step"]
+    if module.automatic_optimization:
+        weight = cfg.method.lambda_max * sigmoid_rampup(step, cfg.method.rampup_fraction * cfg.trainer.max_steps)
+        balance = partial(gradient_balance, weight=weight)
+    else:
+        balance = partial(manual_gradient_balance, step=step)
     torch.manual_seed(cfg.data.draw)
     batches = iter(dm.train_dataloader())
     results = []
@@ -101,15 +122,17 @@ def diagnose(run: Path, n_batches: int, overrides: Optional[List[str]] = None) -
         warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer here: a method's logging is a no-op
         for _ in range(n_batches):
             batch, *_ = next(batches)
-            results.append(gradient_balance(module, batch, weight))
+            results.append(balance(module, batch))
     return results
 
 
 def format_balance(run: Path, results: List[GradientBalance]) -> str:
-    lines = [f"{run}: gradients at the last checkpoint, λ(t) = {results[0].weight:.4g}",
+    weight = results[0].weight
+    lines = [f"{run}: gradients at the last checkpoint, "
+             + (f"λ(t) = {weight:.4g}" if weight is not None else "unsupervised terms weighted by their own λ"),
              "  batch     L_sup   λ·L_unsup  |∇L_sup|  |∇λ·L_unsup|   ratio  cosine"]
     for i, r in enumerate(results):
-        lines.append(f"  {i:5d}  {r.loss_sup:8.4f}  {r.weight * r.loss_unsup:10.3e}  {r.grad_sup:8.4f}  "
+        lines.append(f"  {i:5d}  {r.loss_sup:8.4f}  {r.weighted_loss_unsup:10.3e}  {r.grad_sup:8.4f}  "
                      f"{r.grad_unsup:12.3e}  {r.ratio:6.3f}  {r.cosine:+.3f}")
     lines.append(f"  median ratio |∇λ·L_unsup| / |∇L_sup|: {median(r.ratio for r in results):.3f}")
     return "\n".join(lines)

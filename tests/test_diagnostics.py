@@ -62,6 +62,26 @@ def test_every_consistency_method_can_be_diagnosed(method, tmp_path, synthetic_c
     assert result.grad_sup > 0 and result.grad_unsup > 0 and math.isfinite(result.cosine)
 
 
+def test_adversarial_is_diagnosed_by_its_segmenter_loss_split(tmp_path, synthetic_cache, capsys):
+    # Self-training from step 0 and D's threshold at 0, so every unsupervised term acts at the checkpoint.
+    run = _train("adversarial", tmp_path, synthetic_cache, "method.semi_start_fraction=0", "method.semi_threshold=0")
+    [result] = diagnose(run, 1, [f"data.cache_dir={synthetic_cache}"])
+    assert result.weight is None and result.weighted_loss_unsup == result.loss_unsup > 0
+    assert result.grad_sup > 0 and result.grad_unsup > 0 and math.isfinite(result.cosine)
+    # Its terms are its λs times their losses: all λ at 0, nothing but L_sup is left.
+    off = ["method.lambda_adv_labeled=0", "method.lambda_adv_unlabeled=0", "method.lambda_semi=0"]
+    [zero] = diagnose(run, 1, [f"data.cache_dir={synthetic_cache}", *off])
+    assert zero.grad_sup == pytest.approx(result.grad_sup, rel=1e-5)
+    assert zero.grad_unsup == 0.0 and zero.loss_unsup == 0.0
+    # The self-training term counts from the checkpoint's step, as in training: starting after it, it is absent.
+    [before_start] = diagnose(run, 1, [f"data.cache_dir={synthetic_cache}", "method.lambda_adv_labeled=0",
+                                       "method.lambda_adv_unlabeled=0", "method.semi_start_fraction=1.5"])
+    assert before_start.grad_unsup == 0.0
+
+    assert main(["diagnose", str(run), f"data.cache_dir={synthetic_cache}", "--batches", "1"]) == 0
+    assert "unsupervised terms weighted by their own λ" in capsys.readouterr().out
+
+
 def test_a_method_without_unsupervised_term_is_a_clear_error(tmp_path, synthetic_cache):
     run = _train("supervised", tmp_path, synthetic_cache)
     with pytest.raises(ConfigError, match="supervised has no unsupervised term"):

@@ -18,7 +18,7 @@ gradients to the segmenter only, then L + U detached predictions and L ground tr
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -80,11 +80,13 @@ class Adversarial(SegmentationMethod):
         frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
         return functional_call(self.discriminator, frozen, (inputs,))
 
-    def self_training_active(self) -> bool:
-        return self.global_step >= self.cfg.method.semi_start_fraction * self.cfg.trainer.max_steps
+    def self_training_active(self, step: int) -> bool:
+        return step >= self.cfg.method.semi_start_fraction * self.cfg.trainer.max_steps
 
-    def losses(self, batch) -> AdversarialLosses:
-        """Both losses of one step (no optimizer involved): the pure part of training_step."""
+    def losses(self, batch, step: Optional[int] = None) -> AdversarialLosses:
+        """Both losses of one step (no optimizer involved): the pure part of training_step. ``step``: the
+        training step they are for (default: the trainer's), e.g. a checkpoint's for ``ssl-bench diagnose``."""
+        step = self.global_step if step is None else step
         m = self.cfg.method
         labeled, unlabeled = batch["labeled"], batch["unlabeled"]
         n_labeled = labeled["image"].shape[0]
@@ -98,7 +100,7 @@ class Adversarial(SegmentationMethod):
         adversarial = (m.lambda_adv_labeled * fool_loss(fake[:n_labeled])
                        + m.lambda_adv_unlabeled * fool_loss(fake[n_labeled:]))
         confident = confidence_mask(fake[n_labeled:], m.semi_threshold)
-        self_training = (masked_self_training_loss(logits[n_labeled:], confident) if self.self_training_active()
+        self_training = (masked_self_training_loss(logits[n_labeled:], confident) if self.self_training_active(step)
                          else logits.new_zeros(()))
         segmenter = supervised + adversarial + m.lambda_semi * self_training
 
