@@ -44,10 +44,15 @@ class StepTimer(pl.Callback):
     def state_dict(self):
         return {"durations": list(self.durations), "wall_time_s": self.wall_time_s}
 
-    def load_state_dict(self, state_dict):
-        self.durations = list(state_dict["durations"])
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        # Only a resumed fit continues the timing: trainer.test(ckpt_path=...) restores callbacks too, and testing
+        # the best checkpoint must not rewind the run's cost to that step's.
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if state is None or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.durations = list(state["durations"])
         self.restored_steps = len(self.durations)
-        self._wall_time_before_resume = float(state_dict["wall_time_s"])
+        self._wall_time_before_resume = float(state["wall_time_s"])
 
     @property
     def steps_this_process(self) -> int:

@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from ssl_bench.callbacks import StepTimer
 from ssl_bench.cli import main
 from ssl_bench.config import load_config, to_yaml
 from ssl_bench.data.manifest import load_manifest
@@ -283,8 +284,30 @@ class _PlateauModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         self.log("val/dice_mean", 1.0 / (1 + self.global_step))
 
+    def test_step(self, batch, batch_idx):
+        self.log("test/loss", self.layer(batch[0]).pow(2).mean())
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_testing_an_earlier_checkpoint_does_not_rewind_the_step_timer(tmp_path):
+    """Regression (session 12): the runner's trainer.test(ckpt_path=best) restored the timer's state from the best
+    checkpoint, so metrics.json had that step's durations and its wall time plus the whole process's (an adversarial
+    cell whose best step was 1250: 10440 s for a 6467 s process)."""
+    best_cb, resume_cb = checkpoint_callbacks(tmp_path)
+    timer = StepTimer(warmup=0)
+    loader = DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=2)
+    trainer = pl.Trainer(max_steps=6, max_epochs=-1, val_check_interval=2, check_val_every_n_epoch=None,
+                         limit_val_batches=1, limit_test_batches=1, num_sanity_val_steps=0, accelerator="cpu",
+                         logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[best_cb, resume_cb, timer])
+    trainer.fit(_PlateauModule(), loader, loader)
+    durations, wall_time = list(timer.durations), timer.wall_time_s
+    assert Path(best_cb.best_model_path).name == "best-2.ckpt"
+    trainer.test(_PlateauModule(), loader, ckpt_path=best_cb.best_model_path, verbose=False)
+    assert timer.durations == durations and len(durations) == 6 and timer.restored_steps == 0
+    assert wall_time < timer.wall_time_s < wall_time + 60
 
 
 def test_resume_checkpoint_follows_every_validation_though_the_score_stops_improving(tmp_path):
