@@ -4,6 +4,8 @@ overlays for W&B. No training logic here."""
 from __future__ import annotations
 
 import random
+import signal
+import sys
 import time
 from statistics import median
 from typing import Optional
@@ -13,6 +15,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+# The shell's code for a process ended by SIGTERM: a stopped run is neither finished (0) nor failed (1, 2).
+STOPPED_EXIT_CODE = 128 + signal.SIGTERM
 
 
 class StepTimer(pl.Callback):
@@ -87,6 +93,41 @@ class ResumeCheckpoint(Checkpoint):
             return
         # The full state (optimizers, loops, callbacks), said explicitly; every rank calls it, the strategy writes once.
         trainer.save_checkpoint(self.path, weights_only=False)
+
+
+class CheckpointOnStop(Checkpoint):
+    """On SIGTERM (a cluster's preemption or time limit, ``kill``, a stopped sweep), Lightning finishes the training
+    step in progress and then raises SIGTERMException; this writes the whole training state to ``path`` at the end
+    of that step, where Lightning's own step checkpoints are taken and from where its resume continues exactly.
+    The same command then resumes from that step instead of from the latest validation, up to
+    ``trainer.val_every_n_steps`` steps earlier.
+
+    When a validation follows the step, or is running, the latest validation's checkpoint stays: Lightning would
+    cut the validation short, and a run resumed past it would never score that step for the best checkpoint.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not trainer.received_sigterm or trainer.global_step >= trainer.max_steps:
+            return  # not stopped, or the last step: the fit ends as usual
+        loop = trainer.fit_loop.epoch_loop
+        if trainer.enable_validation and ((loop.total_batch_idx + 1) % trainer.val_check_batch == 0
+                                          or loop.batch_progress.is_last_batch):
+            return  # a validation is due: it starts, and the stop interrupts it (on_exception)
+        trainer.save_checkpoint(self.path, weights_only=False)
+        _stop_message(trainer, f"stopped by SIGTERM after step {trainer.global_step}, saved to {self.path}")
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING and trainer.validating:
+            _stop_message(trainer, f"stopped by SIGTERM at a validation; {self.path} keeps the latest validation's "
+                                   f"state")
+
+
+def _stop_message(trainer, what: str) -> None:
+    if trainer.is_global_zero:
+        print(f"{what}; the same command resumes from it", file=sys.stderr, flush=True)
 
 
 class TrainingRandomState(pl.Callback):

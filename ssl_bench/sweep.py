@@ -53,6 +53,7 @@ import submitit.helpers
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ssl_bench.callbacks import STOPPED_EXIT_CODE
 from ssl_bench.config import (EXECUTION_KEYS, ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir,
                               saved_config_differences)
 from ssl_bench.registry import get_method, method_names
@@ -313,6 +314,10 @@ def run_sweep(sweep: Sweep, slurm_cluster: str = "slurm", slurm_poll_s: float = 
     except KeyboardInterrupt:
         print("[sweep] interrupted: run the same command again to resume", flush=True)
         return 130
+    except _Stopped:
+        print("[sweep] stopped by SIGTERM, each running cell at the end of its step: run the same command again "
+              "to resume", flush=True)
+        return STOPPED_EXIT_CODE
     for cell in failed:
         print(f"[sweep] failed: {cell.describe()} ({cell.run_dir})", file=sys.stderr)
     return 1 if failed else 0
@@ -366,32 +371,78 @@ def _run_local(cells: List[Cell], n_pending: int, slot_environments: List[Dict[s
 
     def reap(block: bool) -> None:
         while True:
+            stop.pass_on(running)
             for child in [c for c in running if c.poll() is not None]:
                 cell, slot = running.pop(child)
                 free.append(slot)
                 progress.finish_one()
-                if child.returncode != 0:
+                if child.returncode != 0 and not (stop.requested and child.returncode in STOPPED_RETURN_CODES):
                     failed.append(cell)
-            if free or not running or not block:
+            if free or not running or not block or stop.requested:
                 return
             time.sleep(LOCAL_POLL_S)
 
-    for k, cell in enumerate(cells, 1):
-        if cell.finished():
-            state = cell.state()
-            print(progress.line(k, cell, "already finished" if state == "finished" else state), flush=True)
-            continue
-        reap(block=True)
-        slot = free.pop(0)
-        where = f" [job {slot + 1}/{len(slot_environments)}]" if len(slot_environments) > 1 else ""
-        print(progress.line(k, cell) + where, flush=True)
-        running[subprocess.Popen(cell.command(), env=slot_environments[slot],
-                                 preexec_fn=_die_with_parent(os.getpid()))] = (cell, slot)
-    while running:
-        reap(block=False)
-        if running:
-            time.sleep(LOCAL_POLL_S)
+    with _StopOnSigterm() as stop:
+        for k, cell in enumerate(cells, 1):
+            if cell.finished():
+                state = cell.state()
+                print(progress.line(k, cell, "already finished" if state == "finished" else state), flush=True)
+                continue
+            reap(block=True)
+            if stop.requested:
+                break
+            slot = free.pop(0)
+            where = f" [job {slot + 1}/{len(slot_environments)}]" if len(slot_environments) > 1 else ""
+            print(progress.line(k, cell) + where, flush=True)
+            running[subprocess.Popen(cell.command(), env=slot_environments[slot],
+                                     preexec_fn=_die_with_parent(os.getpid()))] = (cell, slot)
+        while running:
+            reap(block=False)
+            if running:
+                time.sleep(LOCAL_POLL_S)
+    if stop.requested:
+        raise _Stopped
     return failed
+
+
+# A cell stopped by a SIGTERM: `ssl-bench train` once its state is saved, or the signal itself (Popen's -15)
+# if it came before Lightning's handler was installed.
+STOPPED_RETURN_CODES = (STOPPED_EXIT_CODE, -signal.SIGTERM)
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _StopOnSigterm:
+    """While the local launcher runs, a SIGTERM (``kill``, a cluster ending the allocation) stops the sweep
+    cleanly: no new cell starts, each running cell gets the SIGTERM too and saves its state at the end of its
+    current step (CheckpointOnStop), and the sweep waits for them. Dying at once instead would have the kernel
+    SIGKILL them (_die_with_parent) before they saved."""
+
+    def __init__(self):
+        self.requested = False
+        self._passed_on: set = set()
+
+    def __enter__(self) -> "_StopOnSigterm":
+        self._previous = signal.signal(signal.SIGTERM, self._request)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+
+    def pass_on(self, running) -> None:
+        """Sends the SIGTERM, once, to every running cell (those of the sweep's process group may have it already:
+        a second one changes nothing)."""
+        if not self.requested:
+            return
+        for child in running:
+            if child.pid not in self._passed_on and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+                self._passed_on.add(child.pid)
 
 
 def _die_with_parent(parent_pid: int):

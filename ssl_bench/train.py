@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_bench.callbacks import ImageOverlays, ResumeCheckpoint, StepTimer, TrainingRandomState
+from ssl_bench.callbacks import CheckpointOnStop, ImageOverlays, ResumeCheckpoint, StepTimer, TrainingRandomState
 from ssl_bench.config import (ConfigError, data_root, resolve_project_path, run_dir, run_seed,
                               saved_config_differences, to_yaml)
 from ssl_bench.data.datamodule import SegmentationDataModule
@@ -241,7 +241,8 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     best_cb, resume_cb = checkpoint_callbacks(ckpt_dir)
     timer = StepTimer(started=started)
     loggers = _loggers(cfg, run)
-    callbacks = [best_cb, resume_cb, timer, TrainingRandomState(), LearningRateMonitor(logging_interval="step")]
+    callbacks = [best_cb, resume_cb, CheckpointOnStop(ckpt_dir / LAST), timer, TrainingRandomState(),
+                 LearningRateMonitor(logging_interval="step")]
     if cfg.logging.log_images and any(isinstance(lg, WandbLogger) for lg in loggers):
         callbacks.append(ImageOverlays())
     t = cfg.trainer

@@ -241,18 +241,18 @@ def test_teacher_is_frozen_outside_the_optimizer_and_inside_the_state_dict(name)
 @pytest.mark.parametrize("name", TEACHER_METHODS)
 def test_teacher_is_the_ema_of_the_student_after_every_optimizer_step(name, tmp_path, synthetic_cache, monkeypatch):
     method_cls = get_method(name)
-    update_teacher = method_cls.on_train_batch_end
+    step_and_update_teacher = method_cls.optimizer_step
     updates = []  # (teacher before, teacher after, student) at each update
     teacher_modes = []
 
-    def recording(self, outputs, batch, batch_idx):
+    def recording(self, *args, **kwargs):
         teacher_modes.append(self.teacher.training)
         before = parameters_to_vector(self.teacher.parameters()).clone()
-        update_teacher(self, outputs, batch, batch_idx)
+        step_and_update_teacher(self, *args, **kwargs)
         updates.append((before, parameters_to_vector(self.teacher.parameters()).clone(),
                         parameters_to_vector(self.net.parameters()).clone()))
 
-    monkeypatch.setattr(method_cls, "on_train_batch_end", recording)
+    monkeypatch.setattr(method_cls, "optimizer_step", recording)
     assert main(_cli_args(name, tmp_path, synthetic_cache)) == 0
     assert len(updates) == 3
     assert all(teacher_modes)  # train mode during the step: its dropout (if any) is active, as the methods need

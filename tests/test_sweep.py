@@ -1,5 +1,5 @@
-"""Sweeps: grid expansion and validation, the smoke sweep end to end, resume after a SIGKILL of the sweep,
-DDP evaluation equal to one process, and the SLURM path through submitit's local executor."""
+"""Sweeps: grid expansion and validation, the smoke sweep end to end, resume after a SIGKILL or a SIGTERM of the
+sweep, DDP evaluation equal to one process, and the SLURM path through submitit's local executor."""
 
 import csv
 import json
@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 
+from ssl_bench.callbacks import STOPPED_EXIT_CODE
 from ssl_bench.cli import main
 from ssl_bench.config import ConfigError
 from ssl_bench.registry import method_names
@@ -302,6 +304,39 @@ def test_killed_sweep_resumes_with_exactly_one_result_per_cell(tmp_path, synthet
     assert sorted(m["steps"] for m in metrics) == [8, 100]
     resumed = next(m for m in metrics if m["steps"] == 100)
     assert 0 < resumed["resumed_from_step"] < 100
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sweep's children die with it on Linux only")
+def test_sweep_stopped_by_sigterm_has_its_cell_save_its_step_then_resumes_it(tmp_path, synthetic_cache, capfd):
+    """A SIGTERM to the sweep alone (as `kill PID`) while its cell trains: the sweep passes it on, waits for the
+    cell to save the state of the step it was in, and exits with 143; the same command resumes the cell there."""
+    runs = tmp_path / "runs"
+    path = _write_sweep(tmp_path / "stop.yaml", draws=[0], overrides=[*TINY, "trainer.max_steps=100", "trainer.val_every_n_steps=10"])
+    args = ["sweep", str(path), *_execution_overrides(runs, synthetic_cache)]
+    last = runs / "synthetic" / "supervised" / "frac0.5" / "draw0" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "ssl_bench.cli", *args], cwd=PROJECT_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + SUBPROCESS_TIMEOUT_S
+        while not last.is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)  # the first validation's checkpoint: training, with Lightning's SIGTERM handler
+        assert last.is_file(), "the cell wrote no checkpoint in time"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == STOPPED_EXIT_CODE, out[-2000:]
+    assert "[sweep] stopped by SIGTERM" in out and "stopped by SIGTERM" in out.split("[sweep] stopped")[0]
+    assert not _processes_mentioning(str(runs)), "the cell outlived the stopped sweep"
+    assert not _metrics_files(runs)
+    stopped_at = torch.load(last, weights_only=True)["global_step"]
+    assert 10 <= stopped_at < 100
+    if "at a validation" not in out:  # else the latest validation's checkpoint stays, as it must
+        assert f"stopped by SIGTERM after step {stopped_at}" in out
+
+    assert main(args) == 0
+    [metrics] = [json.loads(p.read_text()) for p in _metrics_files(runs)]
+    assert metrics["steps"] == 100 and metrics["resumed_from_step"] == stopped_at
 
 
 def test_ddp_test_metrics_equal_one_process_per_case(smoke_runs, tmp_path):

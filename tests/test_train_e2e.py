@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssl_bench.callbacks import StepTimer
+from ssl_bench.callbacks import STOPPED_EXIT_CODE, StepTimer
 from ssl_bench.cli import main
 from ssl_bench.config import load_config, to_yaml
 from ssl_bench.data.manifest import load_manifest
@@ -216,14 +216,45 @@ def test_a_resumed_run_computes_what_an_uninterrupted_one_computes(tmp_path, syn
     assert not (run / "metrics.json").exists()
     assert main(_args(resumed, synthetic_cache, *common, method="mean_teacher")) == 0
     assert json.loads((run / "metrics.json").read_text())["resumed_from_step"] == 3
+    _assert_same_final_weights(uninterrupted, resumed, "mean_teacher")
 
+
+def _assert_same_final_weights(root_a, root_b, method):
     def final_weights(root):
-        return torch.load(_run_dir(root, method="mean_teacher") / "checkpoints" / "last.ckpt",
-                          weights_only=True)["state_dict"]
-    expected, got = final_weights(uninterrupted), final_weights(resumed)
+        return torch.load(_run_dir(root, method=method) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    expected, got = final_weights(root_a), final_weights(root_b)
     assert expected.keys() == got.keys()
     differing = [name for name in expected if not torch.equal(expected[name], got[name])]
     assert not differing, f"{len(differing)} of {len(expected)} tensors differ, e.g. {differing[:3]}"
+
+
+def test_a_run_stopped_by_sigterm_saves_the_step_it_stopped_at_and_resumes_from_it(tmp_path, synthetic_cache,
+                                                                                    monkeypatch, capsys):
+    """A SIGTERM (a cluster's preemption or time limit, `kill`) during step 4 of 6, between the validations of
+    steps 3 and 6: step 4 is finished and saved, `ssl-bench train` exits with 143 and no result, and the same
+    command resumes at step 4 and ends with the weights of the run never stopped, bit for bit."""
+    common = ("data.fraction=0.5", "trainer.max_steps=6", "trainer.val_every_n_steps=3")
+    uninterrupted, stopped = tmp_path / "a", tmp_path / "b"
+    assert main(_args(uninterrupted, synthetic_cache, *common, method="mean_teacher")) == 0
+
+    time_step = StepTimer.on_train_batch_end
+
+    def time_step_then_signal(self, trainer, *args):
+        time_step(self, trainer, *args)
+        if trainer.global_step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by Lightning's handler, installed for the fit
+    monkeypatch.setattr(StepTimer, "on_train_batch_end", time_step_then_signal)
+    assert main(_args(stopped, synthetic_cache, *common, method="mean_teacher")) == STOPPED_EXIT_CODE
+    monkeypatch.undo()
+    run = _run_dir(stopped, method="mean_teacher")
+    last = run / "checkpoints" / "last.ckpt"
+    assert f"stopped by SIGTERM after step 4, saved to {last}" in capsys.readouterr().err
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+    assert not (run / "metrics.json").exists()
+
+    assert main(_args(stopped, synthetic_cache, *common, method="mean_teacher")) == 0
+    assert json.loads((run / "metrics.json").read_text())["resumed_from_step"] == 4
+    _assert_same_final_weights(uninterrupted, stopped, "mean_teacher")
 
 
 def _killed_after_first_checkpoint(tmp_path, args, monkeypatch) -> Path:

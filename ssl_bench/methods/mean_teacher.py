@@ -47,6 +47,8 @@ class MeanTeacher(SegmentationMethod):
             teacher_probs = self.teacher(self.perturb(images)).softmax(dim=1)
         return probability_mse(self.student_probs(images), teacher_probs)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        # Lightning calls this after the optimizer step, so the teacher follows the updated student.
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        # The teacher follows the updated student within the step, before any end-of-step hook: a checkpoint
+        # taken at the step's end (CheckpointOnStop) then holds this step's teacher.
         ema_update(self.teacher, self.net, self.cfg.method.ema_decay)
