@@ -104,14 +104,16 @@ class CheckpointOnStop(Checkpoint):
 
     When a validation follows the step, or is running, the latest validation's checkpoint stays: Lightning would
     cut the validation short, and a run resumed past it would never score that step for the best checkpoint.
+    Single process only: under DDP the ranks see the signal at different steps, and a checkpoint (a collective)
+    written by some ranks alone would hang them; a stopped DDP run resumes from its latest validation.
     """
 
     def __init__(self, path):
         self.path = str(path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not trainer.received_sigterm or trainer.global_step >= trainer.max_steps:
-            return  # not stopped, or the last step: the fit ends as usual
+        if not trainer.received_sigterm or trainer.global_step >= trainer.max_steps or trainer.world_size > 1:
+            return  # not stopped, or the last step (the fit ends as usual), or DDP
         loop = trainer.fit_loop.epoch_loop
         if trainer.enable_validation and ((loop.total_batch_idx + 1) % trainer.val_check_batch == 0
                                           or loop.batch_progress.is_last_batch):
