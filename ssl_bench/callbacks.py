@@ -102,14 +102,16 @@ class CheckpointOnStop(Checkpoint):
     The same command then resumes from that step instead of from the latest validation, up to
     ``trainer.val_every_n_steps`` steps earlier.
 
-    When a validation follows the step, or is running, the latest validation's checkpoint stays: Lightning would
-    cut the validation short, and a run resumed past it would never score that step for the best checkpoint.
-    Single process only: under DDP the ranks see the signal at different steps, and a checkpoint (a collective)
+    When a validation follows the step, this leaves the checkpoint to it: if the validation completes, it saves
+    the state (ResumeCheckpoint); if the stop cuts it short (Lightning checks between its batches), the previous
+    validation's checkpoint stays, because a run resumed past a cut validation would never score that step for
+    the best checkpoint. Single process only: under DDP the ranks see the signal at different steps, and a checkpoint (a collective)
     written by some ranks alone would hang them; a stopped DDP run resumes from its latest validation.
     """
 
     def __init__(self, path):
         self.path = str(path)
+        self.saved_step: Optional[int] = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not trainer.received_sigterm or trainer.global_step >= trainer.max_steps or trainer.world_size > 1:
@@ -117,19 +119,19 @@ class CheckpointOnStop(Checkpoint):
         loop = trainer.fit_loop.epoch_loop
         if trainer.enable_validation and ((loop.total_batch_idx + 1) % trainer.val_check_batch == 0
                                           or loop.batch_progress.is_last_batch):
-            return  # a validation is due: it starts, and the stop interrupts it (on_exception)
+            return  # a validation is due: it starts, and either the stop cuts it short or it ends with a checkpoint
         trainer.save_checkpoint(self.path, weights_only=False)
-        _stop_message(trainer, f"stopped by SIGTERM after step {trainer.global_step}, saved to {self.path}")
+        self.saved_step = trainer.global_step
 
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING and trainer.validating:
-            _stop_message(trainer, f"stopped by SIGTERM at a validation; {self.path} keeps the latest validation's "
-                                   f"state")
-
-
-def _stop_message(trainer, what: str) -> None:
-    if trainer.is_global_zero:
-        print(f"{what}; the same command resumes from it", file=sys.stderr, flush=True)
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if self.saved_step == trainer.global_step:
+            what = f"after step {trainer.global_step}, saved to {self.path}"
+        else:  # during or right after a validation, or under DDP
+            what = f"at step {trainer.global_step}; {self.path} holds the latest validation's state"
+        if trainer.is_global_zero:
+            print(f"stopped by SIGTERM {what}; the same command resumes from it", file=sys.stderr, flush=True)
 
 
 class TrainingRandomState(pl.Callback):

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from ssl_bench.callbacks import CheckpointOnStop, StepTimer, TrainingRandomState
 from ssl_bench.config import DEFAULT_SLAB_STRIDES, pretrain_run_dir, run_seed, to_yaml
 from ssl_bench.data.pretraining import PartitionCropBatches, load_volumes
-from ssl_bench.data.stream import streams_resume_by_position
+from ssl_bench.data.stream import STREAM_TRAINER_ARGS, streams_resume_by_position
 from ssl_bench.losses.contrastive import local_contrastive_loss, nt_xent, partition_positive_mask, region_embeddings
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.nets.backbone import build_backbone
@@ -216,7 +216,8 @@ def _pretrain_once(cfg: DictConfig, run: Path) -> Dict[str, object]:
                          log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
                          enable_model_summary=False, default_root_dir=str(run),
                          logger=CSVLogger(save_dir=str(run), name="csv"),
-                         callbacks=[saver, CheckpointOnStop(run / CHECKPOINTS / LAST), timer, TrainingRandomState()])
+                         callbacks=[saver, CheckpointOnStop(run / CHECKPOINTS / LAST), timer, TrainingRandomState()],
+                         **STREAM_TRAINER_ARGS)
     last = run / CHECKPOINTS / LAST
     with streams_resume_by_position():
         trainer.fit(module, ckpt_path=str(last) if last.is_file() else None)

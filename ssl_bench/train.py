@@ -39,7 +39,7 @@ from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
 from ssl_bench.data.partial import partial_annotation_flags
 from ssl_bench.data.splits import PoolSplit, split_pool
-from ssl_bench.data.stream import streams_resume_by_position
+from ssl_bench.data.stream import STREAM_TRAINER_ARGS, streams_resume_by_position
 from ssl_bench.data.synthetic import SyntheticSpec, ensure_synthetic
 from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.evaluation import summarize
@@ -251,7 +251,7 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         check_val_every_n_epoch=None, num_sanity_val_steps=0, accelerator=t.accelerator, devices=t.devices,
         strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
-        default_root_dir=str(run), logger=loggers, callbacks=callbacks)
+        default_root_dir=str(run), logger=loggers, callbacks=callbacks, **STREAM_TRAINER_ARGS)
     last = ckpt_dir / LAST
     resume_from = str(last) if last.is_file() else None
     if resume_from:

@@ -26,6 +26,14 @@ def stream_seed(run_seed: int, stream: str) -> int:
     return int(np.random.SeedSequence([run_seed, *stream.encode()]).generate_state(1)[0])
 
 
+# Trainer arguments for runs fed by streams. A resumed run's loaders hold only the stream's remaining positions,
+# but Lightning counts the batches that its checkpoint's epoch had already taken as well, so when those are fewer
+# than the remaining ones the epoch ends early and the next one would start the same loaders over, repeating
+# positions. Reloading the loaders at every epoch start has the next epoch continue the stream where it is. An
+# uninterrupted run is one epoch and reloads nothing.
+STREAM_TRAINER_ARGS = {"reload_dataloaders_every_n_epochs": 1}
+
+
 @contextmanager
 def streams_resume_by_position():
     """Around ``trainer.fit``: Lightning warns that a loader without ``state_dict`` resumed mid-epoch gives
