@@ -214,11 +214,20 @@ def write_records(runs: List[Run], runs_dir: Path, records_dir: Path) -> None:
     for run in runs:
         if not run.folder.is_relative_to(runs_dir) or run.folder.resolve().is_relative_to(records_dir.resolve()):
             continue  # a record already (records_dir may lie inside runs_dir)
-        target = records_dir / run.folder.relative_to(runs_dir)
-        for name in RECORD_FILES:
-            source = run.folder / name
-            if source.is_file():
-                atomic_write_bytes(target / name, source.read_bytes())
+        keep_record(run.folder, records_dir / run.folder.relative_to(runs_dir))
+
+
+def keep_record(run_folder: Path, record_folder: Path) -> None:
+    """Copies a finished run's result files to ``record_folder``, replacing any older record there. The old
+    metrics.json (which makes a folder a record) goes first and the new one comes last, each file is written
+    atomically and a stale file the run lacks is removed: a kill midway leaves no record mixing two runs."""
+    (record_folder / METRICS_FILE).unlink(missing_ok=True)
+    for name in RECORD_FILES:
+        source, target = run_folder / name, record_folder / name
+        if source.is_file():
+            atomic_write_bytes(target, source.read_bytes())
+        elif target.is_file():
+            target.unlink()
 
 
 def _read_runs(root: Path) -> List[Run]:

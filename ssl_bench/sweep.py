@@ -23,7 +23,9 @@ from its last checkpoint, so a sweep killed at any moment is completed by starti
 folder (``ssl-bench sweep FILE --records results/records``, the copies ``ssl-bench report`` keeps), a cell
 whose run folder is gone but whose record holds a run of the same config counts as finished too, so that a
 sweep continued on another machine or disk runs only what no record holds; a record of a different config
-(e.g. made before a default changed) is named and its cell runs.
+(e.g. made before a default changed) is named and its cell runs. With a records folder, each cell's result
+files are also copied there as soon as the cell finishes (replacing such a record), so that a run folder on
+scratch, or on a machine that goes away, loses nothing the report needs.
 
 Cells run draw by draw (then by extra-axis value, fraction and method), so the first draw is complete
 first. Work shared by several cells (e.g. contrastive pretraining per dataset and draw, METHODS.md) is
@@ -46,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from itertools import product
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import submitit
 import submitit.helpers
@@ -57,7 +59,7 @@ from ssl_bench.callbacks import STOPPED_EXIT_CODE
 from ssl_bench.config import (EXECUTION_KEYS, ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir,
                               saved_config_differences)
 from ssl_bench.registry import get_method, method_names
-from ssl_bench.report import CONFIG_FILE, METRICS_FILE
+from ssl_bench.report import CONFIG_FILE, METRICS_FILE, keep_record
 
 LAUNCHERS = ("local", "slurm")
 ALL_METHODS = "all"
@@ -154,6 +156,12 @@ class Sweep:
     config: SweepConfig
     source: Path
     cells: List[Cell]
+    # Where each cell's record is kept as soon as it finishes (--records; the module's docstring).
+    records_dir: Optional[Path] = None
+
+    def keep_record(self, cell: Cell) -> None:
+        if self.records_dir is not None and (cell.run_dir / METRICS_FILE).is_file():
+            keep_record(cell.run_dir, self.records_dir / cell.relative_dir)
 
 
 def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: Optional[Path] = None) -> Sweep:
@@ -175,7 +183,7 @@ def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: O
         if not Path(records_dir).is_dir():
             raise SweepError(f"no records folder {records_dir}")
         cells = [_with_record(cell, Path(records_dir)) for cell in cells]
-    return Sweep(spec, path, cells)
+    return Sweep(spec, path, cells, Path(records_dir) if records_dir is not None else None)
 
 
 # Where a run was written is no part of what it computed.
@@ -308,7 +316,7 @@ def run_sweep(sweep: Sweep, slurm_cluster: str = "slurm", slurm_poll_s: float = 
           + (f" ({n_recorded} of them recorded only)" if n_recorded else "") + f" ({sweep.source})", flush=True)
     try:
         if sweep.config.launcher == "local":
-            failed = _run_local(cells, n_pending, job_environments(sweep.config.local.jobs))
+            failed = _run_local(cells, n_pending, job_environments(sweep.config.local.jobs), sweep.keep_record)
         else:
             failed = _run_submitit(sweep, n_pending, slurm_cluster, slurm_poll_s)
     except KeyboardInterrupt:
@@ -355,7 +363,8 @@ def job_environments(jobs: int, environ: Optional[Dict[str, str]] = None, cpu_co
     return slots
 
 
-def _run_local(cells: List[Cell], n_pending: int, slot_environments: List[Dict[str, str]]) -> List[Cell]:
+def _run_local(cells: List[Cell], n_pending: int, slot_environments: List[Dict[str, str]],
+               on_finished: Callable[[Cell], None] = lambda cell: None) -> List[Cell]:
     """Each cell in a child process of its own, as many at once as there are job slots, because:
 
     - train() reports peak memory from process-wide counters (ru_maxrss, CUDA peak stats), which
@@ -376,7 +385,9 @@ def _run_local(cells: List[Cell], n_pending: int, slot_environments: List[Dict[s
                 cell, slot = running.pop(child)
                 free.append(slot)
                 progress.finish_one()
-                if child.returncode != 0 and not (stop.requested and child.returncode in STOPPED_RETURN_CODES):
+                if child.returncode == 0:
+                    on_finished(cell)
+                elif not (stop.requested and child.returncode in STOPPED_RETURN_CODES):
                     failed.append(cell)
             if free or not running or not block or stop.requested:
                 return
@@ -508,5 +519,7 @@ def _run_submitit(sweep: Sweep, n_pending: int, cluster: str, poll_s: float) -> 
         if job.exception() is not None:
             failed.append(cell)
             state = f"failed: see {job.paths.stderr}"
+        else:
+            sweep.keep_record(cell)
         print(progress.line(k, cell) + f" {state} (job {job.job_id})", flush=True)
     return failed

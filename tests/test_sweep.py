@@ -211,11 +211,12 @@ def _record(records: Path, cell: Cell, **changes) -> Path:
 
 
 def _writes_metrics(ran: list):
-    """A stand-in for Cell.command that notes the method and writes the cell's metrics.json at once."""
+    """A stand-in for Cell.command that notes the method and writes the cell's metrics.json (its method) at once."""
     def command(cell: Cell) -> list:
         ran.append(cell.method)
-        return [sys.executable, "-c", "import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
-                "p.mkdir(parents=True); (p / 'metrics.json').write_text('{}')", str(cell.run_dir)]
+        return [sys.executable, "-c", "import json, pathlib, sys; p = pathlib.Path(sys.argv[1]); "
+                "p.mkdir(parents=True); (p / 'metrics.json').write_text(json.dumps({'ran': sys.argv[2]}))",
+                str(cell.run_dir), cell.method]
     return command
 
 
@@ -242,6 +243,11 @@ def test_cells_recorded_with_the_same_config_count_as_finished_and_others_run(tm
     assert "3 cells, 1 already finished (1 of them recorded only)" in out
     assert f"cell 1/3: method=supervised fraction=0.5 draw=0 (recorded in {same})" in out
     assert not (cells[0].run_dir / "metrics.json").exists()  # nothing was run or written for it
+    # Each cell that ran is kept in the records as it finishes, replacing the record of another config (its
+    # config.yaml too, which this stand-in run lacks); the record that stood in for its cell is untouched.
+    assert [json.loads((records / c.relative_dir / "metrics.json").read_text()) for c in cells] == [
+        {}, {"ran": "mean_teacher"}, {"ran": "pi_model"}]
+    assert not (other / "config.yaml").exists() and (same / "config.yaml").is_file()
 
     ran.clear()  # without records, the recorded cell is pending again
     assert run_sweep(load_sweep(path, runs)) == 0 and ran == ["supervised"]
@@ -369,7 +375,13 @@ def test_slurm_launcher_runs_a_two_cell_sweep_through_submitit_local_executor(tm
     path.write_text(yaml.safe_dump({**smoke, "methods": ["supervised"], "fractions": [0.25, 0.5], "launcher": "slurm",
                                     "slurm": {"gpus_per_node": 0, "timeout_min": 10}}))
     runs = tmp_path / "runs"
-    sweep = load_sweep(path, _execution_overrides(runs, synthetic_cache))
+    records = tmp_path / "records"
+    records.mkdir()
+    sweep = load_sweep(path, _execution_overrides(runs, synthetic_cache), records)
     assert run_sweep(sweep, slurm_cluster="local", slurm_poll_s=0.5) == 0
     assert sorted(json.loads(p.read_text())["fraction"] for p in _metrics_files(runs)) == [0.25, 0.5]
+    for cell in sweep.cells:  # each job's result is kept in the records as it ends
+        assert sorted(p.name for p in (records / cell.relative_dir).iterdir()) == [
+            "config.yaml", "metrics.json", "per_case.csv"]
+        assert (records / cell.relative_dir / "per_case.csv").read_bytes() == (cell.run_dir / "per_case.csv").read_bytes()
     assert list((runs / ".submitit" / "cluster").glob("*_log.out")), "submitit's job logs are kept beside the runs"
