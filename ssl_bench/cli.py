@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_file", help="experiments/sweeps/<name>.yaml")
     p.add_argument("--dry-run", action="store_true", help="list the cells, finished or pending, and run nothing")
     p.add_argument("--records", metavar="DIR", help="count a cell as finished when DIR (e.g. results/records, kept "
-                   "by `ssl-bench report`) holds a result of the same config, even if its run folder is gone; and copy each "
-                   "cell's result there as soon as it finishes")
+                   "by `ssl-bench report`) holds a result of the same config, even if its run folder is gone; "
+                   "and copy each cell's result there as soon as it finishes")
     p.add_argument("overrides", nargs="*", help="config overrides for every cell, after the file's, e.g. "
                    "run.runs_dir=/scratch/runs")
     p.set_defaults(func=_cmd_sweep)

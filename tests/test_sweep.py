@@ -383,5 +383,6 @@ def test_slurm_launcher_runs_a_two_cell_sweep_through_submitit_local_executor(tm
     for cell in sweep.cells:  # each job's result is kept in the records as it ends
         assert sorted(p.name for p in (records / cell.relative_dir).iterdir()) == [
             "config.yaml", "metrics.json", "per_case.csv"]
-        assert (records / cell.relative_dir / "per_case.csv").read_bytes() == (cell.run_dir / "per_case.csv").read_bytes()
+        kept, ran = records / cell.relative_dir / "per_case.csv", cell.run_dir / "per_case.csv"
+        assert kept.read_bytes() == ran.read_bytes()
     assert list((runs / ".submitit" / "cluster").glob("*_log.out")), "submitit's job logs are kept beside the runs"
