@@ -286,24 +286,37 @@ def _text(value: Any) -> str:
 
 
 class Progress:
-    """``[sweep] cell k/n: ... (ETA ...)``, the ETA from the mean wall time of the cells run so far."""
+    """``[sweep] cell k/n: ... (ETA ...)``: the wall time so far per cell of work done, times the cells left.
+
+    A cell resumed from a checkpoint counts as the share of its steps it trained in this sweep, and a failed
+    cell as none, so a sweep restarted near the end of a cell does not promise the next cells in minutes."""
 
     def __init__(self, n_cells: int, n_pending: int):
         self.n_cells, self.left = n_cells, n_pending
         self.started: Optional[float] = None
-        self.done = 0
+        self.cells_of_work = 0.0
 
     def line(self, k: int, cell: Cell, note: str = "") -> str:
         if self.started is None:
             self.started = time.monotonic()
-        if self.done:
-            mean = (time.monotonic() - self.started) / self.done
-            note = note or f"ETA {timedelta(seconds=round(mean * self.left))}"
+        if self.cells_of_work > 0:
+            per_cell = (time.monotonic() - self.started) / self.cells_of_work
+            note = note or f"ETA {timedelta(seconds=round(per_cell * self.left))}"
         return f"[sweep] cell {k}/{self.n_cells}: {cell.describe()} ({note or 'ETA after the first cell'})"
 
-    def finish_one(self) -> None:
-        self.done += 1
+    def finish_one(self, cell: Cell) -> None:
+        self.cells_of_work += _share_trained_now(cell.run_dir / METRICS_FILE)
         self.left -= 1
+
+
+def _share_trained_now(metrics_path: Path) -> float:
+    """The share of a cell's steps this sweep trained: 1 from scratch, less when resumed, 0 when it failed."""
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        return 0.0
+    steps, resumed_from = metrics.get("steps") or 0, metrics.get("resumed_from_step") or 0
+    return (steps - resumed_from) / steps if steps > 0 else 1.0
 
 
 def run_sweep(sweep: Sweep, slurm_cluster: str = "slurm", slurm_poll_s: float = SLURM_POLL_S) -> int:
@@ -384,7 +397,7 @@ def _run_local(cells: List[Cell], n_pending: int, slot_environments: List[Dict[s
             for child in [c for c in running if c.poll() is not None]:
                 cell, slot = running.pop(child)
                 free.append(slot)
-                progress.finish_one()
+                progress.finish_one(cell)
                 if child.returncode == 0:
                     on_finished(cell)
                 elif not (stop.requested and child.returncode in STOPPED_RETURN_CODES):
@@ -514,7 +527,7 @@ def _run_submitit(sweep: Sweep, n_pending: int, cluster: str, poll_s: float) -> 
     progress.started = time.monotonic()
     for job in submitit.helpers.as_completed(jobs, poll_frequency=poll_s):
         k, cell = cell_of_job[job.job_id]
-        progress.finish_one()
+        progress.finish_one(cell)
         state = "finished"
         if job.exception() is not None:
             failed.append(cell)
