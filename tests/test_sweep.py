@@ -222,8 +222,8 @@ def _writes_metrics(ran: list):
 
 
 def test_eta_counts_a_resumed_cell_as_the_share_of_steps_it_trained(tmp_path, monkeypatch):
-    """A sweep restarted 900 steps into a 1000-step cell finishes it in a tenth of a cell's time: its ETA for
-    the cells left must be ten cells' time each, not that tenth; a failed cell is no work done."""
+    """A sweep restarted 900 steps into a 1000-step cell finishes it in a tenth of a cell's time: the ETA must
+    count each cell left at ten times that, not at that tenth; a failed cell is no work done."""
     cells = [Cell("supervised", "synthetic", 0.1, draw, (), (), tmp_path / f"draw{draw}") for draw in range(4)]
     for cell, resumed_from in [(cells[0], 900), (cells[1], None)]:
         cell.run_dir.mkdir()
