@@ -61,3 +61,21 @@ def test_an_item_is_augmented_by_its_position_whatever_came_before():
         seeded[key]
     assert torch.equal(seeded[(4, 1)]["image"], first)
     assert not torch.equal(seeded[(5, 1)]["image"], first), "another position, another augmentation"
+
+
+def test_training_batches_carry_their_stream_positions_and_seed_a_generator_by_them(synthetic_cache):
+    """A training step draws its own randomness (strong augmentation, mixing boxes) from the stream positions of
+    its batch, so a resumed run draws what an uninterrupted one drew."""
+    from ssl_bench.data.stream import position_generator
+    cfg = load_config("mean_teacher", "synthetic", [f"data.cache_dir={synthetic_cache}", *TINY])
+    batches = _first_batches(cfg, get_method("mean_teacher"), setup=True, n=2)
+    size = cfg.data.labeled_batch_size
+    assert batches[0]["labeled"]["position"].tolist() == list(range(size))
+    assert batches[1]["unlabeled"]["position"].tolist() == list(range(size, 2 * size))
+
+    def draw(purpose, positions):
+        return torch.rand(3, generator=position_generator(0, purpose, torch.tensor(positions), torch.device("cpu")))
+
+    assert torch.equal(draw("cutmix", [4, 5]), draw("cutmix", [4, 5]))
+    assert not torch.equal(draw("cutmix", [4, 5]), draw("cutmix", [6, 7]))
+    assert not torch.equal(draw("cutmix", [4, 5]), draw("intensity", [4, 5]))

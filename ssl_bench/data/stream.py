@@ -89,4 +89,15 @@ class PositionSeeded(Dataset):
         for transform, state, seed in zip(self._transforms, self._states, seeds):
             state.seed(int(seed))
             transform.set_random_state(state=state)
-        return self.dataset[index]
+        item = self.dataset[index]
+        item["position"] = position  # what a training step seeds its own randomness from (position_generator)
+        return item
+
+
+def position_generator(seed: int, purpose: str, positions: torch.Tensor, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded by the run's seed, a ``purpose`` (e.g. "cutmix") and the stream positions of a
+    batch: randomness a training step draws from it (strong augmentations, mixing boxes) depends on the batch's
+    positions alone, so a resumed run draws exactly what an uninterrupted one drew, on any rank of a DDP run."""
+    entropy = [seed, *purpose.encode(), *(int(p) for p in positions.reshape(-1).tolist())]
+    state = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    return torch.Generator(device=device).manual_seed(state)

@@ -35,7 +35,8 @@ from monai.losses import DiceCELoss
 from torch import nn
 from torchmetrics import CatMetric
 
-from ssl_bench.config import MethodConfig
+from ssl_bench.config import MethodConfig, run_seed
+from ssl_bench.data.stream import position_generator
 from ssl_bench.evaluation import case_metrics, case_row, nanmean
 from ssl_bench.nets.backbone import Backbone, build_backbone
 from ssl_bench.nets.pretrained import architecture, load_backbone
@@ -103,6 +104,12 @@ class SegmentationMethod(pl.LightningModule):
         """
         rampup_steps = self.cfg.method.rampup_fraction * self.cfg.trainer.max_steps
         return sigmoid_rampup(self.global_step, rampup_steps)
+
+    def stream_generator(self, part: dict, purpose: str) -> torch.Generator:
+        """A generator on the module's device for the random choices a training step makes about batch ``part``
+        (``batch["labeled"]`` or ``batch["unlabeled"]``; e.g. strong augmentation, CutMix boxes), seeded by the run's
+        seed, ``purpose`` and the part's stream positions, so that a resumed run makes the same choices."""
+        return position_generator(run_seed(self.cfg), purpose, part["position"], self.device)
 
     def unsupervised_weight(self) -> float:
         """λ(t) = λ_max · rampup(t); called only for methods whose unsupervised_loss returns a term."""
