@@ -1,0 +1,58 @@
+"""The README and the results document speak about the benchmark and its results, and what they cite exists."""
+
+import json
+import re
+import statistics
+
+import pytest
+
+from conftest import PROJECT_ROOT
+
+DOCUMENTS = ["README.md", "results/README.md"]
+RECORDS = PROJECT_ROOT / "results" / "records"
+# How the project was built is no part of what it says: development sessions, machines that went away.
+DEVELOPMENT_HISTORY = re.compile(r"session[s]? [0-9]+|lost with its machine", re.IGNORECASE)
+# A records path as the documents cite it: results/records/<dataset>/<run>/frac<f>/draw<d>[/<file>], or a prefix.
+RECORD_PATH = re.compile(r"results/records/[A-Za-z0-9_.\-/]*[A-Za-z0-9_]")
+# A row of the README's summary table: `method` (or `co_training`, control), then Dice "mean ± std" per fraction.
+TABLE_ROW = re.compile(r"^\| `(?P<method>[a-z_]+)`(?P<control>, control)?[^|]* \|(?P<cells>.*)$", re.MULTILINE)
+MEAN_STD = re.compile(r"(\d\.\d{3}) ± (\d\.\d{3})")
+TABLE_FRACTIONS = ["0.05", "0.1"]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_no_development_history(document):
+    text = (PROJECT_ROOT / document).read_text()
+    assert DEVELOPMENT_HISTORY.findall(text) == []
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_cited_record_exists(document):
+    text = (PROJECT_ROOT / document).read_text()
+    # Paths read from the history of the repository (`git show <commit>:results/records/...`) are not on disk.
+    text = re.sub(r"git show [0-9a-f]+\^?:\S+", "", text)
+    cited = RECORD_PATH.findall(text)
+    assert cited or document != "README.md"
+    missing = [p for p in cited if not (PROJECT_ROOT / p).exists()]
+    assert missing == []
+
+
+def _dice_over_draws(run: str, fraction: str):
+    folders = sorted((RECORDS / "hippocampus" / run / f"frac{fraction}").glob("draw*"))
+    values = [json.loads((f / "metrics.json").read_text())["primary"]["dice_mean"] for f in folders]
+    return statistics.mean(values), statistics.stdev(values), len(values)
+
+
+def test_the_readme_summary_table_is_the_records():
+    """Each Dice of the README's table is the mean ± std over the draws recorded in results/records."""
+    top = (PROJECT_ROOT / "README.md").read_text().split("## Quick start")[0]
+    rows = list(TABLE_ROW.finditer(top))
+    assert len(rows) >= 6
+    for row in rows:
+        run = row["method"] + ("-lambda_max0.0" if row["control"] else "")
+        cells = MEAN_STD.findall(row["cells"])
+        assert len(cells) == len(TABLE_FRACTIONS), row.group(0)
+        for fraction, (mean, std) in zip(TABLE_FRACTIONS, cells):
+            expected_mean, expected_std, draws = _dice_over_draws(run, fraction)
+            assert draws >= 2, (run, fraction)
+            assert (float(mean), float(std)) == (round(expected_mean, 3), round(expected_std, 3)), (run, fraction)
