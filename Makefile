@@ -22,7 +22,7 @@ ifneq ($(wildcard ../shared/data),)
 export SSL_BENCH_DATA_ROOT ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup bench sweep report test perf methods verify clean
+.PHONY: setup bench sweep report test perf gpu-check methods verify clean
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,10 @@ test: setup
 
 perf: setup
 	$(PY) -m ssl_bench.perf $(ARGS)
+
+# On a GPU machine: perf of every method, then real cells side by side on the GPU; the table goes to RUNS/gpu-check.md.
+gpu-check: setup
+	$(PY) -m ssl_bench.gpu_check --data $(DATA) $(if $(RUNS),--runs $(RUNS)) $(ARGS)
 
 clean:
 	rm -rf .cache runs

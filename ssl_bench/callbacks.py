@@ -33,19 +33,46 @@ class StepTimer(pl.Callback):
 
     def __init__(self, warmup: int = 5, started: Optional[float] = None):
         self.warmup = warmup
-        self.durations: list = []
+        self._durations: list = []
         self.restored_steps = 0  # steps timed before the checkpoint this process resumed from
         self._started = time.perf_counter() if started is None else started
         self._wall_time_before_resume = 0.0
         self._start = 0.0
+        # On a GPU, each step's start and end are CUDA events, read once the GPU has passed them: waiting for the GPU
+        # at every step (synchronize) would stop the host from queueing the next step's work meanwhile.
+        self._pending: list = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._start = time.perf_counter()
+        if pl_module.device.type == "cuda":
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if torch.cuda.is_available() and pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        self.durations.append(time.perf_counter() - self._start)
+        if pl_module.device.type == "cuda":
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._pending.append((self._start, end))
+            self._resolve(wait=False)
+        else:
+            self._durations.append(time.perf_counter() - self._start)
+
+    def _resolve(self, wait: bool) -> None:
+        """Move the durations of the GPU steps that have ended (all, with ``wait``) into the list."""
+        while self._pending and (wait or self._pending[0][1].query()):
+            start, end = self._pending.pop(0)
+            end.synchronize()
+            self._durations.append(start.elapsed_time(end) / 1000.0)
+
+    @property
+    def durations(self) -> list:
+        self._resolve(wait=True)
+        return self._durations
+
+    @durations.setter
+    def durations(self, value: list) -> None:
+        self._pending, self._durations = [], list(value)
 
     def state_dict(self):
         return {"durations": list(self.durations), "wall_time_s": self.wall_time_s}

@@ -62,7 +62,13 @@ class DataConfig:
     # Mild intensity augmentation (nnU-Net uses multiplicative brightness in [0.75, 1.25]).
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
+    # Loader processes. With augment_on_device the loader only draws each item's augmentation parameters (no voxel
+    # work), which takes microseconds: 0 workers costs nothing and avoids their start-up and memory.
     num_workers: int = 0
+    # Training batches cropped, flipped and intensity-changed as batched tensor operations on the training device
+    # from volumes held in memory (ssl_bench/data/device_augment.py); exactly the batches of the MONAI chain (False),
+    # which runs per patch in the loader.
+    augment_on_device: bool = True
     cache_dir: str = ".cache/ssl_bench"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     partial: PartialConfig = field(default_factory=PartialConfig)
@@ -245,6 +251,13 @@ class TrainerConfig:
     seed: Optional[int] = None
     deterministic: bool = False
     enable_progress_bar: bool = True
+    # Execution options: how fast a run computes, not what (the same arithmetic, rounded in another order; README
+    # "Performance" measures both speed and Dice). torch.compile of every network: none, default, reduce-overhead
+    # (CUDA graphs: one launch for a whole pass) or max-autotune.
+    compile: str = "none"
+    # cuDNN tries its convolution algorithms on the first pass of each shape and keeps the fastest (training
+    # patches and sliding windows have fixed shapes).
+    cudnn_benchmark: bool = False
 
 
 @dataclass
@@ -297,10 +310,14 @@ def merge_checked(cfg: DictConfig, other, source: str) -> DictConfig:
         raise ConfigError(f"{source}{where}: {first_line(err)}") from None
 
 
+# trainer.compile: no compilation, or a torch.compile mode ("default" is torch's default mode).
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 # Keys that change how a run executes or logs, not what it computes: a resumed run may change them.
 EXECUTION_KEYS = ("logging.", "trainer.enable_progress_bar", "trainer.accelerator", "trainer.devices",
                   "trainer.strategy", "trainer.num_nodes", "eval.save_predictions", "eval.sw_batch_size",
-                  "data.num_workers", "data.cache_dir", "data.root")
+                  "data.num_workers", "data.cache_dir", "data.root",
+                  "data.augment_on_device", "trainer.compile", "trainer.cudnn_benchmark")
 
 
 def flatten_keys(tree: dict, prefix: str = "") -> dict:
@@ -402,6 +419,8 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.optim.lr > 0, "optim.lr", "must be > 0")
     need(cfg.trainer.max_steps >= 1, "trainer.max_steps", "must be >= 1")
     need(cfg.trainer.val_every_n_steps >= 1, "trainer.val_every_n_steps", "must be >= 1")
+    need(cfg.trainer.compile in COMPILE_MODES, "trainer.compile",
+         f"must be one of {', '.join(COMPILE_MODES)}, got '{cfg.trainer.compile}'")
     need(0.0 <= cfg.eval.sw_overlap < 1.0, "eval.sw_overlap", "must be in [0, 1)")
     need(cfg.logging.wandb_mode in ("offline", "online", "disabled"), "logging.wandb_mode",
          "must be offline, online or disabled")

@@ -116,12 +116,12 @@ def diagnose(run: Path, n_batches: int, overrides: Optional[List[str]] = None) -
     else:
         balance = partial(manual_gradient_balance, step=step)
     torch.manual_seed(cfg.data.draw)
-    batches = iter(dm.train_dataloader())
+    batches = dm.training_batches()
     results = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer here: a method's logging is a no-op
         for _ in range(n_batches):
-            batch, *_ = next(batches)
+            batch = next(batches)
             results.append(balance(module, batch))
     return results
 

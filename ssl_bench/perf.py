@@ -124,6 +124,7 @@ def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None):
         trainer = pl.Trainer(max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+                             benchmark=cfg.trainer.cudnn_benchmark,
                              log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=[clock], profiler=profiler)
         trainer.fit(module, datamodule=dm)
     per_step = statistics.fmean(clock.step_seconds)
@@ -134,17 +135,21 @@ def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None):
 class BareStep:
     """One step of a plain PyTorch loop per call, between the stack's steps: its own copy of the network, DiceCE,
     AdamW + schedule, on labeled batches prepared beforehand (nothing of the stack: no Trainer, no data loading,
-    no logging)."""
+    no logging). It runs with the stack's execution options, so the ratio compares like with like: the same
+    trainer.compile mode, and bf16 autocast under trainer.precision=bf16-mixed."""
 
     def __init__(self, cfg, manifest, method_cls, dm, prepared: int = 16):
         module = _new_module(cfg, manifest, method_cls)
         self.net, self.loss_fn = module.net.train(), module.dice_ce
+        if cfg.trainer.compile != "none":
+            self.net.compile(mode=None if cfg.trainer.compile == "default" else cfg.trainer.compile)
+        self.bf16 = cfg.trainer.precision.startswith("bf16")
         configured = module.configure_optimizers()
         self.optimizer, self.scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
-        loader = iter(dm.train_dataloader())
+        loader = dm.training_batches()
         self.batches = []
         for _ in range(prepared):
-            batch, _, _ = next(loader)
+            batch = next(loader)
             self.batches.append((batch["labeled"]["image"].as_subclass(torch.Tensor),
                                  batch["labeled"]["label"].as_subclass(torch.Tensor)))
         self.calls = 0
@@ -157,7 +162,9 @@ class BareStep:
         _synchronize(device)
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        self.loss_fn(self.net(image), label).backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.loss_fn(self.net(image), label)
+        loss.backward()
         self.optimizer.step()
         self.scheduler.step()
         _synchronize(device)
@@ -192,21 +199,23 @@ class MinimumRound:
     analytic count by tests/test_methods.py::test_forward_calls_per_training_step."""
 
     def __init__(self, cfg, manifest, method_cls, dm):
-        batch, _, _ = next(iter(dm.train_dataloader()))
+        batch = next(dm.training_batches())
         self.passes = _recorded_passes(_new_module(cfg, manifest, method_cls).train(), batch)
         self.inputs = [torch.randn(shape) for _, shape, _ in self.passes]
+        self.bf16 = cfg.trainer.precision.startswith("bf16")  # the passes run as the step runs them
 
     def __call__(self, trainer, module) -> float:
         networks, device = module.training_networks(), module.device
         xs = [x.to(device) for x in self.inputs]
         _synchronize(device)
         start = time.perf_counter()
-        for (name, _, with_grad), x in zip(self.passes, xs):
-            if with_grad:
-                networks[name](x).sum().backward()
-            else:
-                with torch.no_grad():
-                    networks[name](x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            for (name, _, with_grad), x in zip(self.passes, xs):
+                if with_grad:
+                    networks[name](x).float().sum().backward()
+                else:
+                    with torch.no_grad():
+                        networks[name](x)
         for optimizer in trainer.optimizers:
             optimizer.step()
         _synchronize(device)
@@ -272,8 +281,12 @@ def main(argv=None) -> int:
     cfg = load_config("supervised", args.data, overrides)
     step, bare_seconds, _ = stack_step_breakdown(cfg, args.warmup, args.steps, BareStep)
     stack, bare = 1.0 / step.per_step, 1.0 / bare_seconds
-    d = cfg.data
-    print(f"\nperf on {args.data}: batch {d.labeled_batch_size} labeled (+{d.unlabeled_batch_size} unlabeled) x patch "
+    d, t = cfg.data, cfg.trainer
+    from ssl_bench.gpu_check import device_name
+    print(f"\ndevice: {device_name()}; torch {torch.__version__}; precision {t.precision}, compile {t.compile}, "
+          f"cudnn benchmark {t.cudnn_benchmark}, augmentation on {'device' if d.augment_on_device else 'loader'}, "
+          f"{d.num_workers} loader workers")
+    print(f"perf on {args.data}: batch {d.labeled_batch_size} labeled (+{d.unlabeled_batch_size} unlabeled) x patch "
           f"{list(d.patch_size)}, {torch.get_num_threads()} threads, {args.steps} timed steps after {args.warmup}")
     print("supervised training step, Lightning stack vs bare PyTorch loop:")
     print(f"  bare PyTorch loop : {bare:7.3f} steps/s  (a bare step after each stack step, so drift hits both alike)")

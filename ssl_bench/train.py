@@ -250,7 +250,8 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         max_steps=t.max_steps, max_epochs=-1, val_check_interval=min(t.val_every_n_steps, t.max_steps),
         check_val_every_n_epoch=None, num_sanity_val_steps=0, accelerator=t.accelerator, devices=t.devices,
         strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
-        deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
+        deterministic=t.deterministic, benchmark=t.cudnn_benchmark, enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
         default_root_dir=str(run), logger=loggers, callbacks=callbacks, **STREAM_TRAINER_ARGS)
     last = ckpt_dir / LAST
     resume_from = str(last) if last.is_file() else None

@@ -17,14 +17,16 @@ def _first_batches(cfg, method_cls, setup: bool, n: int = 3):
     if setup:
         dm.setup("fit")
     pl.seed_everything(0)
-    loader = iter(dm.train_dataloader())
-    return [next(loader)[0] for _ in range(n)]
+    loader = dm.training_batches()
+    return [next(loader) for _ in range(n)]
 
 
 def test_training_batches_are_plain_tensors_with_the_values_metadata_tracking_gives(synthetic_cache):
     """Regression (make perf): MONAI's metadata tracking cost as much as the augmentation itself. The data module
-    switches it off in setup(); the batches keep every value, bit for bit, and the same random draws."""
-    cfg = load_config("mean_teacher", "synthetic", [f"data.cache_dir={synthetic_cache}", *TINY])
+    switches it off in setup(); the batches keep every value, bit for bit, and the same random draws (the MONAI chain
+    in the loader: data.augment_on_device=false)."""
+    cfg = load_config("mean_teacher", "synthetic", [f"data.cache_dir={synthetic_cache}", *TINY,
+                                                    "data.augment_on_device=false"])
     method_cls = get_method("mean_teacher")
     tracking = get_track_meta()
     try:

@@ -156,7 +156,7 @@ def test_labeled_patches_carry_flags_and_a_voxel_index_that_finds_their_voxels(d
     dm = SegmentationDataModule(cfg, manifest, root, split, {c: [1.0] * 3 for c in split.labeled},
                                 uses_unlabeled=False, annotated=flags, voxel_index=True)
     volumes = {int(v["case_index"][0]): v for v in dm.labeled_volumes_loader()}
-    batch = next(iter(dm.train_dataloader()))[0]["labeled"]
+    batch = next(dm.training_batches())["labeled"]
     for b, case in enumerate(batch["case_index"].tolist()):
         case_id = manifest.cases[case].id
         assert batch["annotated"][b].tolist() == flags[case_id]

@@ -22,7 +22,8 @@ from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from monai import transforms as T
 from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate, set_track_meta
 
-from ssl_bench.config import run_seed
+from ssl_bench.config import ConfigError, run_seed
+from ssl_bench.data.device_augment import AugmentationParameters, DeviceBatches
 from ssl_bench.data.manifest import Manifest
 from ssl_bench.data.partial import RemoveUnannotatedOrgans
 from ssl_bench.data.splits import PoolSplit
@@ -88,6 +89,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.voxel_index = voxel_index
         self.case_index = {c.id: i for i, c in enumerate(manifest.cases)}
         self._datasets: Dict[str, CacheDataset] = {}
+        # data.augment_on_device: per training stream, its volumes (made on the device) and its parameter dataset.
+        self._device_batches: Dict[str, DeviceBatches] = {}
+        self._parameters: Dict[str, AugmentationParameters] = {}
 
     def setup(self, stage: Optional[str] = None) -> None:
         # Batches need no MONAI metadata (each case's spacing travels as its own key), and tracking it through the
@@ -115,23 +119,42 @@ class SegmentationDataModule(pl.LightningDataModule):
         # the labeled images (their labels unused), so every method runs at every fraction.
         return self.split.unlabeled or self.split.labeled
 
+    def _stream_transforms(self, name: str):
+        """A training stream's records, volume keys, deterministic (cached) transforms and random chain."""
+        labeled_keys = ("image", "label")
+        if name == "labeled":
+            recs = self._records(self.split.labeled, True)
+            patch_keys = labeled_keys + (("voxel_index",) if self.voxel_index else ())
+            cached = _base_transforms(labeled_keys) + [RemoveUnannotatedOrgans(voxel_index=self.voxel_index)]
+        else:
+            recs, patch_keys = self._records(self.unlabeled_ids(), False), ("image",)
+            cached = _base_transforms(patch_keys)
+        return recs, patch_keys, cached, _train_transforms(patch_keys, self.cfg)
+
     def _dataset(self, name: str) -> CacheDataset:
         if name not in self._datasets:
-            labeled_keys, image_keys = ("image", "label"), ("image",)
-            if name == "labeled":
-                recs = self._records(self.split.labeled, True)
-                patch_keys = labeled_keys + (("voxel_index",) if self.voxel_index else ())
-                xform = T.Compose(_base_transforms(labeled_keys) + [RemoveUnannotatedOrgans(voxel_index=self.voxel_index)]
-                                  + _train_transforms(patch_keys, self.cfg))
-            elif name == "unlabeled":
-                recs, keys = self._records(self.unlabeled_ids(), False), image_keys
-                xform = T.Compose(_base_transforms(keys) + _train_transforms(keys, self.cfg))
+            if name in ("labeled", "unlabeled"):
+                recs, _, cached, chain = self._stream_transforms(name)
+                xform = T.Compose(cached + chain)
             else:
                 ids = self.manifest.validation if name == "validation" else self.manifest.test
                 recs = self._records(ids, True)
-                xform = T.Compose(_base_transforms(labeled_keys))
+                xform = T.Compose(_base_transforms(("image", "label")))
             self._datasets[name] = CacheDataset(recs, xform, cache_rate=1.0, num_workers=None, progress=False)
         return self._datasets[name]
+
+    def _device_stream(self, name: str, seed: int) -> AugmentationParameters:
+        """data.augment_on_device: the stream's volumes, loaded once (deterministic transforms only), and the dataset
+        of its items' augmentation parameters, which the loader yields; on_after_batch_transfer applies them."""
+        recs, keys, cached, chain = self._stream_transforms(name)
+        d = self.cfg.data
+        if name not in self._device_batches:
+            loaded = CacheDataset(recs, T.Compose(cached), cache_rate=1.0, num_workers=None, progress=False)
+            items = [loaded[i] for i in range(len(loaded))]
+            self._device_batches[name] = DeviceBatches({k: [item[k] for item in items] for k in keys},
+                                                       d.patch_size, d.spatial_dims, d.slice_axis)
+        return AugmentationParameters(T.Compose(chain), recs, self._device_batches[name].shapes, seed,
+                                      d.spatial_dims, d.slice_axis)
 
     def labeled_volumes_loader(self) -> DataLoader:
         """Whole labeled training volumes, one per batch, with ``label`` (removed organs as background),
@@ -142,23 +165,33 @@ class SegmentationDataModule(pl.LightningDataModule):
         return DataLoader(Dataset(recs, xform), batch_size=1, shuffle=False, num_workers=0)
 
     def _train_loader(self, name: str, batch_size: int) -> DataLoader:
-        ds = self._dataset(name)
         # Sampling with replacement for the whole iteration budget: training length is trainer.max_steps,
         # never epochs, so every method sees the same number of batches whatever the split sizes. The stream is
         # a function of position (ssl_bench/data/stream.py), so a resumed run continues it where it stopped.
         seed = stream_seed(run_seed(self.cfg), name)
-        # Under DDP Lightning deals the stream out to the ranks: it holds every rank's batches of the budget.
-        per_step = batch_size * self._world_size()
-        sampler = StreamSampler(len(ds), self.cfg.trainer.max_steps * per_step, seed,
-                                start=self._steps_taken() * per_step)
-        return DataLoader(PositionSeeded(ds, seed), batch_size=batch_size, sampler=sampler,
-                          num_workers=self.cfg.data.num_workers, collate_fn=list_data_collate,
+        if self.cfg.data.augment_on_device:
+            items, collate = self._device_stream(name, seed), None
+        else:
+            items, collate = PositionSeeded(self._dataset(name), seed), list_data_collate
+        # Under DDP Lightning deals the stream out to the ranks (rank r takes positions r, r + W, ...), each rank taking
+        # batch_size / W items a step: the global batch is the protocol's, the positions one process would take.
+        world = self._world_size()
+        if batch_size % world:
+            raise ConfigError(f"data.{name}_batch_size={batch_size} must be divisible by the {world} training "
+                              "processes (the global batch is the protocol's, dealt out between them)")
+        sampler = StreamSampler(len(items), self.cfg.trainer.max_steps * batch_size, seed,
+                                start=self._steps_taken() * batch_size, rank=self._rank(), world_size=world)
+        return DataLoader(items, batch_size=batch_size // world, sampler=sampler,
+                          num_workers=self.cfg.data.num_workers, collate_fn=collate,
                           persistent_workers=self.cfg.data.num_workers > 0, drop_last=True,
                           # its own generator, so that making the loader draws nothing from the global one
                           generator=torch.Generator().manual_seed(seed))
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
+
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
 
     def _steps_taken(self) -> int:
         """Training steps already taken: a resumed run's checkpoint step (Lightning restores it before it asks for
@@ -170,6 +203,20 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.uses_unlabeled:
             loaders["unlabeled"] = self._train_loader("unlabeled", self.cfg.data.unlabeled_batch_size)
         return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """data.augment_on_device: a training batch of augmentation parameters, now on the training device, becomes
+        the batch of patches (evaluation batches pass unchanged)."""
+        if isinstance(batch, dict) and "labeled" in batch and self.cfg.data.augment_on_device:
+            return {name: self._device_batches[name].materialize(params) for name, params in batch.items()}
+        return batch
+
+    def training_batches(self, device: torch.device = torch.device("cpu")):
+        """The training batches as a training step receives them, on ``device``, outside a Trainer (make perf,
+        diagnose, tests)."""
+        from lightning.pytorch.utilities import move_data_to_device
+        for batch, _, _ in self.train_dataloader():
+            yield self.on_after_batch_transfer(move_data_to_device(batch, device), 0)
 
     def _eval_loader(self, name: str) -> DataLoader:
         return DataLoader(self._dataset(name), batch_size=1, shuffle=False, num_workers=0)

@@ -18,7 +18,7 @@ from typing import Iterator, List, Sequence, Tuple
 import numpy as np
 import torch
 from monai.transforms import Compose, Randomizable
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 
 def stream_seed(run_seed: int, stream: str) -> int:
@@ -44,20 +44,33 @@ def streams_resume_by_position():
         yield
 
 
-class StreamSampler(Sampler):
+class StreamSampler(DistributedSampler):
     """``(position, item index)`` for positions ``start`` .. ``n_samples - 1`` of a stream of items drawn with
-    replacement by a generator seeded with ``seed`` alone: the same stream however late it starts."""
+    replacement by a generator seeded with ``seed`` alone: the same stream however late it starts.
 
-    def __init__(self, n_items: int, n_samples: int, seed: int, start: int = 0):
+    Under DDP (``world_size`` > 1) rank r takes the positions r, r + W, r + 2W, ..., so that W ranks taking
+    batch / W items a step together take the positions one process takes. It is a DistributedSampler only so that
+    Lightning leaves it as it is: Lightning would otherwise wrap it in a sampler of its own that shuffles the stream.
+    """
+
+    def __init__(self, n_items: int, n_samples: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1):
+        Sampler.__init__(self)
         self.n_items, self.n_samples, self.seed, self.start = n_items, n_samples, seed, start
+        self.rank, self.num_replicas, self.shuffle, self.epoch = rank, world_size, False, 0
+
+    def _positions(self) -> range:
+        return range(self.start + self.rank, self.n_samples, self.num_replicas)
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed)
         items = torch.randint(self.n_items, (self.n_samples,), generator=generator).tolist()
-        return iter([(position, items[position]) for position in range(self.start, self.n_samples)])
+        return iter([(position, items[position]) for position in self._positions()])
 
     def __len__(self) -> int:
-        return max(0, self.n_samples - self.start)
+        return len(self._positions())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # the stream does not depend on epochs
 
 
 def _randomizable(transform) -> List[Randomizable]:
@@ -83,12 +96,16 @@ class PositionSeeded(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: Sequence[int]):
-        position, index = key
+    def seed_transforms(self, position: int) -> None:
+        """Give each random transform its random state for ``position``."""
         seeds = np.random.SeedSequence([self.seed, position]).generate_state(len(self._states))
         for transform, state, seed in zip(self._transforms, self._states, seeds):
             state.seed(int(seed))
             transform.set_random_state(state=state)
+
+    def __getitem__(self, key: Sequence[int]):
+        position, index = key
+        self.seed_transforms(position)
         item = self.dataset[index]
         item["position"] = position  # what a training step seeds its own randomness from (position_generator)
         return item

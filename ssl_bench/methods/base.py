@@ -136,6 +136,21 @@ class SegmentationMethod(pl.LightningModule):
         relabeling rounds)."""
         return {}
 
+    # ---- execution ------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """trainer.compile: torch.compile every network a step or an evaluation runs, once (Lightning calls this
+        before each fit and test). A network that holds another (co_training's ensemble of its views) is left to
+        its compiled parts. Compiling in place keeps parameter names, so checkpoints are unchanged."""
+        mode = self.cfg.trainer.compile
+        if mode == "none":
+            return
+        networks = list({id(n): n for n in [*self.training_networks().values(),
+                                            *self.evaluation_networks().values()]}.values())
+        for net in networks:
+            holds_another = any(other is not net and any(m is other for m in net.modules()) for other in networks)
+            if not holds_another and getattr(net, "_compiled_call_impl", None) is None:
+                net.compile(mode=None if mode == "default" else mode)
+
     # ---- training --------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         cache: dict = {}

@@ -1,0 +1,47 @@
+"""The training batches made on the device equal the MONAI chain's, bit for bit, for every kind of stream."""
+
+import pytest
+import torch
+
+from ssl_bench.config import load_config
+from ssl_bench.registry import get_method
+from ssl_bench.train import prepare_data
+from tests.conftest import TINY
+
+
+def _batches(cfg, method, on_device: bool, n: int):
+    cfg = cfg.copy()
+    cfg.data.augment_on_device = on_device
+    method_cls = get_method(method)
+    dm = prepare_data(cfg, method_cls).datamodule(cfg, method_cls)
+    dm.setup("fit")
+    batches = dm.training_batches()
+    return [next(batches) for _ in range(n)]
+
+
+@pytest.mark.parametrize("method,overrides", [
+    ("mean_teacher", []),  # 3D, labeled + unlabeled streams
+    ("mean_teacher", ["data.spatial_dims=2", "data.patch_size=[16,16]", "data.slice_axis=1"]),  # 2D slices
+    ("smiler", ["data.partial.alpha=0.5", "data.fraction=1.0"]),  # voxel_index and removed organs travel too
+    ("supervised", ["data.patch_size=[24,12,16]", "data.flip_prob=0.3"]),  # padding on one axis, crops on others
+])
+def test_device_batches_equal_the_monai_chains_bit_for_bit(synthetic_cache, method, overrides):
+    cfg = load_config(method, "synthetic", [f"data.cache_dir={synthetic_cache}", *TINY, *overrides])
+    chain, device = _batches(cfg, method, False, 4), _batches(cfg, method, True, 4)
+    for step, (expected, got) in enumerate(zip(chain, device)):
+        assert expected.keys() == got.keys()
+        for part in expected:
+            assert expected[part].keys() <= got[part].keys() | {"index"}, part
+            for key, value in expected[part].items():
+                value = torch.as_tensor(value)
+                assert torch.equal(got[part][key], value.as_subclass(torch.Tensor)), f"step {step} {part}/{key}"
+
+
+def test_device_batches_come_from_a_loader_with_workers_too(synthetic_cache):
+    cfg = load_config("mean_teacher", "synthetic", [f"data.cache_dir={synthetic_cache}", *TINY])
+    plain = _batches(cfg, "mean_teacher", True, 2)
+    cfg.data.num_workers = 1
+    workers = _batches(cfg, "mean_teacher", True, 2)
+    for a, b in zip(plain, workers):
+        assert torch.equal(a["unlabeled"]["image"], b["unlabeled"]["image"])
+        assert torch.equal(a["labeled"]["label"], b["labeled"]["label"])
