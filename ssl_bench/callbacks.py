@@ -1,5 +1,5 @@
-"""Callbacks: timing of training steps, the resume checkpoint and the random state a resumed run needs, image
-overlays for W&B. No training logic here."""
+"""Callbacks: timing of training steps, the resume checkpoint and the random state a resumed run needs (W&B image
+overlays: ssl_bench/wandb_run.py). No training logic here."""
 
 from __future__ import annotations
 
@@ -192,26 +192,3 @@ class TrainingRandomState(pl.Callback):
         random.setstate(state["python"])
         if state["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class ImageOverlays(pl.Callback):
-    """Logs the middle slice of image / ground truth / prediction of a few validation cases to W&B."""
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if not outputs or trainer.sanity_checking:
-            return
-        from lightning.pytorch.loggers import WandbLogger
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if not loggers or trainer.global_rank != 0:
-            return
-        image, label, pred = outputs["image"][0, 0], outputs["label"][0, 0], outputs["pred"]
-        mid = image.shape[-1] // 2
-        scale = max(1, pl_module.num_classes - 1)
-        panels = [_to_unit(image[..., mid]), label[..., mid].float() / scale, pred[..., mid].float() / scale]
-        loggers[0].log_image(key=f"val/overlay_{batch_idx}", images=[p.cpu().numpy() for p in panels],
-                             caption=["image", "ground truth", "prediction"], step=trainer.global_step)
-
-
-def _to_unit(x: torch.Tensor) -> torch.Tensor:
-    lo, hi = x.min(), x.max()
-    return (x - lo) / (hi - lo + 1e-8)

@@ -30,9 +30,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ssl_bench.callbacks import CheckpointOnStop, ImageOverlays, ResumeCheckpoint, StepTimer, TrainingRandomState
+from ssl_bench.callbacks import CheckpointOnStop, ResumeCheckpoint, StepTimer, TrainingRandomState
 from ssl_bench.config import (ConfigError, data_root, resolve_project_path, run_dir, run_seed,
                               saved_config_differences, to_yaml)
 from ssl_bench.data.datamodule import SegmentationDataModule
@@ -46,6 +46,7 @@ from ssl_bench.evaluation import summarize
 from ssl_bench.nets.backbone import count_parameters
 from ssl_bench.registry import get_method
 from ssl_bench.utils.io import atomic_write_json, atomic_write_text
+from ssl_bench.wandb_run import ImageOverlays, best_score, log_results, wandb_logger
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
@@ -119,14 +120,9 @@ def _check_same_config(run: Path, cfg: DictConfig) -> None:
 def _loggers(cfg: DictConfig, run: Path) -> list:
     loggers = [CSVLogger(save_dir=str(run), name="csv")]
     if cfg.logging.wandb and cfg.logging.wandb_mode != "disabled":
-        d, m = cfg.data, cfg.method.name
         os.environ.setdefault("WANDB_DIR", str(run))
-        loggers.append(WandbLogger(
-            project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity, save_dir=str(run),
-            name=f"{m}-frac{d.fraction:g}-draw{d.draw}", group=f"{d.name}/{m}",
-            tags=[m, f"frac={d.fraction:g}", f"draw={d.draw}", d.name, *cfg.logging.tags], mode=cfg.logging.wandb_mode,
-            # A stable id per run folder, so a resumed run continues the same W&B run.
-            id=_stable_id(run), resume="allow"))
+        # A stable id per run folder, so a resumed run continues the same W&B run.
+        loggers.append(wandb_logger(cfg, run, _stable_id(run)))
     return loggers
 
 
@@ -295,13 +291,9 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     metrics["primary"].update(metrics["results"]["last"][cfg.method.primary_model])
     if trainer.is_global_zero:
         _write_per_case(run / "per_case.csv", rows)
-        for lg in loggers:
-            if isinstance(lg, WandbLogger):
-                lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-                lg.experiment.summary.update({f"test/{k}": v for k, v in metrics["primary"].items()
-                                              if isinstance(v, float)})
-                lg.experiment.finish()
+        wandb_lines = [log_results(lg, metrics, rows, best_score(best_cb)) for lg in loggers
+                       if isinstance(lg, WandbLogger)]
         atomic_write_json(metrics_path, metrics)  # last: its presence marks the run finished
-        print(format_summary(metrics))
+        print("\n".join(wandb_lines + [format_summary(metrics)]))
         sys.stdout.flush()
     return metrics

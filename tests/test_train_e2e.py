@@ -381,17 +381,6 @@ def test_resume_checkpoint_follows_every_validation_though_the_score_stops_impro
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best-2.ckpt", "last.ckpt"]
 
 
-def test_wandb_offline_run_is_written_into_the_run_folder(tmp_path, synthetic_cache, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv("WANDB_DIR", raising=False)
-    args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=2",
-                 "trainer.val_every_n_steps=2")
-    args = [a for a in args if a != "logging.wandb=false"]
-    assert main(args) == 0
-    offline_runs = list((_run_dir(tmp_path) / "wandb").glob("offline-run-*"))
-    assert offline_runs, "an offline W&B run should be written inside the run folder"
-
-
 @pytest.mark.skipif(not (SHARED_DATA / "Task04_Hippocampus").is_dir(), reason="real data root not present")
 def test_real_data_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("SSL_BENCH_DATA_ROOT", str(SHARED_DATA))
