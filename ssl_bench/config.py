@@ -192,6 +192,77 @@ class CoTrainingConfig(SemiSupervisedConfig):
     variance_epsilon: float = 1e-6
 
 
+@dataclass
+class CPSConfig(SemiSupervisedConfig):
+    """Cross pseudo supervision (Chen et al., CVPR 2021): two networks, each trained on the other's hard
+    pseudo-labels, L = L_sup + λ(t)·L_cps, with SSL4MIS's medical weight and ramp as METHODS.md asks."""
+    # SSL4MIS (train_cross_pseudo_supervision_2D.py / _3D.py): consistency 0.1 with the sigmoid ramp over 200 "epochs"
+    # of 150 iterations, i.e. over its whole 30000-iteration run. Chen et al.'s code (TorchSemiSeg): a constant
+    # λ = 1.5 on PASCAL VOC and 6 on Cityscapes.
+    lambda_max: float = 0.1
+    rampup_fraction: float = 1.0
+    # L_cps on the labeled images too, L_cps = L_cps^l + L_cps^u (Chen et al. 2021, METHODS.md); SSL4MIS applies it
+    # to the unlabeled images only (false).
+    on_labeled: bool = True
+
+
+@dataclass
+class UniMatchConfig(SemiSupervisedConfig):
+    """Weak-to-strong consistency with a feature-perturbation stream (UniMatch, Yang et al., CVPR 2023); FixMatch
+    (Sohn et al. 2020) is strong_views=1 with feature_perturbation=false. Defaults: the authors' medical code
+    (LiheYoung/UniMatch, more-scenarios/medical) unless a comment says otherwise."""
+    # λ = 1 without ramp (Yang et al.: loss = (L_x + L_u) / 2, equal weights); a ramp only if the config asks.
+    lambda_max: float = 1.0
+    rampup_fraction: float = 0.0
+    # A pseudo-label counts where max p(u_w) >= τ (the medical code's conf_thresh 0.95, as in the paper).
+    confidence_threshold: float = 0.95
+    # Strong views per unlabeled image: 2 (UniMatch's dual stream) or 1 (FixMatch).
+    strong_views: int = 2
+    # The stream that decodes the weak view's bottleneck after channel dropout (UniMatch; false for FixMatch).
+    feature_perturbation: bool = True
+    # Its dropout rate: nn.Dropout2d(0.5) in the authors' code (there on every encoder level, here on the
+    # bottleneck as METHODS.md defines it).
+    feature_dropout: float = 0.5
+    # L against a pseudo-label: "dice_ce", masked CE + Dice (METHODS.md); "dice", the medical code's masked Dice only.
+    pseudo_label_loss: str = "dice_ce"
+    # Strong intensity augmentation (ssl_bench/utils/strong_augment.py). Contrast: the medical code's
+    # ColorJitter(0.5, 0.5, 0.5, 0.25) with p 0.8 (on a grey image its contrast term is this blend with the mean);
+    # blur: p 0.5, σ ~ U(0.1, 2.0) voxels (the code's PIL GaussianBlur radius); gamma and noise, which METHODS.md
+    # adds, from nnU-Net (Isensee et al. 2021): gamma ~ U(0.7, 1.5) with p 0.3, Gaussian noise of std ~ U(0, 0.1)
+    # with p 0.1 (batchgenerators draws its "variance" in (0, 0.1) and uses it as the std).
+    contrast_prob: float = 0.8
+    contrast_range: float = 0.5
+    gamma_prob: float = 0.3
+    gamma_range: List[float] = field(default_factory=lambda: [0.7, 1.5])
+    blur_prob: float = 0.5
+    blur_sigma: List[float] = field(default_factory=lambda: [0.1, 2.0])
+    noise_prob: float = 0.1
+    noise_std_max: float = 0.1
+    # CutMix box from another unlabeled image of the batch, with that image's pseudo-label and confidence
+    # (the medical code's obtain_cutmix_box: p 0.5, area U(0.02, 0.4) of the patch, side ratio U(0.3, 1/0.3)).
+    cutmix_prob: float = 0.5
+    cutmix_area: List[float] = field(default_factory=lambda: [0.02, 0.4])
+    cutmix_aspect: List[float] = field(default_factory=lambda: [0.3, 1 / 0.3])
+
+
+@dataclass
+class BCPConfig(MethodConfig):
+    """Bidirectional copy-paste inside Mean Teacher (Bai et al., CVPR 2023; DeepMed-Lab-ECNU/BCP code)."""
+    # Stage 1 (copy-paste between labeled images) for this fraction of trainer.max_steps, then stage 2. Bai et al.
+    # pre-train 10k of 40k iterations on ACDC (their LA script: 2k, then 15k).
+    stage1_fraction: float = 0.25
+    # false: stage 1 for the whole run, BCP's control (supervised copy-paste, no unlabeled image).
+    unlabeled_stage: bool = True
+    # EMA decay of the stage-2 teacher (Bai et al.'s code: 0.99).
+    ema_decay: float = 0.99
+    # α: weight of the voxels that come from an unlabeled image (Bai et al.: u_weight 0.5).
+    unlabeled_weight: float = 0.5
+    # Side of the pasted box as a fraction of each patch side (Bai et al.: mask_ratio 2/3).
+    box_fraction: float = 2 / 3
+    # Teacher pseudo-labels reduced to the largest connected component of each class (Bai et al.: nms=1).
+    largest_component: bool = True
+
+
 # The default 3D pretraining slab, in network strides: three (a bottleneck three voxels thick), chosen on
 # hippocampus validation Dice among one, two and three strides (README "Results on hippocampus"). One stride
 # (the patch over the 4 partitions, the default until session 11) lost to supervised; three was level with it.
@@ -426,6 +497,7 @@ def validate(cfg: DictConfig) -> None:
          "must be offline, online or disabled")
     _validate_method(cfg.method, need)
     _validate_views(cfg, need)
+    _validate_copy_paste(cfg, need)
 
 
 def _validate_method(m, need) -> None:
@@ -463,6 +535,21 @@ def _validate_method(m, need) -> None:
     check("projection_dim", lambda v: v >= 1, "must be >= 1")
     check("local_grid", lambda v: v >= 2, "must be >= 2 (a region needs other regions as negatives)")
     check("local_weight", lambda v: v >= 0, "must be >= 0")
+    check("confidence_threshold", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    check("strong_views", lambda v: v in (1, 2), "must be 1 (FixMatch) or 2 (UniMatch)")
+    check("feature_dropout", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    check("pseudo_label_loss", lambda v: v in ("dice_ce", "dice"), "must be dice_ce or dice")
+    for prob in ("contrast_prob", "gamma_prob", "blur_prob", "noise_prob", "cutmix_prob"):
+        check(prob, lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    check("contrast_range", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    check("noise_std_max", lambda v: v >= 0, "must be >= 0")
+    check("gamma_range", lambda v: len(v) == 2 and 0 < v[0] <= v[1], "must be [low, high] with 0 < low <= high")
+    check("blur_sigma", lambda v: len(v) == 2 and 0 <= v[0] <= v[1], "must be [low, high] with 0 <= low <= high")
+    check("cutmix_area", lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1, "must be [low, high] in (0, 1]")
+    check("cutmix_aspect", lambda v: len(v) == 2 and 0 < v[0] <= v[1], "must be [low, high] with 0 < low <= high")
+    check("stage1_fraction", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    check("unlabeled_weight", lambda v: v >= 0, "must be >= 0")
+    check("box_fraction", lambda v: 0 < v < 1, "must be in (0, 1)")
 
 
 def _validate_views(cfg, need) -> None:
@@ -475,6 +562,19 @@ def _validate_views(cfg, need) -> None:
     need(m.mc_passes == 1 or cfg.model.dropout > 0, "model.dropout",
          "co_training's confidence is MC dropout (Xia et al. 2020): with method.mc_passes > 1 set model.dropout > 0 "
          "(the protocol's backbone has 0.1), or method.mc_passes=1 for an unweighted average of views")
+
+
+def _validate_copy_paste(cfg, need) -> None:
+    """bcp mixes the two halves of the labeled batch (stage 1) and pairs labeled with unlabeled images (stage 2)."""
+    if "box_fraction" not in cfg.method:
+        return
+    d = cfg.data
+    need(d.labeled_batch_size % 2 == 0, "data.labeled_batch_size",
+         f"bcp pastes between the two halves of the labeled batch: must be even, got {d.labeled_batch_size}")
+    if cfg.method.unlabeled_stage:
+        need(d.unlabeled_batch_size == d.labeled_batch_size, "data.unlabeled_batch_size",
+             f"bcp pairs each labeled image with an unlabeled one: must equal data.labeled_batch_size "
+             f"({d.labeled_batch_size}), got {d.unlabeled_batch_size}")
 
 
 def run_seed(cfg: DictConfig) -> int:

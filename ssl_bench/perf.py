@@ -222,11 +222,25 @@ class MinimumRound:
         return time.perf_counter() - start
 
 
+def split_overrides(overrides: List[str]) -> Tuple[List[str], Dict[str, List[str]]]:
+    """Overrides for every run, and those written ``METHOD:key=value`` for that method's run only (e.g.
+    ``bcp:method.stage1_fraction=0`` times bcp's second stage from its first step)."""
+    common, per_method = [], {}
+    for item in overrides:
+        name, sep, rest = item.partition(":")
+        if sep and "=" not in name:
+            per_method.setdefault(name, []).append(rest)
+        else:
+            common.append(item)
+    return common, per_method
+
+
 def compare_methods(methods: List[str], data: str, overrides: List[str], warmup: int, steps: int) -> None:
     """Seconds per step of each method through the stack, relative to supervised and to its analytic minimum."""
+    common, per_method = split_overrides(overrides)
     rows = []
     for name in methods:
-        cfg = load_config(name, data, ["logging.wandb=false", *overrides])
+        cfg = load_config(name, data, ["logging.wandb=false", *common, *per_method.get(name, [])])
         step, minimum, round_ = stack_step_breakdown(cfg, warmup, steps, MinimumRound)
         rows.append((name, step, minimum, round_.passes))
     print_method_table(rows, warmup, steps)
@@ -278,7 +292,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_flush_denormal(True)  # as train() does, for both sides of the comparison
     overrides = ["logging.wandb=false", *args.overrides]
-    cfg = load_config("supervised", args.data, overrides)
+    cfg = load_config("supervised", args.data, split_overrides(overrides)[0])
     step, bare_seconds, _ = stack_step_breakdown(cfg, args.warmup, args.steps, BareStep)
     stack, bare = 1.0 / step.per_step, 1.0 / bare_seconds
     d, t = cfg.data, cfg.trainer

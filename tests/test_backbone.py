@@ -79,3 +79,26 @@ def test_fcn_fuses_by_summing_an_upsampled_coarse_path_into_each_finer_map(num_r
     kernels = {m.kernel_size for m in fcn.lateral.modules() if isinstance(m, torch.nn.Conv3d)}
     assert kernels == {(1, 1, 1)}
     assert count_parameters(net) < count_parameters(build_backbone(_cfg(num_res_units=num_res_units), 3, 1, 3))
+
+
+@pytest.mark.parametrize("dims, shape", [(3, (2, 1, 32, 48, 32)), (2, (2, 1, 32, 48))])
+@pytest.mark.parametrize("arch, channels",
+                         [("unet", [4, 8, 16]), ("basic_unet", [4, 4, 8, 8, 16, 4]), ("fcn", [4, 8, 16])])
+def test_forward_perturbed_decodes_the_perturbed_bottleneck(dims, shape, arch, channels):
+    """UniMatch's feature perturbation: the decoder sees perturb(bottleneck), the encoder is untouched."""
+    net = build_backbone(_cfg(arch=arch, channels=channels), dims, in_channels=1, out_channels=3).eval()
+    x = torch.randn(*shape)
+    seen = []
+
+    def record(features):
+        seen.append(features.shape)
+        return features
+
+    torch.testing.assert_close(net.forward_perturbed(x, record), net(x))
+    assert seen == [net.forward_features(x).bottleneck.shape]
+    # Zeroing the bottleneck changes the logits everywhere it reaches, and only through the decoder.
+    zeroed = net.forward_perturbed(x, torch.zeros_like)
+    assert not torch.allclose(zeroed, net(x))
+    shifted_first = net.forward_perturbed(x, lambda f: torch.cat([torch.zeros_like(f[:1]), f[1:]]))
+    torch.testing.assert_close(shifted_first[1:], net(x)[1:])  # per-sample: the other sample is unchanged
+    assert not any(m._forward_hooks for m in net.modules())

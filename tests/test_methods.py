@@ -35,11 +35,13 @@ def build(name, *overrides, dims=3):
 def make_batch(dims=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     shape = (BATCH_SIZE, 1) + (SIDE,) * dims
-    # As the data module sends them: every organ annotated unless data.partial.alpha > 0.
+    # As the data module sends them: every organ annotated unless data.partial.alpha > 0; stream positions.
+    positions = torch.arange(BATCH_SIZE) + seed * BATCH_SIZE
     return {"labeled": {"image": torch.randn(shape, generator=g),
                         "label": torch.randint(len(CLASS_NAMES), shape, generator=g),
-                        "annotated": torch.ones(BATCH_SIZE, len(CLASS_NAMES) - 1, dtype=torch.bool)},
-            "unlabeled": {"image": torch.randn(shape, generator=g)}}
+                        "annotated": torch.ones(BATCH_SIZE, len(CLASS_NAMES) - 1, dtype=torch.bool),
+                        "position": positions},
+            "unlabeled": {"image": torch.randn(shape, generator=g), "position": positions}}
 
 
 def training_loss(module, batch) -> torch.Tensor:
@@ -53,12 +55,16 @@ def training_loss(module, batch) -> torch.Tensor:
 
 # Overrides that switch a method's unsupervised term off and on, at full weight from step 0. By default λ_max;
 # rampup_fraction=0 puts the ramp (λ(t), and UA-MT's threshold) at its final value from step 0.
+DEFAULT_OFF_ON = (["method.lambda_max=0", "method.rampup_fraction=0"], ["method.lambda_max=1", "method.rampup_fraction=0"])
 UNSUPERVISED_OFF_ON = {
     "adversarial": (["method.lambda_adv_unlabeled=0", "method.lambda_semi=0"],
                     ["method.lambda_adv_unlabeled=1", "method.lambda_semi=1", "method.semi_start_fraction=0",
                      "method.semi_threshold=0"]),
+    # Every pseudo-label kept: a random network is never 95% sure.
+    "unimatch": (DEFAULT_OFF_ON[0], [*DEFAULT_OFF_ON[1], "method.confidence_threshold=0"]),
+    # The control (stage 1 only) against stage 2 from step 0.
+    "bcp": (["method.unlabeled_stage=false"], ["method.stage1_fraction=0"]),
 }
-DEFAULT_OFF_ON = (["method.lambda_max=0", "method.rampup_fraction=0"], ["method.lambda_max=1", "method.rampup_fraction=0"])
 
 
 def has_unsupervised_term(name) -> bool:
@@ -151,6 +157,12 @@ FORWARD_CALLS = {
     "co_training": {f"view{k}": [BATCH_SIZE, BATCH_SIZE, (MC_PASSES - 1) * BATCH_SIZE] for k in range(3)},
     # Fine-tuning is supervised from a pretrained backbone (the pretraining is a stage of its own, see test_contrastive).
     "contrastive": {"student": [BATCH_SIZE]},
+    # Each network: L supervised, then U for L_cps^u (L_cps^l reuses the supervised logits).
+    "cps": {"net1": [BATCH_SIZE, BATCH_SIZE], "net2": [BATCH_SIZE, BATCH_SIZE]},
+    # L supervised; U weak without gradients; the two strong views and the feature-perturbed weak view in one call.
+    "unimatch": {"student": [BATCH_SIZE, BATCH_SIZE, 3 * BATCH_SIZE]},
+    # Step 0 is in stage 1: L/2 labeled copy-paste images (stage 2: tests/test_bcp.py).
+    "bcp": {"student": [BATCH_SIZE // 2]},
 }
 MC_METHODS = ["ua_mt", "co_training"]
 
@@ -190,6 +202,16 @@ def test_the_fcn_backbone_runs_end_to_end(name, tmp_path, synthetic_cache):
     assert "arch: fcn" in (run / "config.yaml").read_text()
 
 
+@pytest.mark.parametrize("name", ["cps", "unimatch", "bcp"])
+def test_pseudo_label_methods_run_in_2d_on_the_fcn_backbone(name, tmp_path, synthetic_cache):
+    """Their boxes, strong views and feature stream in 2D, over the FCN's bottleneck; bcp crosses its stage switch
+    (step 1 of 3)."""
+    assert main(_cli_args(name, tmp_path, synthetic_cache) + ["model.arch=fcn", "data.spatial_dims=2",
+                                                               "data.patch_size=[16,16]"]) == 0
+    metrics = json.loads((_run_folder(name, tmp_path) / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and math.isfinite(metrics["primary"]["dice_mean"])
+
+
 @pytest.mark.parametrize("name", method_names())
 def test_a_few_steps_end_to_end_through_the_cli(name, tmp_path, synthetic_cache):
     assert main(_cli_args(name, tmp_path, synthetic_cache)) == 0
@@ -202,6 +224,10 @@ def test_a_few_steps_end_to_end_through_the_cli(name, tmp_path, synthetic_cache)
         assert set(metrics["results"]["last"]) == {"student", "teacher"} and primary == "teacher"
     if name == "co_training":
         assert set(metrics["results"]["last"]) == {"ensemble", "view0", "view1", "view2"} and primary == "ensemble"
+    if name == "cps":
+        assert set(metrics["results"]["last"]) == {"net1", "net2", "ensemble"} and primary == "net1"
+    if name == "bcp":
+        assert set(metrics["results"]["last"]) == {"student", "teacher"} and primary == "teacher"
 
 
 # ---- the protocol's backbone: the stochastic passes METHODS.md asks for come from its dropout ------------------

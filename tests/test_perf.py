@@ -113,3 +113,11 @@ def test_method_table_puts_each_method_against_supervised():
         line = next(l.split() for l in out.getvalue().splitlines() if l.strip().startswith("mean_teacher "))
         assert line[2:10] == expected
         assert line[10:] == ["student:4g,", "teacher:4"]
+
+
+def test_method_prefixed_overrides_apply_to_that_method_only():
+    from ssl_bench.perf import split_overrides
+    common, per_method = split_overrides(["model.channels=[4,8,16]", "bcp:method.stage1_fraction=0",
+                                          "unimatch:method.strong_views=1", "run.tag=a:b"])
+    assert common == ["model.channels=[4,8,16]", "run.tag=a:b"]
+    assert per_method == {"bcp": ["method.stage1_fraction=0"], "unimatch": ["method.strong_views=1"]}

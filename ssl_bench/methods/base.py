@@ -19,7 +19,9 @@ overrides ``training_step``; it puts everything but the optimizer steps into a p
 which tests and ``make perf`` call without a Trainer.
 
 ``cache`` is a per-step dict in which the supervised pass leaves its outputs (e.g. the student's
-logits on the labeled batch) so a method never recomputes a forward pass it already paid for.
+logits on the labeled batch) so a method never recomputes a forward pass it already paid for. It starts with
+the step's whole batch under "batch", for a supervised term that needs the unlabeled images too (bcp's mixed
+images hold labeled and unlabeled voxels).
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ class SegmentationMethod(pl.LightningModule):
 
     # ---- training --------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        cache: dict = {}
+        cache: dict = {"batch": batch}
         labeled = batch["labeled"]
         batch_size = labeled["image"].shape[0]
         loss_sup = self.supervised_loss(labeled, cache)

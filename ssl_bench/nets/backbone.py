@@ -8,7 +8,7 @@ features are captured with forward hooks, so the MONAI networks are used unchang
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from monai.networks.layers.simplelayers import SkipConnection
@@ -52,6 +52,20 @@ class Backbone(nn.Module):
             for h in handles:
                 h.remove()
         return Features(logits, captured["bottleneck"], captured["decoder"])
+
+    def forward_perturbed(self, x: torch.Tensor, perturb: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Logits of ``x`` with the bottleneck's output replaced by ``perturb(bottleneck)`` before the decoder sees
+        it: encoder -> perturbation -> decoder (UniMatch's feature perturbation), on every architecture.
+
+        A forward hook on the bottleneck module, whose return value replaces its output: MONAI's UNet nests its
+        decoder around the bottleneck (SkipConnection blocks), so there is no decoder to call on its own; the hook
+        perturbs exactly the tensor that the decoder's first block (and the innermost skip concatenation) receives.
+        The call goes through this module, so hooks on it (pass counting, ``make perf``) see a normal forward."""
+        handle = self.net.get_submodule(self.bottleneck_name).register_forward_hook(lambda m, i, o: perturb(o))
+        try:
+            return self(x)
+        finally:
+            handle.remove()
 
 
 def _unet_parts(unet: UNet):

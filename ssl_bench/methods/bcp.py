@@ -1,0 +1,98 @@
+"""bcp: bidirectional copy-paste inside Mean Teacher (Bai et al., CVPR 2023), as METHODS.md defines it.
+
+M is 1 everywhere but a box of 2/3 of every patch side, placed at random (one per mixed image), where it is 0.
+Stage 1, the first method.stage1_fraction of the run: supervised copy-paste between the two halves of the labeled
+batch, a ⊙ M + b ⊙ (1 - M) with the labels mixed alike, DiceCE on each source's voxels (weights 1 and 1, as Bai
+et al.'s pre-training). Stage 2: the EMA teacher's hard pseudo-labels Ŷ_u of the unlabeled images (the largest
+connected component of each class), and, pairing each half of the labeled batch with a half of the unlabeled one,
+X_in = X_l ⊙ M + X_u ⊙ (1 - M), X_out = X_u ⊙ M + X_l ⊙ (1 - M) with targets mixed alike; on each, DiceCE on the
+voxels from the labeled image (the base's supervised term) + α · DiceCE on those from the unlabeled one (its
+unsupervised term, weight α = 0.5, no ramp). method.unlabeled_stage=false keeps stage 1 for the whole run: the
+control (experiments/sweeps/bcp_stage1_control.yaml).
+
+The stage is a function of global_step alone. The teacher is the student's copy after every stage-1 optimizer
+step, so at the switch it is the stage-1 student, and an EMA of the student after every stage-2 step; it is a
+submodule in every checkpoint, so a run resumed anywhere, before, at or after the switch, continues what an
+uninterrupted one does, and the hand-over cannot happen twice. Student and teacher are evaluated, the teacher
+primary (during stage 1 and in the control they are the same network).
+
+Forwards per step: stage 1, the student on L/2 mixed images; stage 2, the teacher on U images without gradients
+and the student on the L/2 + U/2 mixed images (L = U, one call) with gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssl_bench.config import BCPConfig
+from ssl_bench.losses.mixing import bcp_outside_mask, bidirectional_copy_paste, paste
+from ssl_bench.losses.pseudo_label import hard_pseudo_labels, largest_component_per_class, source_dice_ce
+from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.registry import register_method
+from ssl_bench.utils.ema import ema_update, frozen_copy
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    return x.as_subclass(torch.Tensor)  # MetaTensors trip over slicing of their per-sample metadata
+
+
+@register_method("bcp")
+class BidirectionalCopyPaste(SegmentationMethod):
+    config_class = BCPConfig
+    uses_unlabeled = True
+
+    def __init__(self, cfg, class_names, case_ids):
+        super().__init__(cfg, class_names, case_ids)
+        self.teacher = frozen_copy(self.net)
+
+    def evaluation_networks(self):
+        return {"student": self.net, "teacher": self.teacher}
+
+    def in_unlabeled_stage(self) -> bool:
+        m = self.cfg.method
+        return m.unlabeled_stage and self.global_step >= round(m.stage1_fraction * self.cfg.trainer.max_steps)
+
+    def box_masks(self, labeled: dict, count: int) -> torch.Tensor:
+        spatial = labeled["image"].shape[2:]
+        return bcp_outside_mask(count, spatial, self.stream_generator(labeled, "bcp_box"), self.cfg.method.box_fraction)
+
+    def supervised_loss(self, labeled, cache):
+        images, labels = _plain(labeled["image"]), _plain(labeled["label"]).long()
+        if self.in_unlabeled_stage():
+            from_labeled, from_unlabeled = self.mixed_losses(labeled, cache["batch"]["unlabeled"])
+            cache["unlabeled_part"] = from_unlabeled
+            return from_labeled
+        half = images.shape[0] // 2
+        outside = self.box_masks(labeled, half)
+        mixed = paste(images[:half], images[half:], outside)
+        first, second = source_dice_ce(self.net(mixed), paste(labels[:half], labels[half:], outside), outside)
+        return first + second
+
+    def mixed_losses(self, labeled: dict, unlabeled: dict):
+        """Stage 2's DiceCE on the voxels from labeled images and on those from unlabeled ones, each the mean
+        over X_in and X_out."""
+        images, labels = _plain(labeled["image"]), _plain(labeled["label"]).long()
+        unlabeled_images = _plain(unlabeled["image"])
+        with torch.no_grad():
+            pseudo_labels, _ = hard_pseudo_labels(self.teacher(unlabeled_images))
+            if self.cfg.method.largest_component:
+                pseudo_labels = largest_component_per_class(pseudo_labels, self.num_classes)
+        outside = self.box_masks(labeled, images.shape[0])
+        mixed, targets, from_labeled = bidirectional_copy_paste(images, labels, unlabeled_images, pseudo_labels,
+                                                                outside)
+        pairs = images.shape[0] // 2
+        parts = [source_dice_ce(*args) for args in zip(self.net(mixed).split(pairs), targets.split(pairs),
+                                                       from_labeled.split(pairs))]
+        return tuple(torch.stack(part).mean() for part in zip(*parts))
+
+    def unsupervised_loss(self, batch, cache):
+        return cache.get("unlabeled_part")
+
+    def unsupervised_weight(self) -> float:
+        return self.cfg.method.unlabeled_weight
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        # global_step is still this step's index here (Lightning counts the step once this hook returns).
+        decay = self.cfg.method.ema_decay if self.in_unlabeled_stage() else 0.0
+        ema_update(self.teacher, self.net, decay)

@@ -1,0 +1,78 @@
+"""unimatch: weak-to-strong consistency with a feature-perturbation stream (Yang et al., CVPR 2023), as
+METHODS.md defines it; FixMatch (Sohn et al. 2020) is its special case method.strong_views=1,
+method.feature_perturbation=false (experiments/sweeps/fixmatch.yaml).
+
+The weak view u_w is the unlabeled batch as the protocol augments it (flips, crop, mild intensity). Its prediction,
+without gradient, gives the pseudo-label ŷ = argmax p(u_w) and its confidence max p(u_w). Each strong view is u_w
+after strong intensity augmentation (contrast, gamma, blur, noise; ssl_bench/utils/strong_augment.py) with a CutMix
+box cut from another unlabeled image of the batch, whose pseudo-label and confidence the box's voxels take. The
+feature-perturbed stream decodes u_w with channel dropout (p = 0.5) on the encoder's bottleneck
+(Backbone.forward_perturbed). With L = masked CE + Dice against ŷ on the voxels where the confidence is >= τ:
+L_u = 0.5 · mean_k L(p(u_s,k), ŷ_k) + 0.5 · L(p_fp(u_w), ŷ), or the strong views' mean alone without the feature
+stream; the base adds λ·L_u (λ = 1, no ramp). Every random draw comes from stream_generator, so a resumed run
+draws the same views, boxes and dropout masks.
+
+Forwards per step: the base's L labeled images with gradients; U weak images without; then one batched call of
+the strong views and the perturbed weak view, (strong_views + 1)·U images with gradients (FixMatch: U).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssl_bench.config import UniMatchConfig
+from ssl_bench.losses.mixing import cutmix, cutmix_boxes, cutmix_partners, paste
+from ssl_bench.losses.pseudo_label import confident_dice_ce, hard_pseudo_labels
+from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.registry import register_method
+from ssl_bench.utils.strong_augment import StrongIntensity, feature_dropout, strong_intensity
+
+
+@register_method("unimatch")
+class UniMatch(SegmentationMethod):
+    config_class = UniMatchConfig
+    uses_unlabeled = True
+
+    def strong_views(self, weak: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor,
+                     generator: torch.Generator):
+        """method.strong_views strong views of ``weak``, each with its CutMix box, and the pseudo-labels and
+        confidences that go with each view."""
+        m = self.cfg.method
+        intensity = StrongIntensity(m.contrast_prob, m.contrast_range, m.gamma_prob, tuple(m.gamma_range),
+                                    m.blur_prob, tuple(m.blur_sigma), m.noise_prob, m.noise_std_max)
+        views, targets = [], []
+        for _ in range(m.strong_views):
+            partner = cutmix_partners(weak.shape[0], generator)
+            boxes = cutmix_boxes(weak.shape[0], weak.shape[2:], generator, m.cutmix_prob, tuple(m.cutmix_area),
+                                 tuple(m.cutmix_aspect))
+            views.append(cutmix(strong_intensity(weak, intensity, generator), partner, boxes))
+            targets.append((paste(labels[partner], labels, boxes), paste(confidence[partner], confidence, boxes)))
+        return views, targets
+
+    def unsupervised_loss(self, batch, cache):
+        m = self.cfg.method
+        unlabeled = batch["unlabeled"]
+        weak = unlabeled["image"].as_subclass(torch.Tensor)  # plain tensor: MetaTensors do not survive indexing
+        with torch.no_grad():
+            labels, confidence = hard_pseudo_labels(self.net(weak))
+        generator = self.stream_generator(unlabeled, "unimatch")
+        views, targets = self.strong_views(weak, labels, confidence, generator)
+        if m.feature_perturbation:
+            perturbed = torch.arange(len(views) + 1, device=weak.device).repeat_interleave(weak.shape[0]) == len(views)
+            logits = self.net.forward_perturbed(
+                torch.cat([*views, weak]),
+                lambda features: feature_dropout(features, m.feature_dropout, perturbed, generator))
+        else:
+            logits = self.net(torch.cat(views))
+        chunks = logits.split(weak.shape[0])
+
+        def loss(chunk_logits, target, target_confidence):
+            return confident_dice_ce(chunk_logits, target, target_confidence, m.confidence_threshold,
+                                     with_ce=m.pseudo_label_loss == "dice_ce")
+
+        strong = torch.stack([loss(chunk, *target) for chunk, target in zip(chunks, targets)]).mean()
+        self.log("train/confident_fraction", (confidence >= m.confidence_threshold).float().mean(),
+                 batch_size=weak.shape[0])
+        if not m.feature_perturbation:
+            return strong
+        return 0.5 * strong + 0.5 * loss(chunks[-1], labels, confidence)
