@@ -109,3 +109,12 @@ def test_a_run_resumed_before_the_switch_ends_as_the_uninterrupted_one(tmp_path,
 def test_the_control_sweep_is_stage_one_for_the_whole_run():
     cells = load_sweep(PROJECT_ROOT / "experiments" / "sweeps" / "bcp_stage1_control.yaml").cells
     assert cells and all(c.method == "bcp" and c.config().method.unlabeled_stage is False for c in cells)
+
+
+def test_a_step_with_an_odd_labeled_batch_is_a_clear_error():
+    """Under DDP a rank gets data.labeled_batch_size / devices images, which the config cannot check."""
+    module = build("bcp")
+    batch = make_batch()
+    labeled = {k: v[:1] for k, v in batch["labeled"].items()}
+    with pytest.raises(ValueError, match="even multiple of the number of devices"):
+        module.supervised_loss(labeled, {"batch": batch})

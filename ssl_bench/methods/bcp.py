@@ -58,6 +58,10 @@ class BidirectionalCopyPaste(SegmentationMethod):
 
     def supervised_loss(self, labeled, cache):
         images, labels = _plain(labeled["image"]), _plain(labeled["label"]).long()
+        if images.shape[0] < 2 or images.shape[0] % 2:
+            # The config checks the global batch; under DDP each rank gets batch / world size.
+            raise ValueError(f"bcp pastes between halves of the labeled batch, but a step got {images.shape[0]} "
+                             "labeled images: make data.labeled_batch_size an even multiple of the number of devices")
         if self.in_unlabeled_stage():
             from_labeled, from_unlabeled = self.mixed_losses(labeled, cache["batch"]["unlabeled"])
             cache["unlabeled_part"] = from_unlabeled
