@@ -137,6 +137,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=0, help=f"cells at once (default: all, at most {MAX_JOBS})")
     parser.add_argument("--perf-steps", type=int, default=20, help="timed steps per method in the perf part")
     parser.add_argument("--no-perf", action="store_true", help="skip the perf part")
+    parser.add_argument("--perf-methods", default="all", help="methods of the every-method perf (comma-separated, "
+                        "'all', or '' to skip it)")
     parser.add_argument("--perf-variants", default="", help="';'-separated override sets: the supervised perf under "
                         "each, e.g. 'trainer.precision=bf16-mixed;trainer.compile=reduce-overhead'")
     parser.add_argument("--curve", default="", help="e.g. 1,2,4,8: throughput of that many replicate cells at once")
@@ -173,8 +175,8 @@ def main(argv=None) -> int:
         for variant in [v for v in args.perf_variants.split(";") if v.strip()]:
             if time.perf_counter() < deadline:
                 perf("supervised", variant.split(), f"perf, supervised, with {variant}")
-        if time.perf_counter() < deadline:
-            perf("all", [], "perf, every method")
+        if args.perf_methods and time.perf_counter() < deadline:
+            perf(args.perf_methods, [], f"perf, {'every method' if args.perf_methods == 'all' else args.perf_methods}")
 
     texts = [c for c in args.cells.split(",") if c.strip()]
     if args.cells_file:
