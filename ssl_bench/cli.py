@@ -37,11 +37,24 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from ssl_bench.report import write_report
+    from ssl_bench.report import ReportWarning, build_summary, write_report_files
+    from ssl_bench.report.writer import SWEEPS_DIR
     project = None if args.no_wandb else args.wandb_project
-    paths = write_report(Path(args.runs_dir), Path(args.out), wandb_project=project, records=not args.no_records)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReportWarning)  # printed below, after the report
+        summary = build_summary(Path(args.runs_dir), Path(args.out), records=not args.no_records,
+                                sweeps_dir=Path(args.sweeps_dir) if args.sweeps_dir else SWEEPS_DIR)
+    paths = write_report_files(summary, Path(args.out), wandb_project=project, wandb_entity=args.wandb_entity)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    for skipped in summary.loaded.skipped:
+        print(f"ssl-bench report: warning: left out {skipped.describe()}", file=sys.stderr)
+    for sweep in summary.coverage:
+        if sweep.missing:
+            print(f"ssl-bench report: warning: sweep {sweep.name}: {len(sweep.missing)} of {sweep.n_cells} cells have no "
+                  f"result ({', '.join(c.description for c in sweep.missing[:3])}"
+                  f"{', ...' if len(sweep.missing) > 3 else ''}; all listed under \"Missing cells\" in {paths['markdown']})",
+                  file=sys.stderr)
     return 0
 
 
@@ -119,8 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs_dir", nargs="?", default=RunConfig().runs_dir,
                    help="folder holding the run folders (default: %(default)s)")
     p.add_argument("--out", default="results", help="output folder (default: %(default)s)")
-    p.add_argument("--wandb-project", default=LoggingConfig().wandb_project, help="W&B project of the summary run")
-    p.add_argument("--no-wandb", action="store_true", help="do not log the summary to W&B")
+    p.add_argument("--wandb-project", default=LoggingConfig().wandb_project,
+                   help="W&B project of the report runs, one per dataset (default: %(default)s, the training runs')")
+    p.add_argument("--wandb-entity", default=LoggingConfig().wandb_entity or os.environ.get("WANDB_ENTITY"),
+                   help="W&B entity, to link the report's rows to the training runs' groups (default: $WANDB_ENTITY)")
+    p.add_argument("--no-wandb", action="store_true", help="do not log the report to W&B")
+    p.add_argument("--sweeps-dir", default=None, help="where the sweep files of the runs' `sweep=<name>` tags are, "
+                   "to list their missing cells (default: the project's experiments/sweeps)")
     p.add_argument("--no-records", action="store_true",
                    help="report only the run folders under runs_dir: neither read nor update OUT/records")
     p.set_defaults(func=_cmd_report)

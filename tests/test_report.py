@@ -12,21 +12,14 @@ import pytest
 from omegaconf import OmegaConf
 from scipy.stats import wilcoxon
 
+from report_fakes import BEST_OFFSET, DICE, PRIMARY, case_dice as _case_dice, write_config as _write_config
+from report_fakes import write_fake_run as _write_fake_run
 from ssl_bench.cli import main
-from ssl_bench.report import (Run, _draws_label, alpha_line, line_style, protocol_differences, load_runs, summarize_alpha,
-                               summarize_groups, summarize_replicates, write_report)
+from ssl_bench.report import (Run, alpha_line, load_runs, protocol_differences, summarize_alpha, summarize_groups,
+                              summarize_replicates, write_report)
+from ssl_bench.report.plots import _draws_label
 
-CLASSES = ["a", "b"]
 T_975_ONE_DEGREE_OF_FREEDOM = 12.706204736174707  # Student's t, 97.5% quantile, 1 degree of freedom
-# Per-case Dice (class a, class b) of the primary result, by (method, fraction, draw): hand-written numbers.
-DICE = {
-    ("supervised", 0.5, 0): {"c1": (0.70, 0.50), "c2": (0.80, 0.60), "c3": (0.60, 0.40)},
-    ("supervised", 0.5, 1): {"c1": (0.72, 0.52), "c2": (0.78, 0.56), "c3": (0.66, 0.42)},
-    ("mean_teacher", 0.5, 0): {"c1": (0.75, 0.55), "c2": (0.81, 0.65), "c3": (0.61, 0.49)},
-    # c3 has no class b in ground truth or prediction (NaN): its case Dice is class a's alone.
-    ("mean_teacher", 0.5, 1): {"c1": (0.74, 0.58), "c2": (0.70, 0.50), "c3": (0.69, math.nan)},
-    ("supervised", 1.0, 0): {"c1": (0.90, 0.80), "c2": (0.88, 0.82), "c3": (0.86, 0.78)},
-}
 # A partial-annotation sweep (folders <method>-alpha<a>), per-case Dice by (method, alpha, draw).
 ALPHA_DICE = {
     ("supervised", 0.0, 0): {"c1": (0.90, 0.80), "c2": (0.86, 0.78)},
@@ -34,53 +27,6 @@ ALPHA_DICE = {
     ("smile", 0.7, 0): {"c1": (0.85, 0.60), "c2": (0.80, 0.50)},
     ("smile", 0.7, 1): {"c1": (0.83, 0.66), "c2": (0.75, 0.55)},
 }
-BEST_OFFSET = -0.01  # the best-on-validation checkpoint scores a little lower in these fakes
-PRIMARY = {"supervised": "student", "mean_teacher": "teacher", "smile": "student", "contrastive": "student"}
-
-
-def _hd95(dice: float) -> float:
-    return 10.0 * (1.0 - dice)
-
-
-def _case_row(checkpoint, model, case_id, per_class):
-    hd = [_hd95(d) for d in per_class]
-    return {"checkpoint": checkpoint, "model": model, "case_id": case_id,
-            **{f"dice_{c}": d for c, d in zip(CLASSES, per_class)}, "dice_mean": float(np.nanmean(per_class)),
-            **{f"hd95_{c}": h for c, h in zip(CLASSES, hd)}, "hd95_mean": float(np.nanmean(hd))}
-
-
-def _summary(rows):
-    return {"n_cases": len(rows), **{k: float(np.nanmean([r[k] for r in rows]))
-                                     for k in rows[0] if k.startswith(("dice_", "hd95_"))}}
-
-
-def _write_fake_run(runs, method, fraction, draw, cases, folder_name=None, alpha=None):
-    """A run folder as train() leaves it: per_case.csv and metrics.json, in the layout of run_dir()
-    (method folder ``folder_name``, e.g. smile-alpha0.5, when the run has a tag)."""
-    folder = runs / "toy" / (folder_name or method) / f"frac{fraction}" / f"draw{draw}"
-    folder.mkdir(parents=True)
-    rows = []
-    for checkpoint, offset in (("last", 0.0), ("best", BEST_OFFSET)):
-        for model in dict.fromkeys((PRIMARY[method], "student")):
-            # The student of a teacher method is off by 0.1: the report must read only the primary model.
-            shift = offset + (0.0 if model == PRIMARY[method] else -0.1)
-            rows += [_case_row(checkpoint, model, case_id, [d + shift for d in dice]) for case_id, dice in cases.items()]
-    with open(folder / "per_case.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    results = {ckpt: {model: _summary([r for r in rows if r["checkpoint"] == ckpt and r["model"] == model])
-                      for model in dict.fromkeys(r["model"] for r in rows)} for ckpt in ("last", "best")}
-    metrics = {"dataset": "toy", "method": method, "fraction": fraction, "draw": draw, "classes": CLASSES,
-               "n_labeled": 2, "n_unlabeled": 2, "n_validation": 1, "n_test": len(cases),
-               "primary": {"checkpoint": "last", "model": PRIMARY[method]}, "results": results,
-               "best_checkpoint": "best-10.ckpt", "steps": 20, "resumed_from_step": 0,
-               "seconds_per_step": 0.25 + draw, "wall_time_s": 100.0 + draw, "peak_memory_mb": 512.5,
-               "n_parameters": 1000, "run_dir": str(folder)}
-    if alpha is not None:
-        metrics["partial_alpha"] = alpha
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    return metrics
 
 
 @pytest.fixture
@@ -88,10 +34,6 @@ def fake_runs(tmp_path):
     runs = tmp_path / "runs"
     metrics = {key: _write_fake_run(runs, *key, cases) for key, cases in DICE.items()}
     return runs, metrics
-
-
-def _case_dice(key, case_id):
-    return float(np.nanmean(DICE[key][case_id]))
 
 
 def test_summary_csv_has_one_row_per_run_with_the_numbers_of_metrics_json(fake_runs, tmp_path):
@@ -128,8 +70,8 @@ def test_mean_std_and_t_interval_over_draws(fake_runs, tmp_path):
     assert full.n == 1 and math.isnan(full.std) and math.isnan(full.low)
 
     text = write_report(runs, tmp_path / "results")["markdown"].read_text()
-    assert f"| mean_teacher | 0.5 | 2 | {mean:.3f} ± {std:.3f} | [{mean - half:.3f}, {mean + half:.3f}] |" in text
-    assert f"| supervised | 1 | 1 | {full.mean:.3f} | n=1, no interval |" in text
+    assert f"| mean_teacher | 0.5 | 2 | 2 | {mean:.3f} ± {std:.3f} | [{mean - half:.3f}, {mean + half:.3f}] |" in text
+    assert f"| supervised | 1 | 1 | 1 | {full.mean:.3f} | n=1, no interval |" in text
 
 
 def test_wilcoxon_pairs_cases_within_draws_and_equals_scipy(fake_runs, tmp_path):
@@ -150,18 +92,18 @@ def test_wilcoxon_pairs_cases_within_draws_and_equals_scipy(fake_runs, tmp_path)
     text = write_report(runs, tmp_path / "results")["markdown"].read_text()
     assert f"p={test.p_value:.3g} (6 pairs)" in text
 
-    # Per draw: the same test on each draw's three pairs alone, next to both runs' mean Dice.
-    per_draw = groups["mean_teacher", 0.5].per_draw
+    # Per run pair: the same test on each draw's three pairs alone, next to both runs' mean Dice.
+    per_draw = groups["mean_teacher", 0.5].pairs
     assert [d.draw for d in per_draw] == [0, 1]
     for d, (o, t) in zip(per_draw, [(ours[:3], theirs[:3]), (ours[3:], theirs[3:])]):
         assert d.test.n_pairs == 3
         assert d.test.p_value == pytest.approx(wilcoxon(o, t).pvalue, rel=1e-12)
         assert d.test.n_better == sum(a > b for a, b in zip(o, t))
         assert (d.dice, d.reference_dice) == pytest.approx((np.mean(o), np.mean(t)))
-        row = (f"| mean_teacher | 0.5 | {d.draw} | {d.dice:.3f} | {d.reference_dice:.3f} | "
+        row = (f"| mean_teacher | 0.5 | {d.draw} | {d.draw} | unknown | {d.dice:.3f} | {d.reference_dice:.3f} | "
                f"{d.test.median_difference:+.3f} | {d.test.p_value:.3g} | {d.test.n_better}/3 |")
         assert row in text
-    assert groups["supervised", 0.5].per_draw == []
+    assert groups["supervised", 0.5].pairs == []
 
 
 def test_plot_is_a_png(fake_runs, tmp_path):
@@ -181,27 +123,9 @@ def test_plot_legend_says_how_many_draws_each_line_averages(fake_runs):
     assert _draws_label([groups["supervised", 0.5], groups["supervised", 1.0]]) == "draws 2/1"
 
 
-def test_plot_lines_differ_beyond_the_colour_cycle():
-    """Regression: with 11 methods the 11th line had the 1st one's colour and marker (results of session 9)."""
-    styles = [tuple(sorted(line_style(i).items())) for i in range(30)]
-    assert len(set(styles)) == 30
-    assert line_style(0)["color"] == line_style(10)["color"] and line_style(0)["marker"] != line_style(10)["marker"]
-
-
 def test_variant_is_compared_with_the_supervised_run_of_its_tag():
     run = Run("mean_teacher-lr0.001", {"method": "mean_teacher"}, {}, None)
     assert run.reference_method == "supervised-lr0.001"
-
-
-def _write_config(folder: Path, method: str, partial_alpha=None, **changes) -> None:
-    config = {"method": {"name": method, "lambda_max": 0.1}, "data": {"name": "toy", "fraction": 0.5, "draw": 0},
-              "optim": {"lr": 0.002}, "run": {"tag": None}, "logging": {"wandb": True}}
-    if partial_alpha is not None:  # a key that runs made before it existed do not have
-        config["data"]["partial"] = {"alpha": partial_alpha}
-    for key, value in changes.items():
-        section, name = key.split("__")
-        config[section][name] = value
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(config))
 
 
 @pytest.mark.parametrize("changes, compared", [
@@ -283,15 +207,6 @@ def test_a_comparison_that_differs_in_protocol_settings_is_flagged(tmp_path):
     assert "- `mean_teacher` at 0.5 vs `supervised`: model.dropout: 0.1 vs 0.0" in text
 
 
-def test_report_command_logs_a_wandb_summary_run(fake_runs, tmp_path, monkeypatch, capsys):
-    runs, _ = fake_runs
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    out = tmp_path / "results"
-    assert main(["report", str(runs), "--out", str(out), "--wandb-project", "ssl-bench-test"]) == 0
-    assert "## toy" in capsys.readouterr().out
-    assert list((out / "wandb").glob("offline-run-*")), "the summary run is written offline beside the results"
-
-
 def _rows(csv_path: Path) -> dict:
     with open(csv_path) as f:
         return {(r["method"], float(r["fraction"]), int(r["draw"])): r for r in csv.DictReader(f)}
@@ -352,7 +267,7 @@ def test_no_records_reports_only_the_run_folders(fake_runs, tmp_path, capsys):
 
 def test_report_without_finished_runs_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "results"), "--no-wandb"]) == 2
-    assert f"no finished runs (no metrics.json) under {tmp_path}" in capsys.readouterr().err
+    assert f"no finished runs (no readable metrics.json) under {tmp_path}" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -439,4 +354,4 @@ def test_training_seed_replicates_are_compared_with_the_run_of_the_draws_seed(tm
     assert second.vs_first.p_value == pytest.approx(wilcoxon(ours, theirs).pvalue)
     assert second.dice == pytest.approx(np.mean(ours)) and replicate_set.dice.n == 3
     text = write_report(runs, tmp_path / "results")["markdown"].read_text()
-    assert "## Training-seed replicates" in text and "| supervised-seed100 | 100 |" in text
+    assert "### Replicates" in text and "| supervised-seed100 | 100 | unknown |" in text

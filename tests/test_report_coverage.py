@@ -1,0 +1,59 @@
+"""The report lists the cells of the sweeps its runs belong to that have no result (a stopped sweep, a failed cell)."""
+
+import pytest
+
+from report_fakes import DICE, write_config, write_fake_run
+from ssl_bench.cli import main
+from ssl_bench.report import read_runs
+from ssl_bench.report.coverage import NOT_RUN, STARTED, sweep_coverage, sweeps_of
+
+SWEEP = """data: synthetic
+methods: [supervised, mean_teacher]
+fractions: [0.5]
+draws: [0, 1]
+"""
+
+
+@pytest.fixture
+def stopped_sweep(tmp_path):
+    """A sweep stopped after two of its four cells, a third one started (its folder has a config, no metrics)."""
+    sweeps, runs = tmp_path / "sweeps", tmp_path / "runs"
+    sweeps.mkdir()
+    (sweeps / "toy_sweep.yaml").write_text(SWEEP)
+    for method, draw in (("supervised", 0), ("mean_teacher", 0)):
+        write_fake_run(runs, method, 0.5, draw, DICE[method, 0.5, draw], dataset="synthetic")
+        write_config(runs / "synthetic" / method / "frac0.5" / f"draw{draw}", method, tags=["sweep=toy_sweep"])
+    started = runs / "synthetic" / "mean_teacher" / "frac0.5" / "draw1"
+    started.mkdir(parents=True)
+    write_config(started, "mean_teacher", tags=["sweep=toy_sweep"])
+    return sweeps, runs
+
+
+def test_missing_cells_of_a_stopped_sweep(stopped_sweep):
+    sweeps, runs = stopped_sweep
+    loaded = read_runs(runs)
+    assert sweeps_of(loaded.runs) == ["toy_sweep"]
+    (coverage,) = sweep_coverage(loaded.runs, sweeps, runs)
+    assert coverage.n_cells == 4
+    assert sorted((c.method, c.draw, c.state) for c in coverage.missing) == [
+        ("mean_teacher", 1, STARTED), ("supervised", 1, NOT_RUN)]
+
+
+def test_the_report_command_says_which_cells_are_missing(stopped_sweep, tmp_path, capsys):
+    """Regression: after a stopped sweep the report said "2 finished runs" and nothing about the other cells."""
+    sweeps, runs = stopped_sweep
+    out = tmp_path / "results"
+    assert main(["report", str(runs), "--out", str(out), "--no-wandb", "--sweeps-dir", str(sweeps)]) == 0
+    err = capsys.readouterr().err
+    assert "sweep toy_sweep: 2 of 4 cells have no result" in err and "method=supervised fraction=0.5 draw=1" in err
+    text = (out / "summary.md").read_text()
+    assert "- `toy_sweep` (" in text and "2 of 4 cells have no result" in text
+    assert "  - mean_teacher: 0.5 draw 1 (started, not finished)" in text
+    assert "  - supervised: 0.5 draw 1" in text
+
+
+def test_a_sweep_without_its_file_is_named(stopped_sweep, tmp_path):
+    sweeps, runs = stopped_sweep
+    (sweeps / "toy_sweep.yaml").unlink()
+    (coverage,) = sweep_coverage(read_runs(runs).runs, sweeps)
+    assert coverage.missing == [] and "no sweep file toy_sweep.yaml" in coverage.problem

@@ -1,0 +1,77 @@
+"""The figures: one fixed colour per method in every figure, methods and their variants apart, legends off the
+data, a cost-vs-Dice figure."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
+
+from report_fakes import DICE, write_config, write_fake_run  # noqa: E402
+from ssl_bench.registry import method_names  # noqa: E402
+from ssl_bench.report import read_runs  # noqa: E402
+from ssl_bench.report.plots import (METHOD_COLOURS, figure_cost_vs_dice, figure_dice_vs_fraction,  # noqa: E402
+                                    figure_variants, method_colour, save_figure)
+from ssl_bench.report.summary import summarize  # noqa: E402
+
+
+def test_every_registered_method_has_its_own_fixed_colour():
+    colours = [method_colour(m) for m in method_names()]
+    assert len(set(colours)) == len(colours)
+    assert all(m in METHOD_COLOURS for m in method_names()), "a new method needs its entry in METHOD_COLOURS"
+    assert method_colour("mean_teacher-lambda_max1.0") == method_colour("mean_teacher")
+    assert method_colour("my_method") == method_colour("my_method-lr0.1")  # a stable fallback for a new name
+
+
+@pytest.fixture
+def summary(tmp_path):
+    runs = tmp_path / "runs"
+    for (method, fraction, draw), cases in DICE.items():
+        write_fake_run(runs, method, fraction, draw, cases, seconds_per_step=1.0 if method == "supervised" else 2.0)
+        write_config(runs / "toy" / method / f"frac{fraction}" / f"draw{draw}", method, data__draw=draw)
+    for draw in (0, 1):
+        folder = "mean_teacher-lambda_max1.0"
+        write_fake_run(runs, "mean_teacher", 0.5, draw, DICE["supervised", 0.5, draw], folder_name=folder)
+        write_config(runs / "toy" / folder / "frac0.5" / f"draw{draw}", "mean_teacher", method__lambda_max=1.0,
+                     run__tag="lambda_max1.0", data__draw=draw)
+    return summarize(read_runs(runs))
+
+
+def _line_colours(fig) -> dict:
+    """label (without its draw count) -> colour of every error-bar line of the figure."""
+    colours = {}
+    for ax in fig.axes:
+        for container in ax.containers:
+            label = container.get_label().split(" (")[0]
+            colours.setdefault(label, set()).add(to_hex(container.lines[0].get_color()))
+    return colours
+
+
+def _legends_clear_of_the_data(fig) -> bool:
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.get_window_extent(renderer) for ax in fig.axes if ax.get_visible()]
+    legends = [ax.get_legend().get_window_extent(renderer) for ax in fig.axes if ax.get_legend()]
+    return bool(legends) and not any(legend.overlaps(box) for legend in legends for box in boxes)
+
+
+def test_methods_and_variants_are_in_separate_figures_in_fixed_colours(summary):
+    methods = [g for g in summary.fraction_groups() if not g.is_variant]
+    figures = [figure_dice_vs_fraction(methods, summary.noise_floors), figure_variants(summary.fraction_groups()),
+               figure_cost_vs_dice(summary)]
+    try:
+        main, variants, cost = (_line_colours(f) for f in figures)
+        assert "mean_teacher-lambda_max1.0" not in main and "mean_teacher-lambda_max1.0" in variants
+        for colours in (main, variants, cost):
+            for label, found in colours.items():
+                assert found == {method_colour(label)}, label
+        assert {"supervised", "mean_teacher"} <= set(main) & set(variants) & set(cost)
+        assert all(_legends_clear_of_the_data(f) for f in figures)
+    finally:
+        for f in figures:
+            plt.close(f)
+
+
+def test_a_figure_with_nothing_to_draw_is_not_written(tmp_path):
+    assert save_figure(None, tmp_path / "x.png") is None and not (tmp_path / "x.png").exists()
