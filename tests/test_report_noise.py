@@ -130,3 +130,16 @@ def test_the_report_shows_the_noise_floor_replicates_and_cross_hardware_marks(re
     co_training = next(line for line in headline.splitlines() if line.startswith("| co_training |"))
     assert "†" in co_training
     assert "| co_training | 0.5 | 1 | 1 | NVIDIA H200 vs unknown † |" in text
+
+
+def test_no_pair_across_hardware_where_the_draw_has_one_on_the_same_hardware(replicated_runs):
+    """mean_teacher draw 1 on the H200 beside its CPU run: supervised has no H200 run of draw 1, and comparing the
+    H200 run with the CPU one would add the hardware's own effect (the CPU pair already compares draw 1)."""
+    folder = replicated_runs / "toy" / "mean_teacher" / "frac0.5" / "draw1@nvidia-h200"
+    write_fake_run(replicated_runs, "mean_teacher", 0.5, 1, _cases(11, 0.79), provenance=H200,
+                   draw_folder=folder.name)
+    write_config(folder, "mean_teacher", data__draw=1, logging__wandb=False)
+    mt = next(g for g in summarize_groups(load_runs(replicated_runs)) if g.method == "mean_teacher")
+    assert mt.n_runs == 4 and mt.dice.n == 2
+    assert [(p.draw, p.run.hardware) for p in mt.pairs] == [(0, "NVIDIA H200"), (0, "unknown"), (1, "unknown")]
+    assert mt.cross_hardware_pairs == []

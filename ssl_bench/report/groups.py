@@ -7,8 +7,8 @@ supervised run of the same tag (or, for a variant of a method-only setting, the 
 
 Replicates (runs of one config with another training seed, or on other hardware) are pooled: a group's Dice
 is the mean over draws of each draw's mean over its replicates, and its paired test pools the per-case pairs
-of every method run with the reference run of the same draw and seed, on the same hardware where there is one
-(else on other hardware, and the comparison is marked as crossing hardware).
+of every method run with the reference run of the same draw and seed on the same hardware; only a draw and seed
+without any same-hardware pair is compared across hardware, and the comparison is marked as such.
 """
 
 from __future__ import annotations
@@ -119,14 +119,19 @@ def _common_cases(run: Run, reference: Run) -> List[str]:
 
 
 def match_references(runs: Iterable[Run], references: List[Run]) -> List[Tuple[Run, Run]]:
-    """Each run with the reference run of the same draw and seed, of the same hardware where there is one;
-    runs without such a reference are left out."""
-    pairs = []
+    """Each run with the reference run of the same draw and seed on the same hardware. A run without one is
+    compared across hardware only when no run of its draw and seed has a same-hardware reference: such a pair's
+    difference includes the hardware's own effect, which a same-hardware pair of that draw and seed does not.
+    Runs without a reference of their draw and seed are left out."""
+    by_cell: Dict[Tuple[int, int], List[Run]] = {}
     for run in runs:
-        candidates = [r for r in references if (r.draw, r.seed) == (run.draw, run.seed)]
-        same_hardware = [r for r in candidates if r.hardware == run.hardware]
-        if candidates:
-            pairs.append((run, (same_hardware or candidates)[0]))
+        by_cell.setdefault((run.draw, run.seed), []).append(run)
+    pairs = []
+    for (draw, seed), members in by_cell.items():
+        candidates = [r for r in references if (r.draw, r.seed) == (draw, seed)]
+        same = [(run, next(r for r in candidates if r.hardware == run.hardware)) for run in members
+                if any(r.hardware == run.hardware for r in candidates)]
+        pairs += same or [(run, candidates[0]) for run in members if candidates]
     return pairs
 
 

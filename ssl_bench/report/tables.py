@@ -218,8 +218,9 @@ def full_table_markdown(summary: Summary, dataset: str) -> List[str]:
                                                           "as papers that select on the test set report it" if audited else "")
              + f". \"vs {REFERENCE_METHOD}\": median per-case Dice difference, two-sided paired Wilcoxon signed-rank p "
              "(scipy.stats.wilcoxon) and the number of (run pair, test case) pairs: each run matched with the "
-             f"`{REFERENCE_METHOD}` run of the same draw and training seed, on the same hardware where there is one, "
-             "pooled over draws, seeds and hardware; a case counts once per run pair. HD95 in the data's spacing "
+             f"`{REFERENCE_METHOD}` run of the same draw and training seed on the same hardware (across hardware, marked, "
+             "only for a draw and seed without a same-hardware pair), pooled over draws, seeds and hardware; a case "
+             "counts once per run pair. HD95 in the data's spacing "
              "(mm where the images carry it).", "", *_header(header)]
     for g in members:
         marks = (CROSS_HARDWARE if g.cross_hardware_pairs else "") + (PROTOCOL_DIFFERS if g.protocol_differences else "")
