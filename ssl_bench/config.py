@@ -337,6 +337,10 @@ class EvalConfig:
     sw_overlap: float = 0.5
     hd_percentile: float = 95.0
     save_predictions: bool = False
+    # The test-selection audit (ssl_bench/audit.py): also score the test cases at every validation and evaluate the
+    # checkpoint best on them ("test_best"), as public code behind published results selects. Used for nothing
+    # else; it costs one evaluation of the test cases per validation.
+    test_selection_audit: bool = True
 
 
 @dataclass

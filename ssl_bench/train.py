@@ -2,7 +2,7 @@
 
 Run folder ``runs/<dataset>/<method>/frac<f>/draw<d>/`` holds ``config.yaml``, ``splits.json``,
 ``partial_annotations.json`` (which organs of which labeled case are annotated, data.partial),
-``checkpoints/`` (``last.ckpt``, ``best-*.ckpt``), ``csv/`` logs, ``wandb/`` (offline runs),
+``checkpoints/`` (``last.ckpt``, ``best-*.ckpt``, ``test_best-*.ckpt``: ssl_bench/audit.py), ``csv/`` logs, ``wandb/`` (offline runs),
 ``per_case.csv`` and ``metrics.json``. ``metrics.json`` is written last and atomically: it is the mark
 of a finished run. Re-running the same command resumes from ``last.ckpt``; a finished run is
 reported and skipped unless ``force``.
@@ -32,6 +32,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig
 
+from ssl_bench.audit import TAG as AUDIT_TAG
+from ssl_bench.audit import TestSelectionAudit
 from ssl_bench.callbacks import CheckpointOnStop, ResumeCheckpoint, StepTimer, TrainingRandomState
 from ssl_bench.config import (ConfigError, data_root, resolve_project_path, run_dir, run_seed,
                               saved_config_differences, to_yaml)
@@ -169,6 +171,12 @@ def format_summary(metrics: dict) -> str:
             star = "*" if (tag, model) == (primary["checkpoint"], primary["model"]) else " "
             vals = [s[f"dice_{c}"] for c in fg] + [s["dice_mean"], s["hd95_mean"]]
             lines.append("  ".join([f"{tag + star:>14}", f"{model:>14}"] + [f"{v:14.4f}" for v in vals]))
+    if "test_selection" in metrics:
+        audit = metrics["test_selection"]
+        lines.append(f"{AUDIT_TAG}: the checkpoint best on the test cases (step {audit['best_step']}), an audit of "
+                     f"test-set selection, never a result; scoring the test cases cost "
+                     f"{audit['seconds_per_validation']:.1f} s per validation ({audit['cost_vs_validation']:.1f}x the "
+                     f"validation's own time)")
     lines.append(f"* primary result (last checkpoint{', ' + primary['model'] if len(metrics['results']['last']) > 1 else ''}). "
                  f"{metrics['steps']} steps, {metrics['seconds_per_step']:.3f} s/step, "
                  f"wall {metrics['wall_time_s']:.0f} s. Run folder: {metrics['run_dir']}")
@@ -239,6 +247,9 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     loggers = _loggers(cfg, run)
     callbacks = [best_cb, resume_cb, CheckpointOnStop(ckpt_dir / LAST), timer, TrainingRandomState(),
                  LearningRateMonitor(logging_interval="step")]
+    audit = TestSelectionAudit(ckpt_dir) if cfg.eval.test_selection_audit else None
+    if audit is not None:
+        callbacks.append(audit)
     if cfg.logging.log_images and any(isinstance(lg, WandbLogger) for lg in loggers):
         callbacks.append(ImageOverlays())
     t = cfg.trainer
@@ -262,15 +273,16 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     resumed_step = trainer.global_step - timer.steps_this_process
 
     best = best_cb.best_model_path or str(last)
-    for tag, path in (("last", str(last)), ("best", best)):
+    evaluated = [("last", str(last)), ("best", best)]
+    if audit is not None and audit.best_path:
+        evaluated.append((AUDIT_TAG, audit.best_path))
+    rows: List[dict] = []
+    for tag, path in evaluated:
         module.checkpoint_tag = tag
         trainer.test(module, datamodule=dm, ckpt_path=path, verbose=False)
-        if tag == "last":
-            rows = list(module.test_rows)
-            if cfg.eval.save_predictions and trainer.is_global_zero:
-                _save_predictions(module, dm, run / "predictions")
-        else:
-            rows += module.test_rows
+        rows += module.test_rows
+        if tag == "last" and cfg.eval.save_predictions and trainer.is_global_zero:
+            _save_predictions(module, dm, run / "predictions")
 
     foreground = manifest.foreground_labels
     metrics = {
@@ -288,6 +300,8 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         "run_dir": str(run),
         **prerequisite_metrics,
     }
+    if audit is not None:
+        metrics["test_selection"] = audit.summary()
     metrics["primary"].update(metrics["results"]["last"][cfg.method.primary_model])
     if trainer.is_global_zero:
         _write_per_case(run / "per_case.csv", rows)

@@ -26,6 +26,13 @@ def test_ddp_training_deals_the_protocols_global_batch_out_to_the_ranks(method, 
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(next((tmp_path / "runs").rglob("metrics.json")).read_text())
     assert metrics["steps"] == steps and metrics["primary"]["dice_mean"] >= 0
+    # The test-selection audit (ssl_bench/audit.py): each rank scores its share of the (odd number of) test cases and
+    # the rows are gathered with the padding duplicate dropped, so the score it selected on is test_best's own.
+    audit, primary = metrics["test_selection"], metrics["primary"]["model"]
+    assert metrics["n_test"] % 2 == 1 and audit["validations_scored"] == 2
+    assert metrics["results"]["test_best"][primary]["n_cases"] == metrics["n_test"]
+    assert metrics["results"]["test_best"][primary]["dice_mean"] == pytest.approx(audit["test_dice_at_selection"],
+                                                                                 abs=1e-12)
     ranks = [json.loads((positions / f"rank{r}.json").read_text()) for r in (0, 1)]
     parts = ["labeled", "unlabeled"] if method == "mean_teacher" else ["labeled"]
     assert len(ranks[0]) == len(ranks[1]) == steps

@@ -53,7 +53,7 @@ def test_supervised_end_to_end_then_skip_then_force(tmp_path, synthetic_cache, c
     assert splits["labeled"] == split.labeled and splits["unlabeled"] == split.unlabeled
     assert splits["test"] == manifest.test and splits["validation"] == manifest.validation
     assert metrics["n_labeled"] == len(split.labeled) and metrics["steps"] == 6
-    assert set(metrics["results"]) == {"last", "best"}
+    assert set(metrics["results"]) == {"last", "best", "test_best"}  # test_best: the audit (tests/test_audit.py)
     primary = metrics["primary"]
     assert primary["checkpoint"] == "last" and primary["model"] == "student"
     assert 0.0 <= primary["dice_mean"] <= 1.0 and math.isfinite(primary["hd95_mean"])
@@ -61,7 +61,7 @@ def test_supervised_end_to_end_then_skip_then_force(tmp_path, synthetic_cache, c
 
     with open(run / "per_case.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * len(manifest.test)            # last and best, every test case once
+    assert len(rows) == 3 * len(manifest.test)            # last, best and test_best, every test case once
     assert {r["case_id"] for r in rows} == set(manifest.test)
     assert {"dice_organ1", "hd95_organ3", "dice_mean", "checkpoint", "model"} <= set(rows[0])
     last_mean = np.nanmean([float(r["dice_mean"]) for r in rows if r["checkpoint"] == "last"])

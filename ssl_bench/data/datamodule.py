@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from monai import transforms as T
 from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate, set_track_meta
+from torch.utils.data import DistributedSampler
 
 from ssl_bench.config import ConfigError, run_seed
 from ssl_bench.data.device_augment import AugmentationParameters, DeviceBatches
@@ -226,3 +227,11 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._eval_loader("test")
+
+    def test_shard_loader(self, rank: int, world_size: int) -> DataLoader:
+        """The test cases of one DDP rank, whole, one per batch (padded to equal shares as Lightning's test loader is),
+        for an evaluation inside another loop (the test-selection audit, ssl_bench/audit.py). Its own generator:
+        iterating it draws nothing from the global random state."""
+        sampler = DistributedSampler(self._dataset("test"), num_replicas=world_size, rank=rank, shuffle=False)
+        return DataLoader(self._dataset("test"), batch_size=1, sampler=sampler, num_workers=0,
+                          generator=torch.Generator())

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import lightning.pytorch as pl
 import torch
@@ -68,6 +68,7 @@ class SegmentationMethod(pl.LightningModule):
         self.checkpoint_tag = "last"
         self.test_rows: List[dict] = []
         self._stores: Dict[str, CatMetric] = {}
+        self._scored_with_hd: Dict[str, bool] = {}  # per stage: whether its rows hold HD95 (their width)
 
     # ---- what methods override -------------------------------------------------------------------
     def build_network(self) -> Backbone:
@@ -212,26 +213,31 @@ class SegmentationMethod(pl.LightningModule):
             self._stores[key] = CatMetric(nan_strategy="disable").to(self.device)
         return self._stores[key]
 
-    def _evaluate_batch(self, stage: str, batch, with_hd: bool) -> dict:
+    def evaluate_batch(self, stage: str, batch, with_hd: bool, models: Optional[Sequence[str]] = None) -> dict:
+        """Scores one whole case with each evaluated network (or those named in ``models``) into ``stage``'s stores;
+        returns the predictions."""
         image, label = batch["image"], batch["label"]
         spacing = batch["spacing"][0].tolist()
         outputs = {}
-        for name in self.evaluation_networks():
+        for name in models or self.evaluation_networks():
             pred = self.predict_labels(name, image)[0]
             m = case_metrics(pred.cpu(), label[0, 0].cpu(), self.num_classes, spacing,
                              self.cfg.eval.hd_percentile, with_hd=with_hd)
             values = [float(batch["case_index"][0])] + m["dice"] + m.get("hd95", [])
+            self._scored_with_hd[stage] = with_hd
             self._store(f"{stage}/{name}").update(torch.tensor([values], dtype=torch.float64, device=self.device))
             outputs[name] = pred
         return outputs
 
-    def _collect(self, stage: str) -> Dict[str, List[dict]]:
-        """Per model, one row per case in case order (duplicates from DDP sampler padding removed)."""
+    def collect_rows(self, stage: str, models: Optional[Sequence[str]] = None) -> Dict[str, List[dict]]:
+        """Per model (each evaluated network, or those in ``models``), one row per case scored into ``stage``'s stores
+        since the last call, in case order, gathered from every DDP rank (duplicates from sampler padding removed).
+        Every rank must call it (a collective under DDP)."""
         k = len(self.foreground)
-        width = 1 + (2 * k if stage == "test" else k)
         out = {}
-        for name in self.evaluation_networks():
+        for name in models or self.evaluation_networks():
             store = self._store(f"{stage}/{name}")
+            width = 1 + (2 * k if self._scored_with_hd.get(stage) else k)
             values = store.compute().reshape(-1, width).cpu().tolist() if store.update_count else []
             store.reset()
             rows, seen = [], set()
@@ -245,14 +251,14 @@ class SegmentationMethod(pl.LightningModule):
         return out
 
     def validation_step(self, batch, batch_idx):
-        preds = self._evaluate_batch("val", batch, with_hd=False)
+        preds = self.evaluate_batch("val", batch, with_hd=False)
         if batch_idx < self.cfg.logging.n_images:
             primary = self.cfg.method.primary_model
             return {"image": batch["image"], "label": batch["label"], "pred": preds[primary]}
         return None
 
     def on_validation_epoch_end(self):
-        for name, rows in self._collect("val").items():
+        for name, rows in self.collect_rows("val").items():
             prefix = "val" if name == self.cfg.method.primary_model else f"val_{name}"
             self.log(f"{prefix}/dice_mean", nanmean(r["dice_mean"] for r in rows), sync_dist=True,
                      prog_bar=prefix == "val")
@@ -263,9 +269,9 @@ class SegmentationMethod(pl.LightningModule):
         self.test_rows = []
 
     def test_step(self, batch, batch_idx):
-        self._evaluate_batch("test", batch, with_hd=True)
+        self.evaluate_batch("test", batch, with_hd=True)
 
     def on_test_epoch_end(self):
-        for name, rows in self._collect("test").items():
+        for name, rows in self.collect_rows("test").items():
             self.test_rows += [{"checkpoint": self.checkpoint_tag, "model": name, **r} for r in rows]
 
