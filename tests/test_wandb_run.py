@@ -126,5 +126,6 @@ def test_an_offline_run_holds_visible_panels_and_a_summary_to_compare_methods(tm
     assert summary["cost/n_parameters"] == metrics["n_parameters"] and summary["cost/peak_memory_mb"] > 0
     assert summary["test/per_case/_type"] == "table-file"
     table = json.loads((offline_runs[0] / "files" / summary["test/per_case/path"]).read_text())
-    assert "case_id" in table["columns"] and len(table["data"]) == 2 * 2 * metrics["n_test"]  # 2 checkpoints, 2 nets
+    # checkpoints last, best and test_best (the test-selection audit), two networks each
+    assert "case_id" in table["columns"] and len(table["data"]) == 3 * 2 * metrics["n_test"]
     assert config["method"]["name"] == "mean_teacher" and config["data"]["fraction"] == 0.5
