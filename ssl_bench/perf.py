@@ -110,17 +110,18 @@ def breakdown_from_profile(durations: Dict[str, List[float]], per_step: float, s
     return StepBreakdown(per_step, forward, backward, mean_of(lambda n: n.endswith("train_dataloader_next")))
 
 
-def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None):
+def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None, profile: bool = True):
     """The step through the stack (a StepBreakdown) and, with ``between_steps`` (a class such as MinimumRound or
     BareStep, built from ``(cfg, manifest, method_cls, datamodule)``), the mean seconds of its work, done after each
-    timed step, and the object built (None and None without)."""
+    timed step, and the object built (None and None without). Without ``profile`` the step runs as in
+    ``ssl-bench train``, without the profiler's own cost (it wraps every hook), and its parts are NaN."""
     manifest, method_cls, dm = _setup(cfg)
     between = between_steps(cfg, manifest, method_cls, dm) if between_steps else None
     pl.seed_everything(0)
     module = _new_module(cfg, manifest, method_cls)
     clock = _StepClock(warmup, between)
     with tempfile.TemporaryDirectory() as report_dir:  # the profiler's own report is not needed
-        profiler = SimpleProfiler(dirpath=report_dir, filename="profile")
+        profiler = SimpleProfiler(dirpath=report_dir, filename="profile") if profile else None
         trainer = pl.Trainer(max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
@@ -128,7 +129,10 @@ def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None):
                              log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=[clock], profiler=profiler)
         trainer.fit(module, datamodule=dm)
     per_step = statistics.fmean(clock.step_seconds)
-    step = breakdown_from_profile(profiler.recorded_durations, per_step, steps, module.automatic_optimization)
+    if profiler is None:
+        step = StepBreakdown(per_step, math.nan, math.nan, math.nan)
+    else:
+        step = breakdown_from_profile(profiler.recorded_durations, per_step, steps, module.automatic_optimization)
     return step, (statistics.fmean(clock.between_seconds) if between else None), between
 
 
@@ -293,7 +297,8 @@ def main(argv=None) -> int:
     torch.set_flush_denormal(True)  # as train() does, for both sides of the comparison
     overrides = ["logging.wandb=false", *args.overrides]
     cfg = load_config("supervised", args.data, split_overrides(overrides)[0])
-    step, bare_seconds, _ = stack_step_breakdown(cfg, args.warmup, args.steps, BareStep)
+    # As `ssl-bench train` runs it: no profiler (the method table below profiles every method alike).
+    step, bare_seconds, _ = stack_step_breakdown(cfg, args.warmup, args.steps, BareStep, profile=False)
     stack, bare = 1.0 / step.per_step, 1.0 / bare_seconds
     d, t = cfg.data, cfg.trainer
     from ssl_bench.gpu_check import device_name
