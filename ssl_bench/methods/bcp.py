@@ -27,9 +27,8 @@ import torch
 from ssl_bench.config import BCPConfig
 from ssl_bench.losses.mixing import bcp_outside_mask, bidirectional_copy_paste, paste
 from ssl_bench.losses.pseudo_label import hard_pseudo_labels, largest_component_per_class, source_dice_ce
-from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.methods.mean_teacher import MeanTeacher
 from ssl_bench.registry import register_method
-from ssl_bench.utils.ema import ema_update, frozen_copy
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
@@ -37,16 +36,9 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
 
 
 @register_method("bcp")
-class BidirectionalCopyPaste(SegmentationMethod):
+class BidirectionalCopyPaste(MeanTeacher):
+    """Mean Teacher's teacher and its update; BCP's own losses (none of Mean Teacher's noise or consistency)."""
     config_class = BCPConfig
-    uses_unlabeled = True
-
-    def __init__(self, cfg, class_names, case_ids):
-        super().__init__(cfg, class_names, case_ids)
-        self.teacher = frozen_copy(self.net)
-
-    def evaluation_networks(self):
-        return {"student": self.net, "teacher": self.teacher}
 
     def in_unlabeled_stage(self) -> bool:
         m = self.cfg.method
@@ -95,8 +87,6 @@ class BidirectionalCopyPaste(SegmentationMethod):
     def unsupervised_weight(self) -> float:
         return self.cfg.method.unlabeled_weight
 
-    def optimizer_step(self, *args, **kwargs):
-        super().optimizer_step(*args, **kwargs)
-        # global_step is still this step's index here (Lightning counts the step once this hook returns).
-        decay = self.cfg.method.ema_decay if self.in_unlabeled_stage() else 0.0
-        ema_update(self.teacher, self.net, decay)
+    def teacher_decay(self) -> float:
+        # Stage 1: the teacher is the student's copy, so that stage 2 starts it from the stage-1 student.
+        return self.cfg.method.ema_decay if self.in_unlabeled_stage() else 0.0

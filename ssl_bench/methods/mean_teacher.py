@@ -47,8 +47,13 @@ class MeanTeacher(SegmentationMethod):
             teacher_probs = self.teacher(self.perturb(images)).softmax(dim=1)
         return probability_mse(self.student_probs(images), teacher_probs)
 
+    def teacher_decay(self) -> float:
+        """The EMA decay of this step's teacher update (0: the teacher becomes a copy of the student)."""
+        return self.cfg.method.ema_decay
+
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         # The teacher follows the updated student within the step, before any end-of-step hook: a checkpoint
-        # taken at the step's end (CheckpointOnStop) then holds this step's teacher.
-        ema_update(self.teacher, self.net, self.cfg.method.ema_decay)
+        # taken at the step's end (CheckpointOnStop) then holds this step's teacher. global_step is still this
+        # step's index here (Lightning counts the step once this hook returns).
+        ema_update(self.teacher, self.net, self.teacher_decay())
