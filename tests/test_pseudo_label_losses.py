@@ -213,3 +213,16 @@ def test_feature_dropout_drops_whole_channels_of_the_perturbed_samples_only():
     assert ((per_channel == 0).all(-1) | (per_channel == 2).all(-1)).all()  # kept channels scaled by 1 / (1 - p)
     assert 0.3 < (per_channel[..., 0] == 0).float().mean() < 0.7
     assert torch.equal(out, feature_dropout(features, 0.5, perturbed, _generator()))
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 12, 12), (2, 1, 10, 9, 8)])
+def test_the_device_path_of_the_largest_component_equals_scipys(shape):
+    """The GPU path (label propagation) run on the CPU against scipy.ndimage.label, on blobby random maps with
+    several components per class, touching ones included."""
+    from ssl_bench.losses.pseudo_label import _largest_components_on_device
+    torch.manual_seed(0)
+    smooth = F.avg_pool3d if len(shape) == 5 else F.avg_pool2d
+    for _ in range(5):
+        noise = smooth(torch.rand(shape[0], 3, *shape[2:]), 3, stride=1, padding=1)
+        labels = noise.argmax(dim=1, keepdim=True)
+        assert torch.equal(_largest_components_on_device(labels, 3), largest_component_per_class(labels, 3))

@@ -6,6 +6,7 @@ labels; masks (B, 1, *spatial) bool. A pseudo-label is a decision (argmax), so n
 
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import numpy as np
@@ -79,9 +80,12 @@ def largest_component_per_class(labels: torch.Tensor, num_classes: int) -> torch
     """Each foreground class of each label map (B, 1, *spatial) reduced to its largest connected component (full
     connectivity, as skimage.measure.label in Bai et al.'s code); the other components become background (0).
 
-    scipy on the CPU (skimage, MONAI's KeepLargestConnectedComponent backend, is not a dependency here): a pseudo-label
-    batch is a few small maps, copied to the host and back.
-    """
+    On a GPU by label propagation on the device (``_largest_components_on_device``): the maps never leave it, and
+    a convergence check every few propagation steps is the only wait; on the CPU by scipy.ndimage.label (skimage, MONAI's KeepLargestConnectedComponent
+    backend, is not a dependency here). Both give the same maps (tested), but for which of two equally large
+    components is kept."""
+    if labels.is_cuda:
+        return _largest_components_on_device(labels, num_classes)
     maps = labels.detach().cpu().numpy()
     out = np.zeros_like(maps)
     structure = ndimage.generate_binary_structure(maps.ndim - 2, maps.ndim - 2)
@@ -94,3 +98,36 @@ def largest_component_per_class(labels: torch.Tensor, num_classes: int) -> torch
             sizes[0] = 0
             out[b, 0][components == sizes.argmax()] = cls
     return torch.from_numpy(out).to(labels.device)
+
+
+# Propagation steps between two convergence checks (each check waits for the device once).
+_PROPAGATION_CHUNK = 8
+
+
+def _largest_components_on_device(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """largest_component_per_class by max-propagation: every voxel of class c in map b starts with its own index
+    (unique over the batch and classes); a max-pool over the full 3^d neighbourhood, restricted to the class, spreads
+    the largest index through each connected component until nothing changes; the component with most voxels in
+    each (map, class) is kept."""
+    batch, spatial = labels.shape[0], labels.shape[2:]
+    classes = torch.arange(1, num_classes, device=labels.device).reshape(1, -1, *([1] * len(spatial)))
+    member = (labels == classes).reshape(-1, 1, *spatial)  # (B·(C-1), 1, *spatial): one map per (sample, class)
+    voxels = math.prod(spatial)
+    count = member.shape[0] * voxels
+    dtype = torch.float32 if count < 2 ** 24 else torch.float64  # indices exact in the float max-pool
+    index = torch.arange(1, count + 1, device=labels.device, dtype=dtype).reshape(member.shape)
+    component = torch.where(member, index, torch.zeros((), dtype=dtype, device=labels.device))
+    pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[len(spatial) - 1]
+    while True:
+        previous = component
+        for _ in range(_PROPAGATION_CHUNK):
+            component = torch.where(member, pool(component, 3, stride=1, padding=1), component)
+        if torch.equal(component, previous):
+            break
+    ids = component.long().reshape(-1)
+    sizes = torch.bincount(ids, minlength=count + 1)[1:].reshape(-1, voxels)  # per map, size of each component id
+    largest = sizes.argmax(dim=1) + 1 + torch.arange(sizes.shape[0], device=labels.device) * voxels
+    keep = (component.long().reshape(sizes.shape[0], -1) == largest[:, None]) & (sizes.amax(dim=1) > 0)[:, None]
+    keep = keep.reshape(batch, num_classes - 1, *spatial)
+    kept_class = (keep * classes).sum(dim=1, keepdim=True)
+    return kept_class.to(labels.dtype)
