@@ -36,9 +36,10 @@ def test_features_of_a_copy_come_from_the_copy():
         for p in twin.parameters():
             p.add_(1.0)
     x = torch.randn(1, 1, 16, 16, 16)
+    hooks = sum(len(m._forward_hooks) for m in net.modules())
     assert not torch.allclose(net.forward_features(x).bottleneck, twin.forward_features(x).bottleneck)
     # forward_features leaves no hooks behind
-    assert not any(m._forward_hooks for m in net.modules())
+    assert sum(len(m._forward_hooks) for m in net.modules()) == hooks
 
 
 def test_dropout_makes_passes_stochastic_in_train_mode():
@@ -84,21 +85,22 @@ def test_fcn_fuses_by_summing_an_upsampled_coarse_path_into_each_finer_map(num_r
 @pytest.mark.parametrize("dims, shape", [(3, (2, 1, 32, 48, 32)), (2, (2, 1, 32, 48))])
 @pytest.mark.parametrize("arch, channels",
                          [("unet", [4, 8, 16]), ("basic_unet", [4, 4, 8, 8, 16, 4]), ("fcn", [4, 8, 16])])
-def test_forward_perturbed_decodes_the_perturbed_bottleneck(dims, shape, arch, channels):
-    """UniMatch's feature perturbation: the decoder sees perturb(bottleneck), the encoder is untouched."""
+def test_forward_scaled_decodes_the_scaled_bottleneck(dims, shape, arch, channels):
+    """UniMatch's feature perturbation: the decoder sees scale · bottleneck, the encoder is untouched."""
     net = build_backbone(_cfg(arch=arch, channels=channels), dims, in_channels=1, out_channels=3).eval()
     x = torch.randn(*shape)
-    seen = []
-
-    def record(features):
-        seen.append(features.shape)
-        return features
-
-    torch.testing.assert_close(net.forward_perturbed(x, record), net(x))
-    assert seen == [net.forward_features(x).bottleneck.shape]
-    # Zeroing the bottleneck changes the logits everywhere it reaches, and only through the decoder.
-    zeroed = net.forward_perturbed(x, torch.zeros_like)
-    assert not torch.allclose(zeroed, net(x))
-    shifted_first = net.forward_perturbed(x, lambda f: torch.cat([torch.zeros_like(f[:1]), f[1:]]))
-    torch.testing.assert_close(shifted_first[1:], net(x)[1:])  # per-sample: the other sample is unchanged
-    assert not any(m._forward_hooks for m in net.modules())
+    bottleneck = net.forward_features(x).bottleneck
+    assert bottleneck.shape[1] == net.bottleneck_channels
+    ones = torch.ones(shape[0], net.bottleneck_channels, *([1] * dims))
+    torch.testing.assert_close(net.forward_scaled(x, ones), net(x))
+    assert not torch.allclose(net.forward_scaled(x, 0 * ones), net(x))
+    first_zeroed = ones.clone()
+    first_zeroed[0] = 0
+    torch.testing.assert_close(net.forward_scaled(x, first_zeroed)[1:], net(x)[1:])  # per sample
+    assert net.bottleneck_scale is None  # nothing left behind for the next plain call
+    # A copy (an EMA teacher) scales its own bottleneck, never the original's.
+    twin = copy.deepcopy(net)
+    torch.testing.assert_close(twin.forward_scaled(x, first_zeroed), net.forward_scaled(x, first_zeroed))
+    twin.bottleneck_scale = 0 * ones
+    torch.testing.assert_close(net(x), net.forward_scaled(x, ones))
+    assert not torch.allclose(twin(x), net(x))

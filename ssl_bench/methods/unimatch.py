@@ -7,7 +7,7 @@ without gradient, gives the pseudo-label ŷ = argmax p(u_w) and its confidence m
 after strong intensity augmentation (contrast, gamma, blur, noise; ssl_bench/utils/strong_augment.py) with a CutMix
 box cut from another unlabeled image of the batch, whose pseudo-label and confidence the box's voxels take. The
 feature-perturbed stream decodes u_w with channel dropout (p = 0.5) on the encoder's bottleneck
-(Backbone.forward_perturbed). With L = masked CE + Dice against ŷ on the voxels where the confidence is >= τ:
+(Backbone.forward_scaled). With L = masked CE + Dice against ŷ on the voxels where the confidence is >= τ:
 L_u = 0.5 · mean_k L(p(u_s,k), ŷ_k) + 0.5 · L(p_fp(u_w), ŷ), or the strong views' mean alone without the feature
 stream; the base adds λ·L_u (λ = 1, no ramp). Every random draw comes from stream_generator, so a resumed run
 draws the same views, boxes and dropout masks.
@@ -25,7 +25,7 @@ from ssl_bench.losses.mixing import cutmix, cutmix_boxes, cutmix_partners, paste
 from ssl_bench.losses.pseudo_label import confident_dice_ce, hard_pseudo_labels
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.registry import register_method
-from ssl_bench.utils.strong_augment import StrongIntensity, feature_dropout, strong_intensity
+from ssl_bench.utils.strong_augment import StrongIntensity, feature_dropout_scale, strong_intensity
 
 
 @register_method("unimatch")
@@ -59,9 +59,9 @@ class UniMatch(SegmentationMethod):
         views, targets = self.strong_views(weak, labels, confidence, generator)
         if m.feature_perturbation:
             perturbed = torch.arange(len(views) + 1, device=weak.device).repeat_interleave(weak.shape[0]) == len(views)
-            logits = self.net.forward_perturbed(
-                torch.cat([*views, weak]),
-                lambda features: feature_dropout(features, m.feature_dropout, perturbed, generator))
+            scale = feature_dropout_scale(perturbed.shape[0], self.net.bottleneck_channels, weak.ndim - 2,
+                                          m.feature_dropout, perturbed, generator)
+            logits = self.net.forward_scaled(torch.cat([*views, weak]), scale)
         else:
             logits = self.net(torch.cat(views))
         chunks = logits.split(weak.shape[0])

@@ -8,7 +8,8 @@ features are captured with forward hooks, so the MONAI networks are used unchang
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from functools import partial
+from typing import NamedTuple, Optional
 
 import torch
 from monai.networks.layers.simplelayers import SkipConnection
@@ -24,15 +25,28 @@ class Features(NamedTuple):
     decoder: torch.Tensor      # last decoder feature map before the output layer
 
 
+def _scale_bottleneck(backbone: "Backbone", module, inputs, output):
+    """The bottleneck's forward hook: its output times the backbone's pending scale, if any."""
+    scale = backbone.bottleneck_scale
+    return output if scale is None else output * scale
+
+
 class Backbone(nn.Module):
-    def __init__(self, net: nn.Module, bottleneck: str, decoder: str, spatial_dims: int, out_channels: int):
+    def __init__(self, net: nn.Module, bottleneck: str, decoder: str, spatial_dims: int, out_channels: int,
+                 bottleneck_channels: int):
         super().__init__()
         self.net = net
         self.spatial_dims = spatial_dims
         self.out_channels = out_channels
-        # Submodule names, not references or persistent hooks, so a deepcopy (an EMA teacher) stays independent.
+        # Submodule names, not references, so a deepcopy (an EMA teacher) stays independent.
         self.bottleneck_name = bottleneck
         self.decoder_name = decoder
+        self.bottleneck_channels = bottleneck_channels
+        # forward_scaled's perturbation, applied by a hook registered once: one that came and went with each call
+        # would change the module's hooks between calls, which torch.compile guards on (a recompilation per step).
+        # The hook holds this module through a partial, which a deepcopy rebinds to the copy.
+        self.bottleneck_scale: Optional[torch.Tensor] = None
+        net.get_submodule(bottleneck).register_forward_hook(partial(_scale_bottleneck, self))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -53,19 +67,20 @@ class Backbone(nn.Module):
                 h.remove()
         return Features(logits, captured["bottleneck"], captured["decoder"])
 
-    def forward_perturbed(self, x: torch.Tensor, perturb: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Logits of ``x`` with the bottleneck's output replaced by ``perturb(bottleneck)`` before the decoder sees
-        it: encoder -> perturbation -> decoder (UniMatch's feature perturbation), on every architecture.
+    def forward_scaled(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x`` with the bottleneck's output multiplied by ``scale`` (broadcastable to it, e.g.
+        (B, bottleneck_channels, 1, ..., 1)) before the decoder sees it: encoder -> perturbation -> decoder
+        (UniMatch's feature perturbation, a channel dropout), on every architecture.
 
-        A forward hook on the bottleneck module, whose return value replaces its output: MONAI's UNet nests its
-        decoder around the bottleneck (SkipConnection blocks), so there is no decoder to call on its own; the hook
-        perturbs exactly the tensor that the decoder's first block (and the innermost skip concatenation) receives.
-        The call goes through this module, so hooks on it (pass counting, ``make perf``) see a normal forward."""
-        handle = self.net.get_submodule(self.bottleneck_name).register_forward_hook(lambda m, i, o: perturb(o))
+        By a forward hook on the bottleneck module: MONAI's UNet nests its decoder around the bottleneck
+        (SkipConnection blocks), so there is no decoder to call on its own; the hook scales exactly the tensor that
+        the decoder's first block (and the innermost skip concatenation) receives. The call goes through this
+        module, so hooks on it (pass counting, ``make perf``) see a normal forward."""
+        self.bottleneck_scale = scale
         try:
             return self(x)
         finally:
-            handle.remove()
+            self.bottleneck_scale = None
 
 
 def _unet_parts(unet: UNet):
@@ -89,7 +104,8 @@ def build_backbone(model_cfg, spatial_dims: int, in_channels: int, out_channels:
             num_res_units=model_cfg.num_res_units, norm=model_cfg.norm, dropout=model_cfg.dropout,
         )
         bottleneck, decoder = _unet_parts(net)
-        return Backbone(net, bottleneck, decoder, spatial_dims=spatial_dims, out_channels=out_channels)
+        return Backbone(net, bottleneck, decoder, spatial_dims=spatial_dims, out_channels=out_channels,
+                        bottleneck_channels=model_cfg.channels[-1])
     if model_cfg.arch == "basic_unet":
         if len(model_cfg.channels) != 6:
             raise ValueError("model.channels for basic_unet needs 6 entries (MONAI BasicUNet features), "
@@ -98,13 +114,14 @@ def build_backbone(model_cfg, spatial_dims: int, in_channels: int, out_channels:
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
             features=tuple(model_cfg.channels), norm=model_cfg.norm, dropout=model_cfg.dropout,
         )
-        return Backbone(net, "down_4", "final_conv", spatial_dims=spatial_dims, out_channels=out_channels)
+        return Backbone(net, "down_4", "final_conv", spatial_dims=spatial_dims, out_channels=out_channels,
+                        bottleneck_channels=model_cfg.channels[4])
     if model_cfg.arch == "fcn":
         net = FCN(spatial_dims, in_channels, out_channels, channels=tuple(model_cfg.channels),
                   strides=tuple(model_cfg.strides), num_res_units=model_cfg.num_res_units, norm=model_cfg.norm,
                   dropout=model_cfg.dropout)
         return Backbone(net, f"encoder.{len(net.encoder) - 1}", "head", spatial_dims=spatial_dims,
-                        out_channels=out_channels)
+                        out_channels=out_channels, bottleneck_channels=model_cfg.channels[-1])
     raise ValueError(f"unknown model.arch '{model_cfg.arch}' (known: unet, basic_unet, fcn)")
 
 

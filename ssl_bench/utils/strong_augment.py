@@ -94,14 +94,13 @@ def strong_intensity(x: torch.Tensor, p: StrongIntensity, generator: torch.Gener
     return x + _per_sample(x, std) * noise
 
 
-def feature_dropout(features: torch.Tensor, p: float, perturbed: torch.Tensor,
-                    generator: torch.Generator) -> torch.Tensor:
-    """Channel dropout (nn.Dropout2d/3d: whole feature maps zeroed with probability p, the rest scaled by
-    1 / (1 - p), as UniMatch's code perturbs features) on the samples where ``perturbed`` (B,) is True; the other
-    samples pass unchanged, so one batched pass can hold perturbed and clean samples."""
-    batch, channels = features.shape[:2]
-    shape = (batch, channels) + (1,) * (features.ndim - 2)
+def feature_dropout_scale(batch: int, channels: int, spatial_dims: int, p: float, perturbed: torch.Tensor,
+                          generator: torch.Generator) -> torch.Tensor:
+    """Channel dropout as a multiplicative scale (B, C, 1, ..., 1) for a feature map (nn.Dropout2d/3d, as
+    UniMatch's code perturbs features: whole maps zeroed with probability p, the rest scaled by 1 / (1 - p)) on
+    the samples where ``perturbed`` (B,) is True, and 1 on the others, so that one batched pass can hold perturbed
+    and clean samples."""
+    shape = (batch, channels) + (1,) * spatial_dims
     kept = torch.rand(shape, generator=generator, device=generator.device) >= p
-    scale = kept.to(features.dtype) / (1.0 - p)
-    ones = torch.ones_like(scale)
-    return features * torch.where(perturbed.reshape(-1, *([1] * (features.ndim - 1))), scale, ones)
+    scale = kept.float() / (1.0 - p)
+    return torch.where(perturbed.reshape(-1, *([1] * (spatial_dims + 1))), scale, torch.ones_like(scale))
