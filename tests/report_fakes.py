@@ -93,3 +93,19 @@ def write_config(folder: Path, method: str, partial_alpha=None, tags=(), seed=No
 
 def case_dice(key, case_id) -> float:
     return float(np.nanmean(DICE[key][case_id]))
+
+
+def write_runs_with_a_variant(runs: Path, step_cost: Optional[dict] = None) -> Path:
+    """DICE's runs with configs, plus mean_teacher-lambda_max1.0 (a variant of a method-only setting) at 0.5;
+    ``step_cost``: seconds per step by method folder."""
+    step_cost = step_cost or {}
+    for (method, fraction, draw), cases in DICE.items():
+        write_fake_run(runs, method, fraction, draw, cases, seconds_per_step=step_cost.get(method))
+        write_config(runs / "toy" / method / f"frac{fraction}" / f"draw{draw}", method, data__draw=draw)
+    folder = "mean_teacher-lambda_max1.0"
+    for draw in (0, 1):
+        write_fake_run(runs, "mean_teacher", 0.5, draw, DICE["supervised", 0.5, draw], folder_name=folder,
+                       seconds_per_step=step_cost.get(folder))
+        write_config(runs / "toy" / folder / "frac0.5" / f"draw{draw}", "mean_teacher", method__lambda_max=1.0,
+                     run__tag="lambda_max1.0", data__draw=draw)
+    return runs

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 
-from report_fakes import DICE, write_config, write_fake_run  # noqa: E402
+from report_fakes import write_runs_with_a_variant  # noqa: E402
 from ssl_bench.registry import method_names  # noqa: E402
 from ssl_bench.report import read_runs  # noqa: E402
 from ssl_bench.report.plots import (METHOD_COLOURS, figure_cost_vs_dice, figure_dice_vs_fraction,  # noqa: E402
@@ -26,15 +26,7 @@ def test_every_registered_method_has_its_own_fixed_colour():
 
 @pytest.fixture
 def summary(tmp_path):
-    runs = tmp_path / "runs"
-    for (method, fraction, draw), cases in DICE.items():
-        write_fake_run(runs, method, fraction, draw, cases, seconds_per_step=1.0 if method == "supervised" else 2.0)
-        write_config(runs / "toy" / method / f"frac{fraction}" / f"draw{draw}", method, data__draw=draw)
-    for draw in (0, 1):
-        folder = "mean_teacher-lambda_max1.0"
-        write_fake_run(runs, "mean_teacher", 0.5, draw, DICE["supervised", 0.5, draw], folder_name=folder)
-        write_config(runs / "toy" / folder / "frac0.5" / f"draw{draw}", "mean_teacher", method__lambda_max=1.0,
-                     run__tag="lambda_max1.0", data__draw=draw)
+    runs = write_runs_with_a_variant(tmp_path / "runs", {"supervised": 1.0, "mean_teacher": 2.0})
     return summarize(read_runs(runs))
 
 

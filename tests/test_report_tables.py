@@ -3,26 +3,15 @@
 import numpy as np
 import pytest
 
-from report_fakes import DICE, TEST_BEST_OFFSET, write_config, write_fake_run
+from report_fakes import DICE, TEST_BEST_OFFSET, write_fake_run, write_runs_with_a_variant
 from ssl_bench.report import read_runs, summarize_groups
 from ssl_bench.report.summary import summarize
 from ssl_bench.report.tables import markdown
 
-PARAMETERS = {"supervised": 1000, "mean_teacher": 1000}
-
-
 @pytest.fixture
 def runs_with_a_variant(tmp_path):
-    runs = tmp_path / "runs"
-    for (method, fraction, draw), cases in DICE.items():
-        write_fake_run(runs, method, fraction, draw, cases, seconds_per_step=1.0 if method == "supervised" else 2.5)
-        write_config(runs / "toy" / method / f"frac{fraction}" / f"draw{draw}", method, data__draw=draw)
-    for draw in (0, 1):  # mean_teacher with another lambda_max: a variant of a method-only setting
-        write_fake_run(runs, "mean_teacher", 0.5, draw, DICE["supervised", 0.5, draw], folder_name="mean_teacher-lambda_max1.0",
-                       seconds_per_step=3.0)
-        write_config(runs / "toy" / "mean_teacher-lambda_max1.0" / "frac0.5" / f"draw{draw}", "mean_teacher",
-                     method__lambda_max=1.0, run__tag="lambda_max1.0", data__draw=draw)
-    return runs
+    return write_runs_with_a_variant(tmp_path / "runs", {"supervised": 1.0, "mean_teacher": 2.5,
+                                                         "mean_teacher-lambda_max1.0": 3.0})
 
 
 def _table(text: str, title: str) -> str:
