@@ -57,3 +57,8 @@ def test_test_selected_checkpoint_and_its_inflation(tmp_path):
 def test_without_test_selected_rows_the_column_is_omitted(runs_with_a_variant):
     text = markdown(summarize(read_runs(runs_with_a_variant)))
     assert "best on test" not in text and "Test-set selection" not in text
+
+
+def test_without_replicates_the_noise_floor_says_how_to_get_them(runs_with_a_variant):
+    floor = _table(markdown(summarize(read_runs(runs_with_a_variant))), "Noise floor")
+    assert "| 0.5 | 0 (0) | — |" in floor and "No replicates yet" in floor and "trainer.seed" in floor

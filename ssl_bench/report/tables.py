@@ -312,6 +312,9 @@ def noise_floor_markdown(summary: Summary, dataset: str) -> List[str]:
         lines.append(_row([f"{f.fraction:g}", f"{len(f.replicate_sets)} ({runs})", run_std, _number(f.case_std, 4),
                            str(f.n_cases or "—"), str(f.n_run_pairs or "—"), _number(f.detectable_effect, 4),
                            _number(f.case_level_effect, 4), str(f.run_pairs_for_target or "—")]))
+    if all(f.run_std_source == "none" for f in floors):
+        lines += ["", "No replicates yet, so no run-to-run spread: run a cell again with another training seed (a "
+                  "`trainer.seed` axis in a sweep, e.g. experiments/sweeps/training_seed.yaml) or on other hardware."]
     return lines
 
 
