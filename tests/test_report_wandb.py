@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from report_fakes import DICE, write_fake_run
 from ssl_bench.cli import main
