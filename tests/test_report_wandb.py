@@ -2,7 +2,6 @@
 
 import json
 
-
 from report_fakes import DICE, write_fake_run
 from ssl_bench.cli import main
 from ssl_bench.report.wandb_report import group_url, report_run_id, training_group
