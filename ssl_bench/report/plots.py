@@ -2,8 +2,9 @@
 its colour with their own line style, error bars are the SD over draws, and legends stand beside the axes, never
 on the data.
 
-- ``dice_vs_fraction.png``: the methods as the protocol runs them (no tagged variants), Dice against labeled
-  fraction per dataset: the whole range, and the fractions where methods are compared side by side;
+- ``dice_vs_fraction.png``: the methods as the protocol runs them (no tagged variants), per dataset Dice against
+  labeled fraction, and at the compared fractions each method's difference from supervised paired by draw,
+  beside the smallest detectable effect;
 - ``dice_vs_fraction_variants.png``: per method with ablations, controls or other settings, those variants
   beside the method and supervised;
 - ``cost_vs_dice.png``: Dice at each compared fraction against seconds per step relative to supervised;
