@@ -3,9 +3,11 @@ overlays: ssl_bench/wandb_run.py). No training logic here."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sys
+import threading
 import time
 from statistics import median
 from typing import Optional
@@ -19,6 +21,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 # The shell's code for a process ended by SIGTERM: a stopped run is neither finished (0) nor failed (1, 2).
 STOPPED_EXIT_CODE = 128 + signal.SIGTERM
+# The shell's code for Ctrl-C: a run stopped by Ctrl-C at the end of a step, its state saved.
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 
 
 class StepTimer(pl.Callback):
@@ -103,42 +107,86 @@ class StepTimer(pl.Callback):
 
 
 class ResumeCheckpoint(Checkpoint):
-    """The whole training state written to ``path`` after every validation, to resume an interrupted run from.
+    """The whole training state written to ``path`` after every validation, or, for a run without validation (the
+    contrastive pretraining), every ``every_n_train_steps`` steps and at the last, to resume an interrupted run from.
 
     Not ModelCheckpoint(save_last=True): with a monitored metric it writes last.ckpt only at steps whose score it
-    keeps (Lightning 2.6), so a run killed on a plateau resumed from its best step and redid every step since.
+    keeps (Lightning 2.6), so a run killed on a plateau resumed from its best step and redid every step since; and
+    it writes ``last-v1.ckpt`` beside a last.ckpt it did not write itself (one that CheckpointOnStop saved), so a
+    pretraining stopped once resumed from that stale file ever after.
     Lightning writes checkpoints through a temporary file, so a kill never leaves a half-written one. Being a
     Checkpoint, it runs after the other callbacks and after the best-checkpoint callback given before it, so the
     state it saves includes their updates of this validation.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, every_n_train_steps: Optional[int] = None):
         self.path = str(path)
+        self.every_n_train_steps = every_n_train_steps
 
     def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or self.every_n_train_steps:
             return
         # The full state (optimizers, loops, callbacks), said explicitly; every rank calls it, the strategy writes once.
         trainer.save_checkpoint(self.path, weights_only=False)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every_n_train_steps and (step % self.every_n_train_steps == 0 or step >= trainer.max_steps):
+            trainer.save_checkpoint(self.path, weights_only=False)
+
 
 class CheckpointOnStop(Checkpoint):
-    """On SIGTERM (a cluster's preemption or time limit, ``kill``, a stopped sweep), Lightning finishes the training
-    step in progress and then raises SIGTERMException; this writes the whole training state to ``path`` at the end
-    of that step, where Lightning's own step checkpoints are taken and from where its resume continues exactly.
-    The same command then resumes from that step instead of from the latest validation, up to
+    """On SIGTERM (a cluster's preemption or time limit, ``kill``, a stopped sweep) or Ctrl-C, Lightning finishes the
+    training step in progress and then raises SIGTERMException; this writes the whole training state to ``path`` at
+    the end of that step, where Lightning's own step checkpoints are taken and from where its resume continues
+    exactly. The same command then resumes from that step instead of from the latest validation, up to
     ``trainer.val_every_n_steps`` steps earlier.
+
+    Ctrl-C (SIGINT) is turned into the same stop: during training the first one asks for a SIGTERM to this process
+    rather than raising KeyboardInterrupt in the middle of a step; a second one interrupts at once, losing the steps
+    since the latest checkpoint. The process then exits with 130 (the shell's code for Ctrl-C) instead of 143.
 
     When a validation follows the step, this leaves the checkpoint to it: if the validation completes, it saves
     the state (ResumeCheckpoint); if the stop cuts it short (Lightning checks between its batches), the previous
-    validation's checkpoint stays, because a run resumed past a cut validation would never score that step for
-    the best checkpoint. Single process only: under DDP the ranks see the signal at different steps, and a checkpoint (a collective)
-    written by some ranks alone would hang them; a stopped DDP run resumes from its latest validation.
+    checkpoint stays, because a run resumed past a cut validation would never score that step for the best
+    checkpoint. Single process only: under DDP the ranks see the signal at different steps, and a checkpoint (a
+    collective) written by some ranks alone would hang them; a stopped DDP run resumes from its latest validation,
+    and Ctrl-C keeps Lightning's own handling there.
     """
 
     def __init__(self, path):
         self.path = str(path)
-        self.saved_step: Optional[int] = None
+        self.saved_step: Optional[int] = None  # the step of the latest checkpoint this process wrote or resumed from
+        self.stopped_by = "SIGTERM"
+        self._previous_sigint = None
+
+    @property
+    def exit_code(self) -> int:
+        return INTERRUPTED_EXIT_CODE if self.stopped_by == "Ctrl-C" else STOPPED_EXIT_CODE
+
+    def on_train_start(self, trainer, pl_module):
+        self.saved_step = trainer.global_step if trainer.ckpt_path else None
+        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:  # a process started to ignore Ctrl-C (e.g. `cmd &`) keeps ignoring it
+                self._previous_sigint = previous
+                signal.signal(signal.SIGINT, self._stop_at_step_end)
+
+    def _stop_at_step_end(self, signum, frame) -> None:
+        self.stopped_by = "Ctrl-C"
+        self._restore_sigint()  # a second Ctrl-C interrupts at once
+        # os.write: a signal handler must not re-enter the buffered stderr (the progress bar may be writing to it).
+        os.write(2, b"\nCtrl-C: stopping at the end of this training step (Ctrl-C again to stop at once)\n")
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler: the stop at the step's end
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.state.fn == TrainerFn.FITTING:
+            self.saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not trainer.received_sigterm or trainer.global_step >= trainer.max_steps or trainer.world_size > 1:
@@ -148,17 +196,42 @@ class CheckpointOnStop(Checkpoint):
                                           or loop.batch_progress.is_last_batch):
             return  # a validation is due: it starts, and either the stop cuts it short or it ends with a checkpoint
         trainer.save_checkpoint(self.path, weights_only=False)
-        self.saved_step = trainer.global_step
+
+    def on_fit_end(self, trainer, pl_module):
+        self._restore_sigint()
 
     def on_exception(self, trainer, pl_module, exception):
-        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+        self._restore_sigint()
+        if trainer.state.fn != TrainerFn.FITTING or not trainer.is_global_zero:
             return
-        if self.saved_step == trainer.global_step:
-            what = f"after step {trainer.global_step}, saved to {self.path}"
-        else:  # during or right after a validation, or under DDP
-            what = f"at step {trainer.global_step}; {self.path} holds the latest validation's state"
-        if trainer.is_global_zero:
-            print(f"stopped by SIGTERM {what}; the same command resumes from it", file=sys.stderr, flush=True)
+        if isinstance(exception, KeyboardInterrupt):  # a second Ctrl-C, or one before training started
+            self.stopped_by, how = "Ctrl-C", "interrupted at once by Ctrl-C"
+        elif isinstance(exception, SIGTERMException):
+            how = f"stopped by {self.stopped_by}"
+        else:
+            return
+        if self.saved_step is None:  # before training started: the checkpoint it resumed from, or none
+            resume = (f"the same command resumes from {trainer.ckpt_path}" if trainer.ckpt_path
+                      else "no checkpoint was written yet: the same command starts it again")
+        elif self.saved_step == trainer.global_step:
+            resume = f"saved to {self.path}; the same command resumes from it"
+        else:  # during or right after a validation, a second Ctrl-C, or DDP
+            resume = f"the same command resumes from step {self.saved_step} ({self.path})"
+        print(f"{how} after step {trainer.global_step}, {resume}", file=sys.stderr, flush=True)
+
+
+class RunStopped(SystemExit):
+    """A run stopped by SIGTERM or Ctrl-C with its state saved (CheckpointOnStop): neither finished nor failed. Its
+    code is the shell's for the signal (143, 130), which the process exits with."""
+
+
+def fit_stoppably(trainer: pl.Trainer, stop: CheckpointOnStop, *args, **kwargs) -> None:
+    """``trainer.fit(*args, **kwargs)``; a stop by SIGTERM or Ctrl-C (Lightning's SIGTERMException, whose exit code
+    would be 0) raises RunStopped with the stop's code."""
+    try:
+        trainer.fit(*args, **kwargs)
+    except SIGTERMException:
+        raise RunStopped(stop.exit_code) from None
 
 
 class TrainingRandomState(pl.Callback):

@@ -14,16 +14,14 @@ from ssl_bench.data.manifest import DATA_ROOT_ENV, ManifestError
 
 
 def _cmd_train(args) -> int:
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from ssl_bench.callbacks import STOPPED_EXIT_CODE
+    from ssl_bench.callbacks import RunStopped
     from ssl_bench.config import load_config
     from ssl_bench.train import train
     cfg = load_config(args.method, args.data, args.overrides)
     try:
         train(cfg, force=args.force)
-    except SIGTERMException:  # a SystemExit whose code would be 0: the run is stopped, not finished
-        return STOPPED_EXIT_CODE
+    except RunStopped as stopped:  # stopped by SIGTERM or Ctrl-C, its state saved: neither finished nor failed
+        return stopped.code
     return 0
 
 

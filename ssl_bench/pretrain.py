@@ -27,16 +27,15 @@ from typing import Dict, List, Optional, Tuple
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ssl_bench.callbacks import CheckpointOnStop, StepTimer, TrainingRandomState
+from ssl_bench.callbacks import CheckpointOnStop, ResumeCheckpoint, StepTimer, TrainingRandomState, fit_stoppably
 from ssl_bench.config import DEFAULT_SLAB_STRIDES, pretrain_run_dir, run_seed, to_yaml
 from ssl_bench.data.pretraining import PartitionCropBatches, load_volumes
-from ssl_bench.data.stream import STREAM_TRAINER_ARGS, streams_resume_by_position
+from ssl_bench.data.stream import OneEpochStreams, streams_resume_by_position
 from ssl_bench.losses.contrastive import local_contrastive_loss, nt_xent, partition_positive_mask, region_embeddings
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.nets.backbone import build_backbone
@@ -209,18 +208,17 @@ def _pretrain_once(cfg: DictConfig, run: Path) -> Dict[str, object]:
                                    pcfg.trainer.max_steps, seed)
     module = ContrastivePretraining(pcfg, manifest.num_classes, batches)
     timer, t = StepTimer(started=started), pcfg.trainer
-    saver = ModelCheckpoint(dirpath=str(run / CHECKPOINTS), filename="step{step}", save_last=True,
-                            every_n_train_steps=min(t.val_every_n_steps, t.max_steps), auto_insert_metric_name=False)
+    stop = CheckpointOnStop(run / CHECKPOINTS / LAST)
+    saver = ResumeCheckpoint(run / CHECKPOINTS / LAST, every_n_train_steps=t.val_every_n_steps)
     trainer = pl.Trainer(max_steps=t.max_steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0,
                          accelerator=t.accelerator, devices=1, precision=t.precision, deterministic=t.deterministic,
                          log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
                          enable_model_summary=False, default_root_dir=str(run),
                          logger=CSVLogger(save_dir=str(run), name="csv"),
-                         callbacks=[saver, CheckpointOnStop(run / CHECKPOINTS / LAST), timer, TrainingRandomState()],
-                         **STREAM_TRAINER_ARGS)
+                         callbacks=[saver, stop, timer, TrainingRandomState(), OneEpochStreams()])
     last = run / CHECKPOINTS / LAST
     with streams_resume_by_position():
-        trainer.fit(module, ckpt_path=str(last) if last.is_file() else None)
+        fit_stoppably(trainer, stop, module, ckpt_path=str(last) if last.is_file() else None)
     arch = architecture(pcfg.model, d.spatial_dims, in_channels=1, out_channels=manifest.num_classes)
     save_backbone(module.net, run / BACKBONE, arch)
     record = {"dataset": d.name, "draw": d.draw, "run_dir": str(run), "checkpoint": str(run / BACKBONE),

@@ -34,14 +34,14 @@ from omegaconf import DictConfig
 
 from ssl_bench.audit import TAG as AUDIT_TAG
 from ssl_bench.audit import TestSelectionAudit
-from ssl_bench.callbacks import CheckpointOnStop, ResumeCheckpoint, StepTimer, TrainingRandomState
+from ssl_bench.callbacks import CheckpointOnStop, ResumeCheckpoint, StepTimer, TrainingRandomState, fit_stoppably
 from ssl_bench.config import (ConfigError, data_root, resolve_project_path, run_dir, run_seed,
                               saved_config_differences, to_yaml)
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
 from ssl_bench.data.partial import partial_annotation_flags
 from ssl_bench.data.splits import PoolSplit, split_pool
-from ssl_bench.data.stream import STREAM_TRAINER_ARGS, streams_resume_by_position
+from ssl_bench.data.stream import OneEpochStreams, streams_resume_by_position
 from ssl_bench.data.synthetic import SyntheticSpec, ensure_synthetic
 from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.evaluation import summarize
@@ -245,8 +245,9 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     best_cb, resume_cb = checkpoint_callbacks(ckpt_dir)
     timer = StepTimer(started=started)
     loggers = _loggers(cfg, run)
-    callbacks = [best_cb, resume_cb, CheckpointOnStop(ckpt_dir / LAST), timer, TrainingRandomState(),
-                 LearningRateMonitor(logging_interval="step")]
+    stop = CheckpointOnStop(ckpt_dir / LAST)
+    callbacks = [best_cb, resume_cb, stop, timer, TrainingRandomState(),
+                 OneEpochStreams(), LearningRateMonitor(logging_interval="step")]
     audit = TestSelectionAudit(ckpt_dir) if cfg.eval.test_selection_audit else None
     if audit is not None:
         callbacks.append(audit)
@@ -258,14 +259,13 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         check_val_every_n_epoch=None, num_sanity_val_steps=0, accelerator=t.accelerator, devices=t.devices,
         strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, benchmark=t.cudnn_benchmark, enable_progress_bar=t.enable_progress_bar,
-        enable_model_summary=False,
-        default_root_dir=str(run), logger=loggers, callbacks=callbacks, **STREAM_TRAINER_ARGS)
+        enable_model_summary=False, default_root_dir=str(run), logger=loggers, callbacks=callbacks)
     last = ckpt_dir / LAST
     resume_from = str(last) if last.is_file() else None
     if resume_from:
         print(f"{run}: resuming from {last}")
     with streams_resume_by_position():
-        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+        fit_stoppably(trainer, stop, module, datamodule=dm, ckpt_path=resume_from)
     trainer.save_checkpoint(str(last), weights_only=False)
     if trainer.is_global_zero:
         for name, content in module.run_records().items():

@@ -2,6 +2,8 @@
 crops, loading a pretrained backbone, and both stages end to end through the CLI."""
 
 import json
+import os
+import signal
 import math
 import statistics
 
@@ -327,9 +329,11 @@ def test_cells_running_at_once_wait_for_one_pretraining(tmp_path):
 
 
 def test_a_resumed_pretraining_computes_what_an_uninterrupted_one_computes(tmp_path, synthetic_cache, monkeypatch):
-    """Stopped right after its step-2 checkpoint and started again, the pretraining (random crops and augmentations
-    drawn in the step, dropout) ends with the backbone of the same pretraining never stopped, bit for bit."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    """Stopped by SIGTERM after step 1 of 4 and started again, the pretraining (random crops and augmentations drawn
+    in the step, dropout) ends with the backbone of the same pretraining never stopped, bit for bit. Resumed before
+    half its budget, Lightning used to end its epoch at step 3 and start another, whose new loader iterator drew its
+    seed from torch's generator (fixed by OneEpochStreams)."""
+    from ssl_bench.callbacks import STOPPED_EXIT_CODE, StepTimer
     pretraining = ("trainer.val_every_n_steps=2", "trainer.max_steps=2")
 
     def backbone(root):
@@ -337,28 +341,25 @@ def test_a_resumed_pretraining_computes_what_an_uninterrupted_one_computes(tmp_p
         return torch.load(path, weights_only=False)["state_dict"]
     assert cli(tmp_path / "a", synthetic_cache, 0.5, *pretraining) == 0
 
-    class Stopped(Exception):
-        pass
-    save_and_continue = ModelCheckpoint.on_train_batch_end
+    time_step = StepTimer.on_train_batch_end
 
-    def save_and_stop(self, trainer, *args):
-        save_and_continue(self, trainer, *args)
-        if trainer.global_step == 2:
-            raise Stopped
-    monkeypatch.setattr(ModelCheckpoint, "on_train_batch_end", save_and_stop)
-    with pytest.raises(Stopped):
-        cli(tmp_path / "b", synthetic_cache, 0.5, *pretraining)
+    def time_step_then_stop(self, trainer, *args):
+        time_step(self, trainer, *args)
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(StepTimer, "on_train_batch_end", time_step_then_stop)
+    assert cli(tmp_path / "b", synthetic_cache, 0.5, *pretraining) == STOPPED_EXIT_CODE
     monkeypatch.undo()
     run = tmp_path / "b" / "synthetic" / "contrastive_pretrain" / "draw0"
     assert not (run / "pretrain.json").exists()
     timed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["StepTimer"]
-    assert len(timed["durations"]) == 2
+    assert len(timed["durations"]) == 1
     assert cli(tmp_path / "b", synthetic_cache, 0.5, *pretraining) == 0
     # Its recorded cost covers the steps of the stopped process too (method.pretrain_steps=4).
     record = json.loads((run / "pretrain.json").read_text())
     all_steps = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["StepTimer"]
-    assert all_steps["durations"][:2] == timed["durations"] and len(all_steps["durations"]) == 4
-    assert record["resumed_from_step"] == 2 and record["seconds_per_step"] == statistics.median(all_steps["durations"])
+    assert all_steps["durations"][:1] == timed["durations"] and len(all_steps["durations"]) == 4
+    assert record["resumed_from_step"] == 1 and record["seconds_per_step"] == statistics.median(all_steps["durations"])
     assert record["wall_time_s"] > all_steps["wall_time_s"] > timed["wall_time_s"]
     expected, got = backbone(tmp_path / "a"), backbone(tmp_path / "b")
     differing = [name for name in expected if not torch.equal(expected[name], got[name])]

@@ -198,7 +198,7 @@ def test_a_resumed_run_computes_what_an_uninterrupted_one_computes(tmp_path, syn
     crops and flips, dropout, input noise) ends with the weights of the same run never stopped, bit for bit: it
     continues the data streams where they were (not from their start) and restores the random state. Step 2 of 6
     is before half the budget, where Lightning used to end the resumed epoch early and start the streams over
-    (fixed in session 13 by reloading the loaders at each epoch, STREAM_TRAINER_ARGS)."""
+    (a resumed run is one epoch: OneEpochStreams)."""
     from ssl_bench.callbacks import ResumeCheckpoint
     common = ("data.fraction=0.5", "trainer.max_steps=6", "trainer.val_every_n_steps=2")
     uninterrupted, resumed = tmp_path / "a", tmp_path / "b"
@@ -230,37 +230,76 @@ def _assert_same_final_weights(root_a, root_b, method):
     assert not differing, f"{len(differing)} of {len(expected)} tensors differ, e.g. {differing[:3]}"
 
 
-@pytest.mark.parametrize("val_every, saved_step, message", [
-    (3, 4, "stopped by SIGTERM after step 4, saved to {last}"),
-    # step 4 is followed by a validation, which the stop cuts short: step 2's checkpoint stays
-    (2, 2, "stopped by SIGTERM at step 4; {last} holds the latest validation's state")])
-def test_a_run_stopped_by_sigterm_resumes_from_its_last_step_or_validation(tmp_path, synthetic_cache, monkeypatch,
-                                                                          capsys, val_every, saved_step, message):
-    """A SIGTERM (a cluster's preemption or time limit, `kill`) during step 4 of 6: `ssl-bench train` exits with 143
-    and no result, with step 4 saved, or, when a validation follows step 4, the previous validation's checkpoint
-    kept; the same command resumes there and ends with the weights of the run never stopped, bit for bit."""
-    common = ("data.fraction=0.5", "trainer.max_steps=6", f"trainer.val_every_n_steps={val_every}")
-    uninterrupted, stopped = tmp_path / "a", tmp_path / "b"
-    assert main(_args(uninterrupted, synthetic_cache, *common, method="mean_teacher")) == 0
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, synthetic_cache):
+    """The runs folder of an uninterrupted run per method and configuration, each run once per module."""
+    roots = {}
 
+    def run(method, *common):
+        if (method, common) not in roots:
+            roots[method, common] = tmp_path_factory.mktemp("uninterrupted")
+            assert main(_args(roots[method, common], synthetic_cache, *common, method=method)) == 0
+        return roots[method, common]
+    return run
+
+
+def _signal_at(step, signum, monkeypatch):
+    """Sends ``signum`` to this process at the end of training step ``step``, as a user or a cluster would (Lightning's
+    SIGTERM handler and CheckpointOnStop's Ctrl-C handler are installed for the fit)."""
     time_step = StepTimer.on_train_batch_end
 
     def time_step_then_signal(self, trainer, *args):
         time_step(self, trainer, *args)
-        if trainer.global_step == 4:
-            os.kill(os.getpid(), signal.SIGTERM)  # handled by Lightning's handler, installed for the fit
+        if trainer.global_step == step:
+            os.kill(os.getpid(), signum)
     monkeypatch.setattr(StepTimer, "on_train_batch_end", time_step_then_signal)
-    assert main(_args(stopped, synthetic_cache, *common, method="mean_teacher")) == STOPPED_EXIT_CODE
-    monkeypatch.undo()
-    run = _run_dir(stopped, method="mean_teacher")
-    last = run / "checkpoints" / "last.ckpt"
-    assert message.format(last=last) in capsys.readouterr().err
-    assert torch.load(last, weights_only=True)["global_step"] == saved_step
-    assert not (run / "metrics.json").exists()
 
-    assert main(_args(stopped, synthetic_cache, *common, method="mean_teacher")) == 0
-    assert json.loads((run / "metrics.json").read_text())["resumed_from_step"] == saved_step
-    _assert_same_final_weights(uninterrupted, stopped, "mean_teacher")
+
+@pytest.mark.parametrize("method, max_steps, val_every, stops, signum", [
+    # Resumed at step 14 of 30, Lightning ended the epoch at step 16 (30 - 14) and started another, whose
+    # validation loader, made again, re-seeded torch's generator: from step 20 on, dropout and noise differed.
+    ("mean_teacher", 30, 10, [14], signal.SIGTERM),
+    # Ctrl-C three times: before the first validation, at one (which the stop cuts short, so step 3's checkpoint
+    # stays), and after a resume past half the budget.
+    ("mean_teacher", 30, 10, [3, 10, 22], signal.SIGINT),
+    # The issue's own case: stopped at step 70 of 150, validating every 50 (final weights up to 5e-3 apart); one
+    # image a step, since the cost of 150 steps is all this case adds.
+    ("supervised", 150, 50, [70], signal.SIGTERM)])
+def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_to_the_weights_of_the_uninterrupted_run(
+        tmp_path, synthetic_cache, monkeypatch, capsys, uninterrupted, method, max_steps, val_every, stops, signum):
+    """SIGTERM (a cluster's preemption or time limit, `kill`) or Ctrl-C during a step: `ssl-bench train` finishes the
+    step, saves it (or, when a validation follows it and the stop cuts that short, keeps the previous checkpoint),
+    exits with 143 or 130 and no result; the same command resumes there, and after any number of stops the run ends
+    with the weights of the run never stopped, bit for bit."""
+    common = ("data.fraction=0.5", f"trainer.max_steps={max_steps}", f"trainer.val_every_n_steps={val_every}")
+    if max_steps > 100:
+        common += ("data.labeled_batch_size=1",)
+    run = _run_dir(tmp_path, method=method)
+    last = run / "checkpoints" / "last.ckpt"
+    name, code = ("Ctrl-C", 130) if signum == signal.SIGINT else ("SIGTERM", STOPPED_EXIT_CODE)
+    saved, shells_sigint = 0, signal.getsignal(signal.SIGINT)
+    for stop in stops:
+        _signal_at(stop, signum, monkeypatch)
+        assert main(_args(tmp_path, synthetic_cache, *common, method=method)) == code
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGINT) is shells_sigint  # Ctrl-C is the shell's again
+        saved = stop if stop % val_every else max(saved, stop - val_every)
+        err = capsys.readouterr().err
+        if saved == stop:
+            assert f"stopped by {name} after step {stop}, saved to {last}; the same command resumes from it" in err
+        else:
+            assert f"stopped by {name} after step {stop}, the same command resumes from step {saved} ({last})" in err
+        assert torch.load(last, weights_only=True)["global_step"] == saved
+        assert not (run / "metrics.json").exists()
+
+    assert main(_args(tmp_path, synthetic_cache, *common, method=method)) == 0
+    assert json.loads((run / "metrics.json").read_text())["resumed_from_step"] == saved
+    reference = uninterrupted(method, *common)
+    # As many epochs as the uninterrupted run: one, the budget.
+    epochs = [torch.load(_run_dir(root, method=method) / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+              for root in (reference, tmp_path)]
+    assert epochs[0] == epochs[1]
+    _assert_same_final_weights(reference, tmp_path, method)
 
 
 def _killed_after_first_checkpoint(tmp_path, args, monkeypatch) -> Path:
