@@ -27,7 +27,8 @@ def _cmd_train(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from ssl_bench.sweep import describe_cells, load_sweep, run_sweep
-    sweep = load_sweep(Path(args.sweep_file), args.overrides, Path(args.records) if args.records else None)
+    sweep = load_sweep(Path(args.sweep_file), args.overrides, Path(args.records) if args.records else None,
+                       force=args.force)
     if args.dry_run:
         print(describe_cells(sweep))
         return 0
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run every cell (method x fraction x draw ...) of a sweep file; resumable")
     p.add_argument("sweep_file", help="experiments/sweeps/<name>.yaml")
     p.add_argument("--dry-run", action="store_true", help="list the cells, finished or pending, and run nothing")
+    p.add_argument("--force", action="store_true", help="start every cell over, whatever its run folder holds")
     p.add_argument("--records", metavar="DIR", help="count a cell as finished when DIR (e.g. results/records, kept "
                    "by `ssl-bench report`) holds a result of the same config, even if its run folder is gone; "
                    "and copy each cell's result there as soon as it finishes")

@@ -389,9 +389,9 @@ def merge_checked(cfg: DictConfig, other, source: str) -> DictConfig:
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Keys that change how a run executes or logs, not what it computes: a resumed run may change them.
-EXECUTION_KEYS = ("logging.", "trainer.enable_progress_bar", "trainer.accelerator", "trainer.devices",
-                  "trainer.strategy", "trainer.num_nodes", "eval.save_predictions", "eval.sw_batch_size",
-                  "data.num_workers", "data.cache_dir", "data.root",
+EXECUTION_KEYS = ("logging.", "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.accelerator",
+                  "trainer.devices", "trainer.strategy", "trainer.num_nodes", "eval.save_predictions",
+                  "eval.sw_batch_size", "data.num_workers", "data.cache_dir", "data.root",
                   "data.augment_on_device", "trainer.compile", "trainer.cudnn_benchmark")
 
 
@@ -430,13 +430,6 @@ def load_yaml(path: Path) -> DictConfig:
     except Exception as err:  # yaml errors come in several types
         raise ConfigError(f"{path}: cannot parse YAML ({first_line(err)})") from None
     return loaded if loaded is not None else OmegaConf.create({})
-
-
-def saved_config_differences(saved: Path, cfg: DictConfig, ignore: Tuple[str, ...] = EXECUTION_KEYS) -> List[str]:
-    """The keys in which a run's saved ``config.yaml`` differs from ``cfg`` (differing_keys), execution keys aside
-    by default: the one test of "same run" for resuming a run folder and for counting a record as a sweep cell."""
-    return differing_keys(flatten_keys(OmegaConf.to_container(load_yaml(saved))),
-                          flatten_keys(OmegaConf.to_container(cfg)), ignore=ignore)
 
 
 def load_config(method: str, data: str = "hippocampus", overrides: Optional[List[str]] = None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,7 @@ from ssl_bench.callbacks import CheckpointOnStop, ResumeCheckpoint, StepTimer, T
 from ssl_bench.config import DEFAULT_SLAB_STRIDES, pretrain_run_dir, run_seed, to_yaml
 from ssl_bench.data.pretraining import PartitionCropBatches, load_volumes
 from ssl_bench.data.stream import OneEpochStreams, streams_resume_by_position
+from ssl_bench.identity import UnreadableResult, check_same_run, read_metrics
 from ssl_bench.losses.contrastive import local_contrastive_loss, nt_xent, partition_positive_mask, region_embeddings
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.nets.backbone import build_backbone
@@ -186,14 +188,20 @@ def record_of_backbone(checkpoint: Path) -> Optional[Dict[str, object]]:
 
 
 def _pretrain_once(cfg: DictConfig, run: Path) -> Dict[str, object]:
-    from ssl_bench.train import CHECKPOINTS, LAST, _check_same_config, resolve_dataset
+    from ssl_bench.train import CHECKPOINTS, LAST, resolve_dataset
     from ssl_bench.data.verify import verify_or_raise
     started, pcfg = time.perf_counter(), pretraining_config(cfg)
-    _check_same_config(run, pcfg)  # a finished pretraining is reused only by runs that would compute the same one
+    check_same_run(run, pcfg)  # a finished pretraining is reused only by runs that would compute the same one
     record_path = run / RECORD
     if record_path.is_file():
-        print(f"{run}: contrastive pretraining already finished, reused")
-        return json.loads(record_path.read_text())
+        try:
+            record = read_metrics(record_path, required=("run_dir", "checkpoint", "steps"))
+        except UnreadableResult as err:
+            print(f"{err}: not counted as finished; the pretraining goes on from {run / CHECKPOINTS / LAST}, which "
+                  "rewrites it", file=sys.stderr)
+        else:
+            print(f"{run}: contrastive pretraining already finished, reused")
+            return record
     print(f"{run}: contrastive pretraining (shared by every fraction of draw {cfg.data.draw})", flush=True)
     manifest, root = resolve_dataset(pcfg)
     verify_or_raise(manifest, root, manifest.pool)  # training pool only: validation and test never seen

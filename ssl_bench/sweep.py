@@ -40,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,13 +56,15 @@ import submitit.helpers
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ssl_bench.callbacks import STOPPED_EXIT_CODE
-from ssl_bench.config import (EXECUTION_KEYS, ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir,
-                              saved_config_differences)
+from ssl_bench.callbacks import INTERRUPTED_EXIT_CODE, STOPPED_EXIT_CODE
+from ssl_bench.config import ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir
+from ssl_bench.identity import (CONFIG_FILE, METRICS_FILE, UnreadableResult, config_differences, finished_result,
+                                read_metrics)
 from ssl_bench.registry import get_method, method_names
-from ssl_bench.report import CONFIG_FILE, METRICS_FILE, keep_record
+from ssl_bench.report import keep_record
 
 LAUNCHERS = ("local", "slurm")
+PENDING, FINISHED, RECORDED, REFUSED = "pending", "finished", "recorded", "refused"
 ALL_METHODS = "all"
 # Keys a cell sets itself; an override or an extra axis on them would silently collide with the grid.
 CELL_KEYS = ("data.fraction", "data.draw")
@@ -130,18 +133,30 @@ class Cell:
     relative_dir: Path = Path()
     # A record of this cell's run (same config) that stands in for a missing run folder; see the module docstring.
     record: Optional[Path] = None
+    # PENDING, FINISHED (its run folder), RECORDED (its record) or REFUSED (its run folder holds a run of another
+    # config), as load_sweep found it; ``note`` says why a cell is refused.
+    status: str = "pending"
+    note: str = ""
+    force: bool = False  # --force: start over whatever its folder holds
 
     def describe(self) -> str:
         axes = "".join(f" {key}={_text(value)}" for key, value in self.axis_values)
         return f"method={self.method} fraction={self.fraction:g} draw={self.draw}{axes}"
 
     def finished(self) -> bool:
-        return (self.run_dir / METRICS_FILE).is_file() or self.record is not None
+        return self.status in (FINISHED, RECORDED)
 
     def state(self) -> str:
-        if (self.run_dir / METRICS_FILE).is_file():
-            return "finished"
-        return f"recorded in {self.record}" if self.record is not None else "pending"
+        return f"recorded in {self.record}" if self.status == RECORDED else self.status
+
+    def run_config(self):
+        """The config the cell's run saves (config.yaml), without the work its method's prepare_run does."""
+        return get_method(self.method).run_config(self.config())
+
+    def start_over_if_forced(self) -> None:
+        """``--force``: the cell's run folder goes before the cell starts (or is submitted), as `train --force` does."""
+        if self.force and self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
 
     def config(self):
         return load_config(self.method, self.data, list(self.overrides))
@@ -164,9 +179,11 @@ class Sweep:
             keep_record(cell.run_dir, self.records_dir / cell.relative_dir)
 
 
-def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: Optional[Path] = None) -> Sweep:
-    """The validated sweep of ``path`` with its cells; ``overrides`` are applied to every cell after the file's.
-    With ``records_dir``, cells whose matching record is there count as finished (the module's docstring)."""
+def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: Optional[Path] = None,
+               force: bool = False) -> Sweep:
+    """The validated sweep of ``path`` with its cells and their states; ``overrides`` are applied to every cell after
+    the file's. With ``records_dir``, cells whose matching record is there count as finished (the module's
+    docstring). With ``force`` every cell is pending and starts over."""
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"no sweep file {path}")
@@ -178,39 +195,52 @@ def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: O
     spec.name = spec.name or path.stem
     spec.overrides = list(spec.overrides) + list(overrides or [])
     _validate(spec, path)
-    cells = _expand(spec, path)
-    if records_dir is not None:
-        if not Path(records_dir).is_dir():
-            raise SweepError(f"no records folder {records_dir}")
-        cells = [_with_record(cell, Path(records_dir)) for cell in cells]
-    return Sweep(spec, path, cells, Path(records_dir) if records_dir is not None else None)
+    if records_dir is not None and not Path(records_dir).is_dir():
+        raise SweepError(f"no records folder {records_dir}")
+    records = Path(records_dir) if records_dir is not None else None
+    cells = [replace(cell, force=True) if force else _with_state(cell, records) for cell in _expand(spec, path)]
+    return Sweep(spec, path, cells, records)
 
 
-# Where a run was written is no part of what it computed.
-RECORD_IGNORED_KEYS = EXECUTION_KEYS + ("run.runs_dir",)
-
-
-def _with_record(cell: Cell, records_dir: Path) -> Cell:
-    """``cell`` with its record when ``records_dir`` holds one of the same config; a record of another config
-    is reported (its cell will run, and the report replaces the record with the new run)."""
+def _with_state(cell: Cell, records_dir: Optional[Path]) -> Cell:
+    """``cell`` with its state: finished when its run folder holds a finished run of its config, refused when the
+    folder holds a run of another config, recorded when ``records_dir`` holds a record of its config. A result that
+    does not parse, or a record of another config, is reported and does not count: its cell runs."""
+    cfg = cell.run_config()
+    try:
+        if finished_result(cell.run_dir, cfg) is not None:
+            return replace(cell, status=FINISHED)
+    except ConfigError as err:
+        return replace(cell, status=REFUSED, note=str(err))
+    except UnreadableResult as err:
+        _warn(f"{err}: its cell will run (evaluated again from its last checkpoint)")
+    if records_dir is None:
+        return cell
     folder = records_dir / cell.relative_dir
     if not (folder / METRICS_FILE).is_file():
         return cell
+    problem = _record_problem(folder, cfg)
+    if problem:
+        _warn(f"record {folder} {problem}: its cell will run")
+        return cell
+    return replace(cell, status=RECORDED, record=folder)
+
+
+def _record_problem(folder: Path, cfg) -> str:
+    """Why a record does not stand for a run of ``cfg`` (its result or config cannot be read, or it is another
+    config's), or "" when it does."""
     try:
-        # The config as train() saves it, e.g. with the init_from of a pretraining stage, placed where the
-        # record's run was (the same place relative to its runs_dir).
-        cfg = cell.config()
-        cfg.run.runs_dir = load_yaml(folder / CONFIG_FILE).run.runs_dir
-        diff = saved_config_differences(folder / CONFIG_FILE, get_method(cell.method).run_config(cfg),
-                                        ignore=RECORD_IGNORED_KEYS)
-    except (ConfigError, OmegaConfBaseException) as err:  # e.g. a config.yaml without run.runs_dir
-        print(f"[sweep] record {folder} unusable, its cell will run: {first_line(err)}", file=sys.stderr, flush=True)
-        return cell
-    if diff:
-        print(f"[sweep] record {folder} has another config ({', '.join(diff[:8])} differ): its cell will run",
-              file=sys.stderr, flush=True)
-        return cell
-    return replace(cell, record=folder)
+        read_metrics(folder / METRICS_FILE)
+        if not (folder / CONFIG_FILE).is_file():
+            return f"has no {CONFIG_FILE}"
+        differing = config_differences(folder / CONFIG_FILE, cfg)
+    except (ConfigError, UnreadableResult) as err:
+        return f"is unusable ({err})"
+    return f"has another config ({', '.join(differing[:8])} differ)" if differing else ""
+
+
+def _warn(message: str) -> None:
+    print(f"[sweep] {message}", file=sys.stderr, flush=True)
 
 
 def _validate(spec: SweepConfig, path: Path) -> None:
@@ -323,25 +353,29 @@ def run_sweep(sweep: Sweep, slurm_cluster: str = "slurm", slurm_poll_s: float = 
     """Runs every unfinished cell; 0 when all cells are finished. ``slurm_cluster="local"`` runs the slurm
     launcher's jobs through submitit's local executor (subprocesses on this machine)."""
     cells = sweep.cells
-    n_pending = sum(not c.finished() for c in cells)
-    n_recorded = sum(c.state().startswith("recorded") for c in cells)
-    print(f"[sweep] {sweep.config.name}: {len(cells)} cells, {len(cells) - n_pending} already finished"
-          + (f" ({n_recorded} of them recorded only)" if n_recorded else "") + f" ({sweep.source})", flush=True)
+    n_pending = sum(c.status == PENDING for c in cells)
+    n_recorded = sum(c.status == RECORDED for c in cells)
+    refused = [c for c in cells if c.status == REFUSED]
+    print(f"[sweep] {sweep.config.name}: {len(cells)} cells, {len(cells) - n_pending - len(refused)} already finished"
+          + (f" ({n_recorded} of them recorded only)" if n_recorded else "")
+          + (f", {len(refused)} refused" if refused else "") + f" ({sweep.source})", flush=True)
     try:
         if sweep.config.launcher == "local":
             failed = _run_local(cells, n_pending, job_environments(sweep.config.local.jobs), sweep.keep_record)
         else:
             failed = _run_submitit(sweep, n_pending, slurm_cluster, slurm_poll_s)
     except KeyboardInterrupt:
-        print("[sweep] interrupted: run the same command again to resume", flush=True)
-        return 130
-    except _Stopped:
-        print("[sweep] stopped by SIGTERM, each running cell at the end of its step: run the same command again "
-              "to resume", flush=True)
-        return STOPPED_EXIT_CODE
+        print("[sweep] interrupted at once: run the same command again to resume", flush=True)
+        return INTERRUPTED_EXIT_CODE
+    except _Stopped as stopped:
+        print(f"[sweep] stopped by {stopped.signal_name}, each running cell at the end of its step: run the same "
+              "command again to resume", flush=True)
+        return stopped.exit_code
     for cell in failed:
         print(f"[sweep] failed: {cell.describe()} ({cell.run_dir})", file=sys.stderr)
-    return 1 if failed else 0
+    for cell in refused:
+        print(f"[sweep] refused: {cell.describe()}: {cell.note}", file=sys.stderr)
+    return 1 if failed or refused else 0
 
 
 def describe_cells(sweep: Sweep) -> str:
@@ -406,11 +440,11 @@ def _run_local(cells: List[Cell], n_pending: int, slot_environments: List[Dict[s
                 return
             time.sleep(LOCAL_POLL_S)
 
-    with _StopOnSigterm() as stop:
+    with _StopOnSignals() as stop:
         for k, cell in enumerate(cells, 1):
-            if cell.finished():
+            if cell.status != PENDING:
                 state = cell.state()
-                print(progress.line(k, cell, "already finished" if state == "finished" else state), flush=True)
+                print(progress.line(k, cell, "already finished" if state == FINISHED else state), flush=True)
                 continue
             reap(block=True)
             if stop.requested:
@@ -418,6 +452,7 @@ def _run_local(cells: List[Cell], n_pending: int, slot_environments: List[Dict[s
             slot = free.pop(0)
             where = f" [job {slot + 1}/{len(slot_environments)}]" if len(slot_environments) > 1 else ""
             print(progress.line(k, cell) + where, flush=True)
+            cell.start_over_if_forced()
             running[subprocess.Popen(cell.command(), env=slot_environments[slot],
                                      preexec_fn=_die_with_parent(os.getpid()))] = (cell, slot)
         while running:
@@ -425,42 +460,53 @@ def _run_local(cells: List[Cell], n_pending: int, slot_environments: List[Dict[s
             if running:
                 time.sleep(LOCAL_POLL_S)
     if stop.requested:
-        raise _Stopped
+        raise stop.stopped()
     return failed
 
 
-# A cell stopped by a SIGTERM: `ssl-bench train` once its state is saved, or the signal itself (Popen's -15)
-# if it came before Lightning's handler was installed.
-STOPPED_RETURN_CODES = (STOPPED_EXIT_CODE, -signal.SIGTERM)
+# A cell stopped by a SIGTERM or Ctrl-C: `ssl-bench train` once its state is saved, or the signal itself (Popen's
+# -15, -2) if it came before the handlers were installed.
+STOPPED_RETURN_CODES = (STOPPED_EXIT_CODE, INTERRUPTED_EXIT_CODE, -signal.SIGTERM, -signal.SIGINT)
 
 
 class _Stopped(Exception):
-    pass
+    def __init__(self, signal_name: str, exit_code: int):
+        super().__init__(signal_name)
+        self.signal_name, self.exit_code = signal_name, exit_code
 
 
-class _StopOnSigterm:
-    """While the local launcher runs, a SIGTERM (``kill``, a cluster ending the allocation) stops the sweep
-    cleanly: no new cell starts, each running cell gets the SIGTERM too and saves its state at the end of its
-    current step (CheckpointOnStop), and the sweep waits for them. Dying at once instead would have the kernel
-    SIGKILL them (_die_with_parent) before they saved."""
+class _StopOnSignals:
+    """While the local launcher runs, a SIGTERM (``kill``, a cluster ending the allocation) or Ctrl-C stops the sweep
+    cleanly: no new cell starts, each running cell gets a SIGTERM (unless it has one) and saves its state at the end
+    of its current step (CheckpointOnStop), and the sweep waits for them. Dying at once instead would have the kernel
+    SIGKILL them (_die_with_parent) before they saved. Ctrl-C in a terminal reaches the cells too, which stop the
+    same way; a SIGTERM on top of it changes nothing (a second Ctrl-C would stop them at once). A second Ctrl-C to
+    the sweep interrupts it at once."""
 
     def __init__(self):
-        self.requested = False
+        self.requested: Optional[int] = None  # the signal that asked for the stop
         self._passed_on: set = set()
 
-    def __enter__(self) -> "_StopOnSigterm":
-        self._previous = signal.signal(signal.SIGTERM, self._request)
+    def __enter__(self) -> "_StopOnSignals":
+        self._previous = {signum: signal.signal(signum, self._request) for signum in (signal.SIGTERM, signal.SIGINT)}
         return self
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
     def _request(self, signum, frame) -> None:
-        self.requested = True
+        self.requested = self.requested or signum
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
+
+    def stopped(self) -> "_Stopped":
+        if self.requested == signal.SIGINT:
+            return _Stopped("Ctrl-C", INTERRUPTED_EXIT_CODE)
+        return _Stopped("SIGTERM", STOPPED_EXIT_CODE)
 
     def pass_on(self, running) -> None:
-        """Sends the SIGTERM, once, to every running cell (those of the sweep's process group may have it already:
-        a second one changes nothing)."""
+        """Sends a SIGTERM, once, to every running cell."""
         if not self.requested:
             return
         for child in running:
@@ -509,9 +555,11 @@ def _run_submitit(sweep: Sweep, n_pending: int, cluster: str, poll_s: float) -> 
     Do not start the sweep again while its jobs are queued or running: those cells would be submitted twice.
     """
     s = sweep.config.slurm
-    pending = [(k, c) for k, c in enumerate(sweep.cells, 1) if not c.finished()]
+    pending = [(k, c) for k, c in enumerate(sweep.cells, 1) if c.status == PENDING]
     if not pending:
         return []
+    for _, cell in pending:
+        cell.start_over_if_forced()
     jobs_cells = [(k, replace(c, overrides=c.overrides + tuple(_slurm_overrides(s)))) for k, c in pending]
     folder = Path(jobs_cells[0][1].config().run.runs_dir) / ".submitit" / sweep.config.name
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)

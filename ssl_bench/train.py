@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import resource
 import shutil
@@ -24,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import lightning.pytorch as pl
 import torch
@@ -35,8 +34,7 @@ from omegaconf import DictConfig
 from ssl_bench.audit import TAG as AUDIT_TAG
 from ssl_bench.audit import TestSelectionAudit
 from ssl_bench.callbacks import CheckpointOnStop, ResumeCheckpoint, StepTimer, TrainingRandomState, fit_stoppably
-from ssl_bench.config import (ConfigError, data_root, resolve_project_path, run_dir, run_seed,
-                              saved_config_differences, to_yaml)
+from ssl_bench.config import ConfigError, data_root, resolve_project_path, run_dir, run_seed, to_yaml
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
 from ssl_bench.data.partial import partial_annotation_flags
@@ -45,6 +43,7 @@ from ssl_bench.data.stream import OneEpochStreams, streams_resume_by_position
 from ssl_bench.data.synthetic import SyntheticSpec, ensure_synthetic
 from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.evaluation import summarize
+from ssl_bench.identity import METRICS_FILE, UnreadableResult, finished_result
 from ssl_bench.nets.backbone import count_parameters
 from ssl_bench.registry import get_method
 from ssl_bench.utils.io import atomic_write_json, atomic_write_text
@@ -107,16 +106,6 @@ def checkpoint_callbacks(ckpt_dir: Path) -> Tuple[ModelCheckpoint, ResumeCheckpo
     best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best-{step}", monitor="val/dice_mean", mode="max",
                            save_top_k=1, auto_insert_metric_name=False)
     return best, ResumeCheckpoint(ckpt_dir / LAST)
-
-
-def _check_same_config(run: Path, cfg: DictConfig) -> None:
-    saved = run / "config.yaml"
-    if not saved.is_file():
-        return
-    diff = saved_config_differences(saved, cfg)
-    if diff:
-        raise ConfigError(f"{run} holds a run with a different config ({', '.join(diff[:8])} differ): "
-                          "use run.tag=<name> for a variant, or --force to start this run over")
 
 
 def _loggers(cfg: DictConfig, run: Path) -> list:
@@ -208,18 +197,22 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
     """Train and evaluate one run; returns the content of its metrics.json."""
     started = time.perf_counter()
     run = run_dir(cfg)
-    metrics_path = run / "metrics.json"
+    metrics_path = run / METRICS_FILE
     if force and run.exists():
         shutil.rmtree(run)
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
-        print(f"{run}: already finished (use --force to run it again)")
-        print(format_summary(metrics))
-        return metrics
     method_cls = get_method(cfg.method.name)
+    try:  # refuses a folder holding a run of another config, finished or not
+        metrics = finished_result(run, method_cls.run_config(cfg))
+    except UnreadableResult as err:
+        print(f"{err}: not counted as finished; the run is evaluated again from {run / CHECKPOINTS / LAST} (or "
+              "trained again if that is missing), which rewrites it", file=sys.stderr)
+    else:
+        if metrics is not None:
+            print(f"{run}: already finished (use --force to run it again)")
+            print(format_summary(metrics))
+            return metrics
     cfg, prerequisite_metrics = method_cls.prepare_run(cfg)  # e.g. contrastive pretraining, once per draw
     cfg_yaml = to_yaml(cfg)
-    _check_same_config(run, cfg)
 
     data = prepare_data(cfg, method_cls)  # bad data fails here, before the run folder is touched
     manifest, split, annotated = data.manifest, data.split, data.annotated

@@ -3,6 +3,7 @@ sweep, DDP evaluation equal to one process, and the SLURM path through submitit'
 
 import csv
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from omegaconf import OmegaConf
 
 from ssl_bench.callbacks import STOPPED_EXIT_CODE
 from ssl_bench.cli import main
-from ssl_bench.config import ConfigError
+from ssl_bench.config import ConfigError, to_yaml
 from ssl_bench.registry import method_names
 from ssl_bench.sweep import Cell, Progress, SweepError, job_environments, load_sweep, run_sweep
 from conftest import PROJECT_ROOT
@@ -195,10 +196,16 @@ def test_local_jobs_run_cells_at_once_and_a_failed_cell_leaves_the_others(tmp_pa
         sys.executable, "-c", RENDEZVOUS_CELL, str(cell.run_dir),
         *([str(d) for d in waiting if d != cell.run_dir] if cell.run_dir in waiting else [])])
     assert run_sweep(sweep) == 1
-    assert [c.finished() for c in sweep.cells] == [True, True, False]
+    assert [(c.run_dir / "metrics.json").is_file() for c in sweep.cells] == [True, True, False]
     out, err = capsys.readouterr()
     assert "[job 1/2]" in out and "[job 2/2]" in out
     assert "failed: method=pi_model" in err and "method=supervised" not in err
+
+
+def _result(cell: Cell, **content) -> dict:
+    """A metrics.json of ``cell`` holding what a finished run's does (its values made up)."""
+    return {"dataset": "synthetic", "method": cell.method, "fraction": cell.fraction, "draw": cell.draw,
+            "primary": {"dice_mean": 0.5}, "results": {}, "steps": 1, **content}
 
 
 def _record(records: Path, cell: Cell, **changes) -> Path:
@@ -209,17 +216,18 @@ def _record(records: Path, cell: Cell, **changes) -> Path:
     for key, value in changes.items():
         OmegaConf.update(cfg, key, value)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    (folder / "metrics.json").write_text("{}")
+    (folder / "metrics.json").write_text(json.dumps(_result(cell)))
     return folder
 
 
 def _writes_metrics(ran: list):
-    """A stand-in for Cell.command that notes the method and writes the cell's metrics.json (its method) at once."""
+    """A stand-in for Cell.command that notes the method and writes the cell's config.yaml and metrics.json (with
+    the method in "ran") at once."""
     def command(cell: Cell) -> list:
         ran.append(cell.method)
-        return [sys.executable, "-c", "import json, pathlib, sys; p = pathlib.Path(sys.argv[1]); "
-                "p.mkdir(parents=True); (p / 'metrics.json').write_text(json.dumps({'ran': sys.argv[2]}))",
-                str(cell.run_dir), cell.method]
+        return [sys.executable, "-c", "import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True, exist_ok=True); "
+                "(p / 'config.yaml').write_text(sys.argv[2]); (p / 'metrics.json').write_text(sys.argv[3])",
+                str(cell.run_dir), to_yaml(cell.run_config()), json.dumps(_result(cell, ran=cell.method))]
     return command
 
 
@@ -269,14 +277,49 @@ def test_cells_recorded_with_the_same_config_count_as_finished_and_others_run(tm
     assert not (cells[0].run_dir / "metrics.json").exists()  # nothing was run or written for it
     # Each cell that ran is kept in the records as it finishes, replacing the record of another config (its
     # config.yaml too, which this stand-in run lacks); the record that stood in for its cell is untouched.
-    assert [json.loads((records / c.relative_dir / "metrics.json").read_text()) for c in cells] == [
-        {}, {"ran": "mean_teacher"}, {"ran": "pi_model"}]
-    assert not (other / "config.yaml").exists() and (same / "config.yaml").is_file()
+    assert [json.loads((records / c.relative_dir / "metrics.json").read_text()).get("ran") for c in cells] == [
+        None, "mean_teacher", "pi_model"]
+    assert (other / "config.yaml").read_text() == to_yaml(cells[1].run_config())
 
     ran.clear()  # without records, the recorded cell is pending again
     assert run_sweep(load_sweep(path, runs)) == 0 and ran == ["supervised"]
     with pytest.raises(SweepError, match="no records folder"):
         load_sweep(path, runs, tmp_path / "missing")
+
+
+def test_a_cell_counts_as_finished_only_with_a_readable_result_of_its_own_config(tmp_path, monkeypatch, capsys):
+    """A run folder whose metrics.json is cut short is no finished cell (its cell runs again, the file named); one
+    holding a finished run of another config is refused with the differing keys, and --force starts it over; a
+    runs folder named another way is the same runs folder."""
+    path = _write_sweep(tmp_path / "identity.yaml", methods=["supervised", "mean_teacher", "pi_model"])
+    runs = [f"run.runs_dir={tmp_path / 'runs'}"]
+    ran = []
+    monkeypatch.setattr(Cell, "command", _writes_metrics(ran))
+    assert run_sweep(load_sweep(path, runs)) == 0 and len(ran) == 3
+    truncated, changed, intact = (c.run_dir for c in load_sweep(path, runs).cells)
+    (truncated / "metrics.json").write_text((truncated / "metrics.json").read_text()[:40])
+    cfg = yaml.safe_load((changed / "config.yaml").read_text())
+    cfg["optim"]["lr"] = 0.5
+    (changed / "config.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+
+    sweep = load_sweep(path, runs)
+    assert [c.state() for c in sweep.cells] == ["pending", "refused", "finished"]
+    assert f"[sweep] {truncated / 'metrics.json'}: not valid JSON" in capsys.readouterr().err
+    ran.clear()
+    assert run_sweep(sweep) == 1 and ran == ["supervised"]
+    out, err = capsys.readouterr()
+    assert "3 cells, 1 already finished, 1 refused" in out and "failed:" not in err
+    assert (f"refused: method=mean_teacher fraction=0.5 draw=0: {changed} holds a run with a different config "
+            "(optim.lr differ): use run.tag=<name> for a variant, or --force") in err
+
+    # The same runs folder, relative from elsewhere: nothing to do but the refused cell.
+    monkeypatch.chdir(tmp_path / "runs")
+    assert [c.state() for c in load_sweep(path, ["run.runs_dir=../runs"]).cells] == ["finished", "refused", "finished"]
+    ran.clear()
+    assert run_sweep(load_sweep(path, ["run.runs_dir=../runs"], force=True)) == 0
+    assert ran == ["supervised", "mean_teacher", "pi_model"]
+    assert yaml.safe_load((changed / "config.yaml").read_text())["optim"]["lr"] != 0.5
 
 
 def test_a_record_of_a_pretrained_method_counts_as_its_cell(tmp_path, capsys):
@@ -293,9 +336,13 @@ def test_a_record_of_a_pretrained_method_counts_as_its_cell(tmp_path, capsys):
     other = _record(records, cells[1], **{"model.init_from": "/my/backbone.pt"})
     assert [c.record for c in load_sweep(path, runs, records).cells] == [same, None]
     assert f"record {other} has another config (model.init_from differ)" in capsys.readouterr().err
-    (other / "config.yaml").write_text("model: {}\n")  # no run section: unusable, not a crash
+    (other / "config.yaml").write_text("model: [\n")  # not YAML: unusable, not a crash
     assert [c.record for c in load_sweep(path, runs, records).cells] == [same, None]
-    assert f"record {other} unusable, its cell will run" in capsys.readouterr().err
+    assert f"record {other} is unusable ({other / 'config.yaml'}: cannot parse YAML" in capsys.readouterr().err
+    (other / "metrics.json").write_text('{"dataset": "synth')  # cut short: no record, whatever its config
+    (other / "config.yaml").write_text((same / "config.yaml").read_text())
+    assert [c.record for c in load_sweep(path, runs, records).cells] == [same, None]
+    assert f"record {other} is unusable ({other / 'metrics.json'}: not valid JSON" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sweep's children die with it on Linux only")
@@ -337,38 +384,46 @@ def test_killed_sweep_resumes_with_exactly_one_result_per_cell(tmp_path, synthet
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sweep's children die with it on Linux only")
-def test_sweep_stopped_by_sigterm_has_its_cell_save_its_step_then_resumes_it(tmp_path, synthetic_cache, capfd):
-    """A SIGTERM to the sweep alone (as `kill PID`) while its cell trains: the sweep passes it on, waits for the
-    cell to save the state of the step it was in, and exits with 143; the same command resumes the cell there."""
+@pytest.mark.parametrize("how, max_steps", [("sigterm", 100), ("ctrl_c", 40)])
+def test_sweep_stopped_by_sigterm_or_ctrl_c_has_its_cell_save_its_step_then_resumes_it(tmp_path, synthetic_cache,
+                                                                                       how, max_steps):
+    """A SIGTERM to the sweep alone (as `kill PID`), or Ctrl-C in its terminal (a SIGINT to the sweep and its cell),
+    while its cell trains: the sweep passes a SIGTERM on, waits for the cell to save the state of the step it was in,
+    and exits with 143 (130); the same command resumes the cell there."""
     runs = tmp_path / "runs"
-    path = _write_sweep(tmp_path / "stop.yaml", draws=[0], overrides=[*TINY, "trainer.max_steps=100", "trainer.val_every_n_steps=10"])
+    path = _write_sweep(tmp_path / "stop.yaml", draws=[0],
+                        overrides=[*TINY, f"trainer.max_steps={max_steps}", "trainer.val_every_n_steps=10"])
     args = ["sweep", str(path), *_execution_overrides(runs, synthetic_cache)]
     last = runs / "synthetic" / "supervised" / "frac0.5" / "draw0" / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen([sys.executable, "-m", "ssl_bench.cli", *args], cwd=PROJECT_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + SUBPROCESS_TIMEOUT_S
         while not last.is_file() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)  # the first validation's checkpoint: training, with Lightning's SIGTERM handler
+            time.sleep(0.1)  # the first validation's checkpoint: training, with the stop handlers installed
         assert last.is_file(), "the cell wrote no checkpoint in time"
-        proc.send_signal(signal.SIGTERM)
+        if how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
         out, _ = proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
     finally:
         proc.kill()
-    assert proc.returncode == STOPPED_EXIT_CODE, out[-2000:]
-    assert "[sweep] stopped by SIGTERM" in out and "stopped by SIGTERM" in out.split("[sweep] stopped")[0]
+    name, code = ("SIGTERM", STOPPED_EXIT_CODE) if how == "sigterm" else ("Ctrl-C", 130)
+    assert proc.returncode == code, out[-2000:]
+    assert f"[sweep] stopped by {name}" in out and f"stopped by {name}" in out.split("[sweep] stopped")[0]
     assert not _processes_mentioning(str(runs)), "the cell outlived the stopped sweep"
     assert not _metrics_files(runs)
     stopped_at = torch.load(last, weights_only=True)["global_step"]
-    assert 10 <= stopped_at < 100
+    assert 10 <= stopped_at < max_steps
     if "saved to" not in out:  # stopped at a validation: its checkpoint, or the one before
         assert stopped_at % 10 == 0 and f"the same command resumes from step {stopped_at}" in out
     else:
-        assert f"stopped by SIGTERM after step {stopped_at}, saved to {last}" in out
+        assert f"stopped by {name} after step {stopped_at}, saved to {last}" in out
 
     assert main(args) == 0
     [metrics] = [json.loads(p.read_text()) for p in _metrics_files(runs)]
-    assert metrics["steps"] == 100 and metrics["resumed_from_step"] == stopped_at
+    assert metrics["steps"] == max_steps and metrics["resumed_from_step"] == stopped_at
 
 
 def test_ddp_test_metrics_equal_one_process_per_case(smoke_runs, tmp_path):

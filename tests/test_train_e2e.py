@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -86,6 +87,54 @@ def test_changed_config_in_same_run_folder_is_refused(tmp_path, synthetic_cache,
     assert main(base) == 2
     err = capsys.readouterr().err
     assert "different config (optim.lr differ)" in err and "run.tag" in err
+
+
+def test_a_finished_run_answers_only_its_own_config_wherever_its_folder_is(tmp_path, synthetic_cache, capsys,
+                                                                        monkeypatch):
+    """A finished run folder asked for with another budget or learning rate is refused, the differing keys named,
+    not answered with its old result; the same runs folder copied elsewhere, or spelled relative, is the same run;
+    a metrics.json cut short, empty or without a result is named and the run evaluated again from its last
+    checkpoint (no step trained again). Under umask 022 every file of the run is readable by the team."""
+    common = ("data.fraction=0.5", "trainer.val_every_n_steps=2", "trainer.max_steps=2")
+    args = _args(tmp_path, synthetic_cache, *common)
+    previous_umask = os.umask(0o022)
+    try:
+        assert main(args) == 0
+    finally:
+        os.umask(previous_umask)
+    run = _run_dir(tmp_path)
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert len(files) > 6 and [p for p in files if p.stat().st_mode & 0o044 != 0o044] == []
+    metrics_path = run / "metrics.json"
+    finished = metrics_path.read_text()
+    capsys.readouterr()
+    for change, key in [("trainer.max_steps=3", "trainer.max_steps"), ("optim.lr=0.001", "optim.lr")]:
+        assert main(args + [change]) == 2
+        err = capsys.readouterr().err
+        assert f"{run} holds a run with a different config ({key} differ)" in err
+        assert "run.tag=<name>" in err and "--force" in err
+    assert metrics_path.read_text() == finished
+
+    copy = tmp_path / "moved" / "runs"
+    shutil.copytree(tmp_path / "runs", copy)
+    monkeypatch.chdir(copy.parent)
+    for runs_dir in ("runs", str(copy)):
+        assert main([a if not a.startswith("run.runs_dir=") else f"run.runs_dir={runs_dir}" for a in args]) == 0
+        assert "already finished" in capsys.readouterr().out
+
+    for broken, problem in [(finished[:len(finished) // 2], "not valid JSON"), ("", "empty"),
+                            ('{"steps": 2}', "holds no complete result")]:
+        metrics_path.write_text(broken)
+        assert main(args) == 0
+        err = capsys.readouterr().err
+        assert f"{metrics_path}: {problem}" in err and "evaluated again from" in err
+        metrics = json.loads(metrics_path.read_text())
+        assert metrics["steps"] == 2 and metrics["resumed_from_step"] == 2
+        assert metrics["primary"] == json.loads(finished)["primary"]
+
+    (run / "config.yaml").unlink()
+    assert main(args) == 2
+    assert "has a metrics.json but no config.yaml" in capsys.readouterr().err
 
 
 def test_run_started_before_a_config_key_existed_resumes_while_the_key_keeps_its_default(tmp_path, synthetic_cache,

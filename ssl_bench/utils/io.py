@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
+from typing import Tuple
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -17,7 +18,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """``atomic_write_text`` for bytes: an exact copy of a file's content, line endings included."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _new_temporary_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -25,9 +26,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _new_temporary_file(path: Path) -> Tuple[int, Path]:
+    """A new file beside ``path``, open for writing, with the permissions the process's umask gives any new file
+    (0644 under umask 022: results on shared storage are readable by the team). tempfile.mkstemp would make it 0600."""
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
