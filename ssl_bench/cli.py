@@ -19,7 +19,7 @@ def _cmd_train(args) -> int:
     from ssl_bench.train import train
     cfg = load_config(args.method, args.data, args.overrides)
     try:
-        train(cfg, force=args.force)
+        train(cfg, force=args.force, resume_from=args.resume_from)
     except RunStopped as stopped:  # stopped by SIGTERM or Ctrl-C, its state saved: neither finished nor failed
         return stopped.code
     return 0
@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="supervised", help="registered method name (see `ssl-bench methods`)")
     p.add_argument("--data", default="hippocampus", help="experiments/data/<name>.yaml (hippocampus, synthetic, synthetic_multiorgan)")
     p.add_argument("--force", action="store_true", help="start over even if the run folder holds a finished run")
+    p.add_argument("--resume-from", metavar="CKPT", help="when last.ckpt cannot be read: resume from 'newest' (the "
+                   "newest intact checkpoint of the run) or from one of the run's checkpoints, e.g. its best-<step>.ckpt")
     p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. data.fraction=0.1 "
                    "trainer.max_steps=200 optim.lr=3e-4")
     p.set_defaults(func=_cmd_train)
@@ -192,13 +194,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ssl_bench.data.download import DownloadError
     from ssl_bench.data.verify import DataVerificationError
     from ssl_bench.registry import UnknownMethodError
+    from ssl_bench.resume import CheckpointError
     from ssl_bench.report import ReportError
     # Lightning's own deprecation notice about torch internals: nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
     args = parse_with_overrides(build_parser(), argv)
     try:
         return args.func(args)
-    except (ConfigError, ManifestError, DataVerificationError, UnknownMethodError, DownloadError, ReportError) as err:
+    except (ConfigError, ManifestError, DataVerificationError, UnknownMethodError, DownloadError, ReportError,
+            CheckpointError) as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
         return 2
 

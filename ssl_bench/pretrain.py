@@ -42,6 +42,7 @@ from ssl_bench.losses.contrastive import local_contrastive_loss, nt_xent, partit
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.nets.backbone import build_backbone
 from ssl_bench.nets.pretrained import architecture, save_backbone
+from ssl_bench.resume import resume_point
 from ssl_bench.utils.io import atomic_write_json, atomic_write_text
 from ssl_bench.utils.transforms import FlipRotation, random_flip_rotation
 
@@ -224,9 +225,9 @@ def _pretrain_once(cfg: DictConfig, run: Path) -> Dict[str, object]:
                          enable_model_summary=False, default_root_dir=str(run),
                          logger=CSVLogger(save_dir=str(run), name="csv"),
                          callbacks=[saver, stop, timer, TrainingRandomState(), OneEpochStreams()])
-    last = run / CHECKPOINTS / LAST
+    resume = resume_point(run / CHECKPOINTS / LAST, option=None)
     with streams_resume_by_position():
-        fit_stoppably(trainer, stop, module, ckpt_path=str(last) if last.is_file() else None)
+        fit_stoppably(trainer, stop, module, ckpt_path=None if resume is None else str(resume))
     arch = architecture(pcfg.model, d.spatial_dims, in_channels=1, out_channels=manifest.num_classes)
     save_backbone(module.net, run / BACKBONE, arch)
     record = {"dataset": d.name, "draw": d.draw, "run_dir": str(run), "checkpoint": str(run / BACKBONE),

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import lightning.pytorch as pl
 import torch
@@ -45,7 +45,9 @@ from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.evaluation import summarize
 from ssl_bench.identity import METRICS_FILE, UnreadableResult, finished_result
 from ssl_bench.nets.backbone import count_parameters
+from ssl_bench.provenance import collect_provenance
 from ssl_bench.registry import get_method
+from ssl_bench.resume import resume_point
 from ssl_bench.utils.io import atomic_write_json, atomic_write_text
 from ssl_bench.wandb_run import ImageOverlays, best_score, log_results, wandb_logger
 
@@ -193,8 +195,9 @@ def _save_predictions(module, dm: SegmentationDataModule, out_dir: Path) -> None
             os.replace(tmp, out_dir / f"{case_id}.nii.gz")
 
 
-def train(cfg: DictConfig, force: bool = False) -> dict:
-    """Train and evaluate one run; returns the content of its metrics.json."""
+def train(cfg: DictConfig, force: bool = False, resume_from: Optional[str] = None) -> dict:
+    """Train and evaluate one run; returns the content of its metrics.json. ``resume_from``: "newest", or one of
+    the run's checkpoints, to resume from instead of last.ckpt when that cannot be read (ssl_bench/resume.py)."""
     started = time.perf_counter()
     run = run_dir(cfg)
     metrics_path = run / METRICS_FILE
@@ -211,6 +214,8 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
             print(f"{run}: already finished (use --force to run it again)")
             print(format_summary(metrics))
             return metrics
+    last = run / CHECKPOINTS / LAST
+    resume = resume_point(last, resume_from)  # an unreadable last.ckpt stops the run here, saying how to go on
     cfg, prerequisite_metrics = method_cls.prepare_run(cfg)  # e.g. contrastive pretraining, once per draw
     cfg_yaml = to_yaml(cfg)
 
@@ -253,12 +258,10 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, benchmark=t.cudnn_benchmark, enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False, default_root_dir=str(run), logger=loggers, callbacks=callbacks)
-    last = ckpt_dir / LAST
-    resume_from = str(last) if last.is_file() else None
-    if resume_from:
-        print(f"{run}: resuming from {last}")
+    if resume is not None:
+        print(f"{run}: resuming from {resume}")
     with streams_resume_by_position():
-        fit_stoppably(trainer, stop, module, datamodule=dm, ckpt_path=resume_from)
+        fit_stoppably(trainer, stop, module, datamodule=dm, ckpt_path=None if resume is None else str(resume))
     trainer.save_checkpoint(str(last), weights_only=False)
     if trainer.is_global_zero:
         for name, content in module.run_records().items():
@@ -292,6 +295,7 @@ def train(cfg: DictConfig, force: bool = False) -> dict:
         "n_parameters_total": count_parameters(module),
         "run_dir": str(run),
         **prerequisite_metrics,
+        "provenance": collect_provenance(cfg.trainer.precision, module.device, trainer.world_size),
     }
     if audit is not None:
         metrics["test_selection"] = audit.summary()

@@ -41,10 +41,11 @@ def test_verify_and_import_msd_commands(tmp_path, synthetic_cache, capsys):
     assert "12 cases OK" in capsys.readouterr().out
 
     ds = tmp_path / "Task09_Toy"
-    ds.mkdir()
-    (ds / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "spleen"},
-                                                 "training": [{"image": f"imagesTr/t{i}.nii.gz",
-                                                               "label": f"labelsTr/t{i}.nii.gz"} for i in range(10)]}))
+    training = [{"image": f"imagesTr/t{i}.nii.gz", "label": f"labelsTr/t{i}.nii.gz"} for i in range(10)]
+    for path in (ds / p for entry in training for p in entry.values()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()  # import-msd checks that every listed file is there; `data verify` reads them
+    (ds / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "spleen"}, "training": training}))
     out = tmp_path / "toy.json"
     assert main(["data", "import-msd", str(ds), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["labels"] == ["background", "spleen"]

@@ -51,13 +51,24 @@ def test_missing_keys_and_bad_json(tmp_path):
         load_manifest(tmp_path / "absent.json")
 
 
+def _msd_folder(ds, n_cases, skip_files=()):
+    """An MSD-style folder whose dataset.json lists ``n_cases`` training pairs, their (empty) files present."""
+    training = [{"image": f"./imagesTr/toy_{i:03d}.nii.gz", "label": f"./labelsTr/toy_{i:03d}.nii.gz"}
+                for i in range(n_cases)]
+    for entry in training:
+        for path in entry.values():
+            if path not in skip_files:
+                (ds / path).parent.mkdir(parents=True, exist_ok=True)
+                (ds / path).touch()
+    (ds / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "Liver", "2": "Tumour"},
+                                                 "training": training}))
+    return training
+
+
 def test_import_msd_round_trip(tmp_path):
     ds = tmp_path / "Task99_Toy"
     ds.mkdir()
-    (ds / "dataset.json").write_text(json.dumps({
-        "labels": {"0": "background", "1": "Liver", "2": "Tumour"},
-        "training": [{"image": f"./imagesTr/toy_{i:03d}.nii.gz", "label": f"./labelsTr/toy_{i:03d}.nii.gz"}
-                     for i in range(20)]}))
+    _msd_folder(ds, 20)
     m = import_msd(ds, test_fraction=0.2, val_fraction=0.1, seed=0)
     assert m.name == "toy" and m.directory == "Task99_Toy"
     assert m.labels == ["background", "liver", "tumour"]
@@ -72,6 +83,25 @@ def test_import_msd_errors(tmp_path):
         import_msd(tmp_path)
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "bg", "2": "x"}, "training": []}))
     with pytest.raises(ManifestError, match="label indices"):
+        import_msd(tmp_path)
+
+
+def test_import_msd_names_every_training_entry_without_a_label_or_a_file(tmp_path):
+    """Regression: an entry without "label" was a bare KeyError; a missing file went unnoticed until training."""
+    training = _msd_folder(tmp_path, 6, skip_files=["./labelsTr/toy_002.nii.gz"])
+    training[4] = {"image": "./imagesTr/toy_004.nii.gz"}
+    training.append({"image": "./imagesTr/toy_000.nii.gz", "label": "./labelsTr/toy_000.nii.gz"})
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "training": training}))
+    with pytest.raises(ManifestError) as err:
+        import_msd(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'dataset.json'}: 3 problem(s) in 'training'")
+    assert "training entry #2: labelsTr/toy_002.nii.gz not found in" in message
+    assert 'training entry #4 {"image": "./imagesTr/toy_004.nii.gz"} has no label' in message
+    assert "case id toy_000 comes from more than one training entry" in message
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "training": {"image": "x"}}))
+    with pytest.raises(ManifestError, match="'training' must be a list"):
         import_msd(tmp_path)
 
 

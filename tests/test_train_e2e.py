@@ -26,6 +26,7 @@ from ssl_bench.cli import main
 from ssl_bench.config import load_config, to_yaml
 from ssl_bench.data.manifest import load_manifest
 from ssl_bench.data.splits import split_pool
+from ssl_bench.provenance import PROVENANCE_KEYS, cpu_model
 from ssl_bench.train import checkpoint_callbacks
 from conftest import PROJECT_ROOT, SHARED_DATA, TINY
 
@@ -59,6 +60,8 @@ def test_supervised_end_to_end_then_skip_then_force(tmp_path, synthetic_cache, c
     assert primary["checkpoint"] == "last" and primary["model"] == "student"
     assert 0.0 <= primary["dice_mean"] <= 1.0 and math.isfinite(primary["hd95_mean"])
     assert metrics["seconds_per_step"] > 0 and metrics["n_parameters"] > 0
+    assert tuple(metrics["provenance"]) == PROVENANCE_KEYS  # where and with what it was computed
+    assert metrics["provenance"]["device"] == cpu_model() and metrics["provenance"]["precision"] == "32-true"
 
     with open(run / "per_case.csv") as f:
         rows = list(csv.DictReader(f))
@@ -364,6 +367,30 @@ def _killed_after_first_checkpoint(tmp_path, args, monkeypatch) -> Path:
         main(args)
     monkeypatch.undo()
     return _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+
+
+def test_an_unreadable_last_checkpoint_is_an_error_naming_it_and_the_way_on(tmp_path, synthetic_cache, monkeypatch,
+                                                                            capsys):
+    """A last.ckpt cut short, overwritten or empty: `ssl-bench train` exits with 2 and a message naming the file, what
+    is wrong and the newest intact checkpoint to resume from (not a 50-line traceback); --resume-from that file
+    resumes, keeping the unreadable one aside."""
+    args = _args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=4", "trainer.val_every_n_steps=2")
+    last = _killed_after_first_checkpoint(tmp_path, args, monkeypatch)
+    best = last.with_name("best-2.ckpt")
+    intact = last.read_bytes()
+    capsys.readouterr()
+    for damaged, problem in [(intact[:len(intact) // 3], "cannot be read as a checkpoint"),
+                             (b"\x00garbage" * 100, "cannot be read as a checkpoint"), (b"", "is empty")]:
+        last.write_bytes(damaged)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"ssl-bench: error: {last} {problem}") and "Traceback" not in err
+        assert (f"Its newest intact checkpoint is {best} (step 2): run the same command with --resume-from {best} "
+                "(or --resume-from newest)") in err
+    assert main(args + ["--resume-from", str(best)]) == 0
+    assert last.with_name("last.ckpt.unreadable").read_bytes() == b""
+    metrics = json.loads((_run_dir(tmp_path) / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 2 and metrics["steps"] == 4
 
 
 def test_a_checkpoint_without_a_random_state_still_resumes(tmp_path, synthetic_cache, monkeypatch):

@@ -137,6 +137,16 @@ def test_all_problems_are_reported_together(tmp_path):
     assert "4 problem(s)" in describe_verification(infos, problems)
 
 
+def test_a_label_without_foreground_is_a_warning_naming_the_case_not_a_problem(tmp_path):
+    manifest = make_dataset(tmp_path)
+    write_nifti(label_path(tmp_path, "case_001"), np.zeros(SHAPE, np.uint8))
+    infos, problems = verify_cases(manifest, tmp_path)
+    assert problems == [] and [i.foreground_voxels == 0 for i in infos] == [False, True, False]
+    assert describe_verification(infos, problems) == (
+        "3 cases OK\nwarning: 1 case(s) whose label has no foreground (no structure to segment; Dice is undefined "
+        "there): case_001")
+
+
 def test_unknown_case_id_is_a_problem(tmp_path):
     manifest = make_dataset(tmp_path)
     infos, problems = verify_cases(manifest, tmp_path, ["case_002", "case_999"])

@@ -28,6 +28,8 @@ from typing import List, Optional
 from ssl_bench.utils.io import atomic_write_text
 
 DATA_ROOT_ENV = "SSL_BENCH_DATA_ROOT"
+# How many problems of a dataset.json an error lists (they are counted all the same).
+MAX_LISTED_PROBLEMS = 20
 
 
 class ManifestError(ValueError):
@@ -170,15 +172,35 @@ def import_msd(dataset_dir: str | os.PathLike, name: Optional[str] = None, test_
     if sorted(label_map) != list(range(len(label_map))):
         raise ManifestError(f"{meta_path}: label indices must be 0..K, got {sorted(label_map)}")
     labels = [str(label_map[i]).lower() for i in range(len(label_map))]
-    cases = []
-    for pair in training:
-        image = os.path.normpath(pair["image"])
-        label = os.path.normpath(pair["label"])
-        case_id = Path(image).name.split(".")[0]
-        cases.append(Case(id=case_id, image=image, label=label))
+    cases = _training_cases(training, dataset_dir, meta_path)
     test, val = split_held_out([c.id for c in cases], test_fraction, val_fraction, seed)
     return Manifest(
         name=name or dataset_dir.name.split("_", 1)[-1].lower(), directory=dataset_dir.name, labels=labels,
         cases=cases, test=test, validation=val, split_seed=seed, source=str(meta.get("reference", "")),
         license=str(meta.get("licence", meta.get("license", ""))),
     )
+
+
+def _training_cases(training, dataset_dir: Path, meta_path: Path) -> List[Case]:
+    """The labeled cases of a dataset.json's ``training`` list; a ManifestError listing every entry without an image
+    and a label, every listed file that is not there and every case id given twice."""
+    if not isinstance(training, list):
+        raise ManifestError(f"{meta_path}: 'training' must be a list of {{image, label}} entries")
+    cases, problems = [], []
+    for i, entry in enumerate(training):
+        missing = [key for key in ("image", "label") if not isinstance(entry, dict) or not entry.get(key)]
+        if missing:
+            problems.append(f"training entry #{i} {json.dumps(entry)} has no {' and no '.join(missing)}")
+            continue
+        image, label = os.path.normpath(entry["image"]), os.path.normpath(entry["label"])
+        problems += [f"training entry #{i}: {path} not found in {dataset_dir}"
+                     for path in (image, label) if not (dataset_dir / path).is_file()]
+        cases.append(Case(id=Path(image).name.split(".")[0], image=image, label=label))
+    ids = [c.id for c in cases]
+    problems += [f"case id {case_id} comes from more than one training entry"
+                 for case_id in sorted({i for i in ids if ids.count(i) > 1})]
+    if problems:
+        shown = "\n".join(f"  - {p}" for p in problems[:MAX_LISTED_PROBLEMS])
+        more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+        raise ManifestError(f"{meta_path}: {len(problems)} problem(s) in 'training':\n{shown}{more}")
+    return cases

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -49,6 +49,9 @@ class CaseInfo:
     case_id: str
     shape: tuple
     spacing: tuple
+    # Voxels of the label above background (None: the case has no label). A case without any is no error (a scan
+    # may show no structure), but it has no foreground Dice, so `data verify` names it.
+    foreground_voxels: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,12 @@ def verify_or_raise(manifest: Manifest, data_root: str | os.PathLike,
 
 def describe_verification(infos: List[CaseInfo], problems: List[Problem]) -> str:
     ok = f"{len(infos)} case{'' if len(infos) == 1 else 's'} OK"
-    return f"{ok}, {len(problems)} problem(s) found:\n{_bullets(problems)}" if problems else ok
+    text = f"{ok}, {len(problems)} problem(s) found:\n{_bullets(problems)}" if problems else ok
+    empty = [i.case_id for i in infos if i.foreground_voxels == 0]
+    if empty:
+        text += (f"\nwarning: {len(empty)} case(s) whose label has no foreground (no structure to segment; Dice "
+                 f"is undefined there): {', '.join(empty)}")
+    return text
 
 
 def _bullets(problems: List[Problem]) -> str:
@@ -120,6 +128,8 @@ def _verify_case(case: Case, dataset_dir: Path, num_classes: int) -> Tuple[Optio
             problem(image_path, f"voxel spacing {spacing} must be finite, > 0 and < {MAX_SPACING_MM:g} mm")
         info = CaseInfo(case.id, spatial_shape, spacing)
     if label is not None:
+        if info is not None and label.data.dtype.kind in "biuf":
+            info = replace(info, foreground_voxels=int(np.count_nonzero(label.data > 0)))
         if label.data.ndim not in (2, 3):
             problem(label_path, f"label has shape {label.data.shape}; expected 2D or 3D")
         elif image is not None and label.data.shape != spatial_shape:
