@@ -22,7 +22,7 @@ ifneq ($(wildcard ../shared/data),)
 export SSL_BENCH_DATA_ROOT ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup bench sweep report test perf gpu-check methods verify clean
+.PHONY: setup bench sweep report predict test perf gpu-check methods verify clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ sweep: setup
 
 report: setup
 	$(SSL_BENCH) report $(RUNS) $(ARGS)
+
+# Label maps of new images by a trained run, e.g. make predict RUN=runs/hippocampus/mean_teacher/frac0.1/draw0
+# IMAGES="a.nii.gz b.nii.gz" OUT=predictions (ARGS: --checkpoint best, --model student, --device cpu).
+predict: setup
+	$(SSL_BENCH) predict $(RUN) $(IMAGES) --out $(OUT) $(ARGS)
 
 methods: setup
 	@$(SSL_BENCH) methods

@@ -64,6 +64,13 @@ def _cmd_diagnose(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from ssl_bench.predict import predict
+    predict(Path(args.run_dir), [Path(i) for i in args.images], Path(args.out), checkpoint=args.checkpoint,
+            model=args.model, device=args.device, overwrite=args.overwrite)
+    return 0
+
+
 def _cmd_methods(args) -> int:
     from ssl_bench.registry import method_names
     print("\n".join(method_names()))
@@ -151,6 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. method.lambda_max=1.0")
     p.set_defaults(func=_cmd_diagnose)
 
+    p = sub.add_parser("predict", help="segment NIfTI images with a trained run: label maps on each image's grid")
+    p.add_argument("run_dir", help="a run folder (runs/<dataset>/<method>/frac<f>/draw<d>)")
+    p.add_argument("images", nargs="+", help="NIfTI images (.nii or .nii.gz), 3D, one channel")
+    p.add_argument("--out", required=True, help="output folder; each label map is named as its image (.nii.gz)")
+    p.add_argument("--checkpoint", default="last", help="last (the run's primary result), best (best on "
+                   "validation) or a checkpoint file (default: %(default)s)")
+    p.add_argument("--model", default=None, help="which evaluated network (default: the run's primary one, "
+                   "method.primary_model, e.g. Mean Teacher's teacher)")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ... "
+                   "(default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace label maps already in --out")
+    p.set_defaults(func=_cmd_predict)
+
     p = sub.add_parser("methods", help="list the registered methods, one per line")
     p.set_defaults(func=_cmd_methods)
 
@@ -193,6 +213,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ssl_bench.config import ConfigError
     from ssl_bench.data.download import DownloadError
     from ssl_bench.data.verify import DataVerificationError
+    from ssl_bench.predict import PredictError
     from ssl_bench.registry import UnknownMethodError
     from ssl_bench.resume import CheckpointError
     from ssl_bench.report import ReportError
@@ -202,7 +223,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, ManifestError, DataVerificationError, UnknownMethodError, DownloadError, ReportError,
-            CheckpointError) as err:
+            CheckpointError, PredictError) as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
         return 2
 

@@ -603,5 +603,16 @@ def pretrain_run_dir(cfg: DictConfig, stage: str) -> Path:
     return Path(cfg.run.runs_dir) / cfg.data.name / name / f"draw{cfg.data.draw}"
 
 
+def config_from_container(container: dict, source: str) -> DictConfig:
+    """A run's resolved config saved as plain data (a checkpoint's hyperparameters, a run's config.yaml) as the
+    typed config again, its method's schema included; a key this version does not know is an error naming it."""
+    method = container.get("method", {}).get("name") if isinstance(container, dict) else None
+    if not method:
+        raise ConfigError(f"{source}: no method.name")
+    schema = OmegaConf.structured(Config(method=get_method(method).config_class(name=method)))
+    OmegaConf.set_struct(schema, True)
+    return merge_checked(schema, container, source)
+
+
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)

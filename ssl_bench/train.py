@@ -180,7 +180,7 @@ def format_summary(metrics: dict) -> str:
 def _save_predictions(module, dm: SegmentationDataModule, out_dir: Path) -> None:
     """Test predictions of the primary model as NIfTI on the image's own grid and affine."""
     import nibabel as nib
-    import numpy as np
+    from ssl_bench.predict import save_label_map
     out_dir.mkdir(parents=True, exist_ok=True)
     by_id = dm.manifest.case_by_id
     module.eval()
@@ -188,11 +188,8 @@ def _save_predictions(module, dm: SegmentationDataModule, out_dir: Path) -> None
         for batch in dm.test_dataloader():
             case_id = module.case_ids[int(batch["case_index"][0])]
             pred = module.predict_labels(module.cfg.method.primary_model, batch["image"].to(module.device))[0]
-            affine = nib.load(str(dm.dataset_dir / by_id[case_id].image)).affine
-            img = nib.Nifti1Image(pred.cpu().numpy().astype(np.uint8), affine)
-            tmp = out_dir / f".{case_id}.nii.gz.tmp.nii.gz"
-            nib.save(img, str(tmp))
-            os.replace(tmp, out_dir / f"{case_id}.nii.gz")
+            reference = nib.load(str(dm.dataset_dir / by_id[case_id].image))
+            save_label_map(pred.cpu().numpy(), reference, out_dir / f"{case_id}.nii.gz")
 
 
 def train(cfg: DictConfig, force: bool = False, resume_from: Optional[str] = None) -> dict:

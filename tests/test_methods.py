@@ -5,6 +5,8 @@ follow the generic ones."""
 import json
 import math
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,7 +14,9 @@ from torch.nn.utils import parameters_to_vector
 
 from ssl_bench.cli import main
 from ssl_bench.config import load_config
+from ssl_bench.predict import output_name
 from ssl_bench.registry import get_method, method_names
+from ssl_bench.train import resolve_dataset
 from conftest import TINY
 
 CLASS_NAMES = ["background", "organ1", "organ2", "organ3"]
@@ -214,7 +218,7 @@ def test_pseudo_label_methods_run_in_2d_on_the_fcn_backbone(name, tmp_path, synt
 
 @pytest.mark.parametrize("name", method_names())
 def test_a_few_steps_end_to_end_through_the_cli(name, tmp_path, synthetic_cache):
-    assert main(_cli_args(name, tmp_path, synthetic_cache)) == 0
+    assert main(_cli_args(name, tmp_path, synthetic_cache) + ["eval.save_predictions=true"]) == 0
     metrics = json.loads((_run_folder(name, tmp_path) / "metrics.json").read_text())
     assert metrics["steps"] == 3
     assert set(metrics["results"]["last"]) == set(build(name).evaluation_networks())
@@ -228,6 +232,28 @@ def test_a_few_steps_end_to_end_through_the_cli(name, tmp_path, synthetic_cache)
         assert set(metrics["results"]["last"]) == {"net1", "net2", "ensemble"} and primary == "net1"
     if name == "bcp":
         assert set(metrics["results"]["last"]) == {"student", "teacher"} and primary == "teacher"
+    _assert_the_checkpoint_loads_and_predicts_as_evaluation(name, tmp_path)
+
+
+def _assert_the_checkpoint_loads_and_predicts_as_evaluation(name, tmp_path):
+    """Lightning's load_from_checkpoint rebuilds the method from last.ckpt alone, and `ssl-bench predict` on a test
+    image writes, on the image's grid and affine, the label map the run's evaluation saved for it."""
+    run = _run_folder(name, tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    module = get_method(name).load_from_checkpoint(last)
+    saved = torch.load(last, weights_only=True)["state_dict"]
+    assert module.cfg.method.name == name and module.state_dict().keys() == saved.keys()
+    assert all(torch.equal(value, saved[key]) for key, value in module.state_dict().items())
+    manifest, root = resolve_dataset(module.cfg)
+    case = manifest.case_by_id[manifest.test[0]]
+    image = manifest.dataset_dir(root) / case.image
+    assert main(["predict", str(run), str(image), "--out", str(tmp_path / "predicted"), "--device", "cpu"]) == 0
+    predicted = nib.load(str(tmp_path / "predicted" / output_name(image)))
+    evaluated = nib.load(str(run / "predictions" / f"{case.id}.nii.gz"))
+    reference = nib.load(str(image))
+    assert predicted.shape == reference.shape and np.allclose(predicted.affine, reference.affine)
+    assert predicted.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(predicted.dataobj), np.asarray(evaluated.dataobj))
 
 
 # ---- the protocol's backbone: the stochastic passes METHODS.md asks for come from its dropout ------------------

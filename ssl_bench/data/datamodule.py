@@ -50,6 +50,12 @@ def _base_transforms(keys: Sequence[str]) -> list:
     return steps
 
 
+def inference_transforms() -> T.Compose:
+    """What evaluation does to an image before the network (load, channel first, z-score), for new images
+    (``ssl-bench predict``): ``{"image": path}`` in, ``{"image": (1, *volume) float32}`` out."""
+    return T.Compose(_base_transforms(("image",)))
+
+
 def _train_transforms(keys: Sequence[str], cfg) -> list:
     d = cfg.data
     keys = list(keys)

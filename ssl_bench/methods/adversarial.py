@@ -57,9 +57,9 @@ class Adversarial(SegmentationMethod):
     def __init__(self, cfg, class_names, case_ids):
         super().__init__(cfg, class_names, case_ids)
         self.automatic_optimization = False
-        m = cfg.method
+        m = self.cfg.method
         in_channels = self.num_classes + (1 if m.discriminator_with_image else 0)
-        self.discriminator = Discriminator(cfg.data.spatial_dims, in_channels, m.discriminator_channels)
+        self.discriminator = Discriminator(self.cfg.data.spatial_dims, in_channels, m.discriminator_channels)
 
     def training_networks(self):
         return {"student": self.net, "discriminator": self.discriminator}

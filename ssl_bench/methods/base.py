@@ -34,10 +34,11 @@ import lightning.pytorch as pl
 import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import CatMetric
 
-from ssl_bench.config import MethodConfig, run_seed
+from ssl_bench.config import MethodConfig, config_from_container, run_seed
 from ssl_bench.data.stream import position_generator
 from ssl_bench.evaluation import case_metrics, case_row, nanmean
 from ssl_bench.nets.backbone import Backbone, build_backbone
@@ -54,8 +55,18 @@ class SegmentationMethod(pl.LightningModule):
     method_name = "base"
 
     def __init__(self, cfg, class_names: List[str], case_ids: List[str]):
+        """``cfg``: the run's config, or the plain data a checkpoint keeps of it (``load_from_checkpoint``)."""
         super().__init__()
+        if not isinstance(cfg, DictConfig):
+            cfg = config_from_container(cfg, "checkpoint hyperparameters")
         self.cfg = cfg
+        # Every checkpoint carries what rebuilds its module: ``MeanTeacher.load_from_checkpoint("last.ckpt")`` (as plain
+        # data, so that torch.load(weights_only=True) still reads it). model.init_from is left out: the checkpoint
+        # holds every weight, and the backbone file it names need not exist where the checkpoint is loaded.
+        hparams_cfg = OmegaConf.to_container(cfg, resolve=True)
+        hparams_cfg["model"]["init_from"] = None
+        self.save_hyperparameters({"cfg": hparams_cfg, "class_names": list(class_names), "case_ids": list(case_ids)},
+                                  logger=False)
         self.class_names = list(class_names)
         self.foreground = self.class_names[1:]
         self.case_ids = list(case_ids)
