@@ -28,7 +28,6 @@ from typing import Dict, List, Optional, Tuple
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
@@ -42,6 +41,7 @@ from ssl_bench.losses.contrastive import local_contrastive_loss, nt_xent, partit
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.nets.backbone import build_backbone
 from ssl_bench.nets.pretrained import architecture, save_backbone
+from ssl_bench.progress import RunCSVLogger, StepProgressBar, TimeEstimate, checkpoint_step
 from ssl_bench.resume import resume_point
 from ssl_bench.utils.io import atomic_write_json, atomic_write_text
 from ssl_bench.utils.transforms import FlipRotation, random_flip_rotation
@@ -219,13 +219,15 @@ def _pretrain_once(cfg: DictConfig, run: Path) -> Dict[str, object]:
     timer, t = StepTimer(started=started), pcfg.trainer
     stop = CheckpointOnStop(run / CHECKPOINTS / LAST)
     saver = ResumeCheckpoint(run / CHECKPOINTS / LAST, every_n_train_steps=t.val_every_n_steps)
+    resume = resume_point(run / CHECKPOINTS / LAST, option=None)
+    progress = [StepProgressBar()] if t.enable_progress_bar else []
     trainer = pl.Trainer(max_steps=t.max_steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0,
                          accelerator=t.accelerator, devices=1, precision=t.precision, deterministic=t.deterministic,
                          log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
                          enable_model_summary=False, default_root_dir=str(run),
-                         logger=CSVLogger(save_dir=str(run), name="csv"),
-                         callbacks=[saver, stop, timer, TrainingRandomState(), OneEpochStreams()])
-    resume = resume_point(run / CHECKPOINTS / LAST, option=None)
+                         logger=RunCSVLogger(run, checkpoint_step(resume) if resume is not None else 0),
+                         callbacks=[saver, stop, timer, TrainingRandomState(), OneEpochStreams(), TimeEstimate(timer),
+                                    *progress])
     with streams_resume_by_position():
         fit_stoppably(trainer, stop, module, ckpt_path=None if resume is None else str(resume))
     arch = architecture(pcfg.model, d.spatial_dims, in_channels=1, out_channels=manifest.num_classes)

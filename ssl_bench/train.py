@@ -28,8 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from omegaconf import DictConfig
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
 
 from ssl_bench.audit import TAG as AUDIT_TAG
 from ssl_bench.audit import TestSelectionAudit
@@ -45,6 +45,8 @@ from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.evaluation import summarize
 from ssl_bench.identity import METRICS_FILE, UnreadableResult, finished_result
 from ssl_bench.nets.backbone import count_parameters
+from ssl_bench.progress import (RunCSVLogger, StepProgressBar, TimeEstimate, checkpoint_step, quiet_lightning,
+                                run_header)
 from ssl_bench.provenance import collect_provenance
 from ssl_bench.registry import get_method
 from ssl_bench.resume import resume_point
@@ -68,9 +70,10 @@ def resolve_dataset(cfg: DictConfig) -> Tuple[Manifest, Path]:
     root = data_root(cfg)
     if root is None:
         raise ConfigError(
-            f"no data root for '{cfg.data.name}': set {DATA_ROOT_ENV}=/path/to/folder (the folder that holds "
-            f"{manifest.directory}/) or pass data.root=..., or fetch it with `ssl-bench data download "
-            f"{cfg.data.name} --root DIR`")
+            f"no data root for '{cfg.data.name}': the folder that holds {manifest.directory}/. Pass data.root=/path "
+            f"(through make: `make bench ... ARGS=\"data.root=/path\"`) or set {DATA_ROOT_ENV}=/path (e.g. "
+            f"`{DATA_ROOT_ENV}=/path make bench ...`), or fetch the data with `ssl-bench data download "
+            f"{cfg.data.name} --root /path`")
     return manifest, root
 
 
@@ -110,8 +113,8 @@ def checkpoint_callbacks(ckpt_dir: Path) -> Tuple[ModelCheckpoint, ResumeCheckpo
     return best, ResumeCheckpoint(ckpt_dir / LAST)
 
 
-def _loggers(cfg: DictConfig, run: Path) -> list:
-    loggers = [CSVLogger(save_dir=str(run), name="csv")]
+def _loggers(cfg: DictConfig, run: Path, resume_step: int) -> list:
+    loggers = [RunCSVLogger(run, resume_step)]
     if cfg.logging.wandb and cfg.logging.wandb_mode != "disabled":
         os.environ.setdefault("WANDB_DIR", str(run))
         # A stable id per run folder, so a resumed run continues the same W&B run.
@@ -180,7 +183,7 @@ def format_summary(metrics: dict) -> str:
 def _save_predictions(module, dm: SegmentationDataModule, out_dir: Path) -> None:
     """Test predictions of the primary model as NIfTI on the image's own grid and affine."""
     import nibabel as nib
-    from ssl_bench.predict import save_label_map
+    import numpy as np
     out_dir.mkdir(parents=True, exist_ok=True)
     by_id = dm.manifest.case_by_id
     module.eval()
@@ -188,13 +191,32 @@ def _save_predictions(module, dm: SegmentationDataModule, out_dir: Path) -> None
         for batch in dm.test_dataloader():
             case_id = module.case_ids[int(batch["case_index"][0])]
             pred = module.predict_labels(module.cfg.method.primary_model, batch["image"].to(module.device))[0]
-            reference = nib.load(str(dm.dataset_dir / by_id[case_id].image))
-            save_label_map(pred.cpu().numpy(), reference, out_dir / f"{case_id}.nii.gz")
+            affine = nib.load(str(dm.dataset_dir / by_id[case_id].image)).affine
+            img = nib.Nifti1Image(pred.cpu().numpy().astype(np.uint8), affine)
+            tmp = out_dir / f".{case_id}.nii.gz.tmp.nii.gz"
+            nib.save(img, str(tmp))
+            os.replace(tmp, out_dir / f"{case_id}.nii.gz")
+
+
+def _with_data_root(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with data.root set to the data root it resolves to (from $SSL_BENCH_DATA_ROOT when data.root is empty),
+    so that config.yaml says which files the run read. data.root is an execution key (EXECUTION_KEYS): the same run
+    on another machine's copy of the data is still the same run."""
+    root = data_root(cfg) if cfg.data.manifest and not cfg.data.root else None
+    return OmegaConf.merge(cfg, {"data": {"root": str(root.resolve())}}) if root is not None else cfg
 
 
 def train(cfg: DictConfig, force: bool = False, resume_from: Optional[str] = None) -> dict:
     """Train and evaluate one run; returns the content of its metrics.json. ``resume_from``: "newest", or one of
-    the run's checkpoints, to resume from instead of last.ckpt when that cannot be read (ssl_bench/resume.py)."""
+    the run's checkpoints, to resume from instead of last.ckpt when that cannot be read (ssl_bench/resume.py).
+
+    It prints one header line, a progress bar over the step budget, one line with the measured time per step, then
+    the result table; Lightning's own messages are kept out (progress.quiet_lightning)."""
+    with quiet_lightning():
+        return _train(cfg, force, resume_from)
+
+
+def _train(cfg: DictConfig, force: bool, resume_from: Optional[str]) -> dict:
     started = time.perf_counter()
     run = run_dir(cfg)
     metrics_path = run / METRICS_FILE
@@ -213,6 +235,8 @@ def train(cfg: DictConfig, force: bool = False, resume_from: Optional[str] = Non
             return metrics
     last = run / CHECKPOINTS / LAST
     resume = resume_point(last, resume_from)  # an unreadable last.ckpt stops the run here, saying how to go on
+    resume_step = checkpoint_step(resume) if resume is not None else 0
+    cfg = _with_data_root(cfg)
     cfg, prerequisite_metrics = method_cls.prepare_run(cfg)  # e.g. contrastive pretraining, once per draw
     cfg_yaml = to_yaml(cfg)
 
@@ -239,15 +263,17 @@ def train(cfg: DictConfig, force: bool = False, resume_from: Optional[str] = Non
     ckpt_dir = run / CHECKPOINTS
     best_cb, resume_cb = checkpoint_callbacks(ckpt_dir)
     timer = StepTimer(started=started)
-    loggers = _loggers(cfg, run)
+    loggers = _loggers(cfg, run, resume_step)
     stop = CheckpointOnStop(ckpt_dir / LAST)
     callbacks = [best_cb, resume_cb, stop, timer, TrainingRandomState(),
-                 OneEpochStreams(), LearningRateMonitor(logging_interval="step")]
+                 OneEpochStreams(), LearningRateMonitor(logging_interval="step"), TimeEstimate(timer)]
     audit = TestSelectionAudit(ckpt_dir) if cfg.eval.test_selection_audit else None
     if audit is not None:
         callbacks.append(audit)
     if cfg.logging.log_images and any(isinstance(lg, WandbLogger) for lg in loggers):
         callbacks.append(ImageOverlays())
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(StepProgressBar())
     t = cfg.trainer
     trainer = pl.Trainer(
         max_steps=t.max_steps, max_epochs=-1, val_check_interval=min(t.val_every_n_steps, t.max_steps),
@@ -255,8 +281,9 @@ def train(cfg: DictConfig, force: bool = False, resume_from: Optional[str] = Non
         strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, benchmark=t.cudnn_benchmark, enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False, default_root_dir=str(run), logger=loggers, callbacks=callbacks)
-    if resume is not None:
-        print(f"{run}: resuming from {resume}")
+    if trainer.is_global_zero:
+        print(run_header(cfg, len(split.labeled), len(split.unlabeled) if method_cls.uses_unlabeled else 0,
+                         len(manifest.test), run, resume_step), flush=True)
     with streams_resume_by_position():
         fit_stoppably(trainer, stop, module, datamodule=dm, ckpt_path=None if resume is None else str(resume))
     trainer.save_checkpoint(str(last), weights_only=False)

@@ -211,6 +211,8 @@ def test_missing_data_root_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert main(["train", "--method", "supervised", f"run.runs_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "SSL_BENCH_DATA_ROOT" in err and "ssl-bench data download hippocampus" in err
+    # ... and how to pass either through make, the README's front door.
+    assert 'make bench ... ARGS="data.root=/path"' in err and "SSL_BENCH_DATA_ROOT=/path make bench" in err
 
 
 def test_resume_after_kill(tmp_path, synthetic_cache):

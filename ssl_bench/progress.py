@@ -1,0 +1,177 @@
+"""What a run prints while it trains: one header line, one progress bar over the whole step budget, one line with
+the time it measured, then (train.py) the result table. Lightning's and W&B's own messages are kept out of it
+(``quiet_lightning``), warnings that matter aside.
+
+Also the run's CSV log: one ``csv/metrics.csv`` per run folder, continued by a resumed run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import statistics
+import sys
+import warnings
+from pathlib import Path
+from typing import Iterator, Optional
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+# Lightning's informational messages (seed, accelerator, checkpoint restored, fit stopped, a litlogger tip).
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+# A resumed run writes into the checkpoint folder it resumes from, by design.
+EXPECTED_WARNINGS = (r"Checkpoint directory .* exists and is not empty",)
+# Steps of this process timed before the estimate (the first ones pay for allocation and caches).
+ESTIMATE_SKIP_STEPS = 1
+ESTIMATE_STEPS = 3
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's INFO messages and the warnings a run expects are not shown; other warnings are."""
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        for pattern in EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def run_header(cfg, n_labeled: int, n_unlabeled: int, n_test: int, run: Path, resume_step: int) -> str:
+    """One line: what is about to run, on what, for how long, and where."""
+    d, t = cfg.data, cfg.trainer
+    cases = f"{n_labeled} labeled" + (f" + {n_unlabeled} unlabeled" if n_unlabeled else "") + " training cases"
+    steps = (f"steps {resume_step + 1}-{t.max_steps} of {t.max_steps}, resuming from step {resume_step}" if resume_step
+             else f"{t.max_steps} steps")
+    return (f"{cfg.method.name} on {d.name}, fraction {d.fraction:g}, draw {d.draw}: {cases}, {steps}, validation "
+            f"every {t.val_every_n_steps}, test on {n_test} cases. Run folder: {run}")
+
+
+def checkpoint_step(path: Path) -> int:
+    """The training step a checkpoint was written at (where a run resumed from it starts)."""
+    import torch
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
+def format_duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+class TimeEstimate(pl.Callback):
+    """After the first few training steps of this process, one line: their median time and what it means for the
+    steps left, measured here and now rather than guessed (machines, loads and methods differ by orders of
+    magnitude). Validations and the final test come on top; the progress bar's ETA includes the validations."""
+
+    def __init__(self, timer, skip: int = ESTIMATE_SKIP_STEPS, steps: int = ESTIMATE_STEPS):
+        self.timer, self.skip, self.steps = timer, skip, steps
+        self.line: Optional[str] = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        done = self.timer.steps_this_process
+        left = trainer.max_steps - trainer.global_step
+        if self.line is not None or not trainer.is_global_zero or done < self.skip + self.steps or left <= 0:
+            return  # measured already, not yet, or nothing left to estimate
+        measured = self.timer.durations[-(done - self.skip):]
+        per_step = statistics.median(measured)
+        first = trainer.global_step - len(measured) + 1
+        self.line = (f"{per_step:.3f} s/step (median of steps {first}-{trainer.global_step}): about "
+                     f"{format_duration(per_step * left)} for the {left} steps left, plus validation and test")
+        Tqdm.write(self.line)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """One bar over the run's whole step budget (``trainer.max_steps``), counting optimizer steps: a resumed run
+    continues it at its checkpoint's step, with the right total, and its ETA comes from this process's own rate.
+    Validation has no bar of its own (its Dice shows on this one); each test pass has one, named by checkpoint."""
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def init_train_tqdm(self) -> Tqdm:
+        # A resumed run's bar starts at its checkpoint's step; tqdm's rate (and ETA) counts from there.
+        return self._bar("training", total=self.trainer.max_steps, initial=self.trainer.global_step, smoothing=0,
+                         unit="step")
+
+    def init_test_tqdm(self) -> Tqdm:
+        return self._bar(f"test ({self.trainer.lightning_module.checkpoint_tag} checkpoint)",
+                         total=sum(self.trainer.num_test_batches), unit="case")
+
+    def _bar(self, description: str, **kwargs) -> Tqdm:
+        return Tqdm(desc=description, position=2 * self.process_position, disable=self.is_disabled, leave=True,
+                    dynamic_ncols=True, file=sys.stdout, bar_format=self.BAR_FORMAT, **kwargs)
+
+    def on_train_epoch_start(self, trainer, *_):
+        pass  # Lightning restarts the bar at each epoch with the epoch's batches: this bar spans the step budget
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bar, n = self.train_progress_bar, trainer.global_step
+        if bar is not None and not bar.disable and self._should_update(n, bar.total):
+            bar.n = n
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        pass  # the bar spans epochs: it closes when training ends
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        pass  # one test loader, whose length the bar has from the start
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
+class _ContinuedWriter(ExperimentWriter):
+    """Lightning's CSV writer, continuing the run's metrics.csv: the rows logged before ``resume_step`` are kept (a
+    resumed run logs the later ones again), where Lightning's writer would delete the file."""
+
+    def __init__(self, log_dir: str, resume_step: int):
+        self._resume_step = resume_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            keys, rows = list(reader.fieldnames or []), [r for r in reader if int(r["step"]) < self._resume_step]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.metrics_keys = keys
+
+
+class RunCSVLogger(CSVLogger):
+    """The run's CSV log: ``<run>/csv/metrics.csv`` (and ``hparams.yaml``), one per run, however often it resumes;
+    Lightning's CSVLogger would start a ``version_<n>`` folder each time."""
+
+    def __init__(self, run: Path, resume_step: int = 0):
+        super().__init__(save_dir=str(run), name="csv", version="")
+        self._resume_step = resume_step
+
+    @property
+    def log_dir(self) -> str:
+        return str(Path(self.root_dir))
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _ContinuedWriter:
+        if self._experiment is None:
+            self._experiment = _ContinuedWriter(self.log_dir, self._resume_step)
+        return self._experiment

@@ -1,0 +1,106 @@
+"""What `ssl-bench train` prints and logs: a header line, one progress bar over the step budget that a resumed run
+continues, a measured time estimate, the result table last, nothing from Lightning or W&B in between; one CSV log
+per run folder; the data root it read in config.yaml."""
+
+import csv
+import re
+import shutil
+
+import pytest
+import yaml
+
+from ssl_bench.callbacks import ResumeCheckpoint
+from ssl_bench.cli import main
+from ssl_bench.config import load_config
+from ssl_bench.train import resolve_dataset
+from conftest import TINY
+
+NOISE = ("litlogger", "anonymous", "wandb:", "GPU available", "Seed set", "Restoring states", "exists and is not empty",
+         "Trainer.fit` stopped", "v_num", "Epoch 0")
+
+
+def _args(root, cache, *extra, method="mean_teacher"):
+    tiny = [a for a in TINY if a not in ("trainer.enable_progress_bar=false", "logging.wandb=false")]
+    return ["train", "--method", method, "--data", "synthetic", f"run.runs_dir={root}", f"data.cache_dir={cache}",
+            *tiny, "data.fraction=0.5", "trainer.max_steps=6", "trainer.val_every_n_steps=2", *extra]
+
+
+def _run(root, method="mean_teacher"):
+    return root / "synthetic" / method / "frac0.5" / "draw0"
+
+
+class _Killed(Exception):
+    pass
+
+
+def _csv_rows(run):
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_run_prints_a_header_its_progress_and_its_result_last(tmp_path, synthetic_cache, capfd, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    assert main(_args(tmp_path, synthetic_cache)) == 0
+    out, err = capfd.readouterr()
+    lines = [line for line in out.splitlines() if line.strip()]
+    run = _run(tmp_path)
+    assert lines[0] == (f"mean_teacher on synthetic, fraction 0.5, draw 0: 4 labeled + 3 unlabeled training cases, "
+                        f"6 steps, validation every 2, test on 3 cases. Run folder: {run}")
+    assert re.search(r"\d+\.\d{3} s/step \(median of steps 2-4\): about [\d a-z]+ for the 2 steps left", out)
+    assert "6/6" in out and "/?" not in out  # the bar counts the step budget
+    assert lines[-1].startswith("* primary result") and "Dice mean" in lines[-6]
+    assert not [n for n in NOISE if n in out + err], err[-2000:]
+    assert sorted(p.name for p in (run / "csv").iterdir()) == ["metrics.csv"]
+
+
+def test_a_resumed_run_continues_its_progress_bar_and_its_csv_log(tmp_path, synthetic_cache, capfd, monkeypatch):
+    """Killed right after its step-2 checkpoint, a run resumes with a bar at 2 of 6 that ends at 6/6 and no warning
+    about its own checkpoint folder, and its one metrics.csv ends as that of the same run never stopped."""
+    uninterrupted, resumed = tmp_path / "a", tmp_path / "b"
+    assert main(_args(uninterrupted, synthetic_cache, "logging.wandb=false")) == 0
+    save_and_continue = ResumeCheckpoint.on_validation_end
+
+    def save_and_stop(self, trainer, pl_module):
+        save_and_continue(self, trainer, pl_module)
+        if trainer.global_step == 2:
+            raise _Killed
+    monkeypatch.setattr(ResumeCheckpoint, "on_validation_end", save_and_stop)
+    with pytest.raises(_Killed):
+        main(_args(resumed, synthetic_cache, "logging.wandb=false"))
+    monkeypatch.undo()
+    capfd.readouterr()
+    assert main(_args(resumed, synthetic_cache, "logging.wandb=false")) == 0
+    out, err = capfd.readouterr()
+    assert "steps 3-6 of 6, resuming from step 2" in out.splitlines()[0]
+    assert "2/6" in out and "6/6" in out and "/?" not in out
+    assert not [n for n in NOISE if n in out + err], err[-2000:]
+    run = _run(resumed)
+    assert sorted(p.name for p in (run / "csv").iterdir()) == ["metrics.csv"]
+    expected, got = _csv_rows(_run(uninterrupted)), _csv_rows(run)
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    # The losses and validation Dice logged are those of the run never stopped, row by row.
+    columns = [c for c in expected[0] if c.startswith(("train/", "val/"))]
+    assert [[r[c] for c in columns] for r in got] == [[r[c] for c in columns] for r in expected]
+
+
+def test_config_yaml_records_the_data_root_from_the_environment_outside_the_run_identity(tmp_path, synthetic_cache,
+                                                                                          monkeypatch, capsys):
+    """A dataset with a manifest (here a copy of the synthetic one) whose root comes from SSL_BENCH_DATA_ROOT."""
+    manifest, generated = resolve_dataset(load_config("supervised", "synthetic", [*TINY, f"data.cache_dir={synthetic_cache}"]))
+    root = tmp_path / "data"
+    shutil.copytree(generated, root)
+    args = ["train", "--method", "supervised", "--data", "synthetic", f"run.runs_dir={tmp_path / 'runs'}",
+            f"data.manifest={root / 'manifest.json'}", *TINY, "data.fraction=0.5", "trainer.max_steps=1",
+            "trainer.val_every_n_steps=1"]
+    monkeypatch.setenv("SSL_BENCH_DATA_ROOT", str(root))
+    assert main(args) == 0
+    saved = yaml.safe_load((_run(tmp_path / "runs", "supervised") / "config.yaml").read_text())
+    assert saved["data"]["root"] == str(root.resolve())
+    # Another copy of the same data is the same run: it is found finished, not refused as another config.
+    other = tmp_path / "elsewhere"
+    shutil.copytree(root, other)
+    monkeypatch.delenv("SSL_BENCH_DATA_ROOT")
+    capsys.readouterr()
+    assert main(args + [f"data.root={other}"]) == 0
+    assert "already finished" in capsys.readouterr().out
