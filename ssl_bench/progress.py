@@ -158,7 +158,7 @@ class _ContinuedWriter(ExperimentWriter):
 
 
 class RunCSVLogger(CSVLogger):
-    """The run's CSV log: ``<run>/csv/metrics.csv`` (and ``hparams.yaml``), one per run, however often it resumes;
+    """The run's CSV log: ``<run>/csv/metrics.csv``, one per run, however often it resumes;
     Lightning's CSVLogger would start a ``version_<n>`` folder each time."""
 
     def __init__(self, run: Path, resume_step: int = 0):

@@ -62,7 +62,7 @@ def test_the_audit_adds_test_best_and_changes_nothing_else(tmp_path, synthetic_c
     assert teacher == pytest.approx(audit["test_dice_at_selection"], abs=1e-12)
     assert teacher >= m_on["results"]["last"]["teacher"]["dice_mean"] - 1e-12
     scored = [float(r["audit/test_dice_mean"]) for r in
-              csv.DictReader(open(run_on / "csv" / "version_0" / "metrics.csv")) if r["audit/test_dice_mean"]]
+              csv.DictReader(open(run_on / "csv" / "metrics.csv")) if r["audit/test_dice_mean"]]
     assert len(scored) == 3 and max(scored) == pytest.approx(teacher, abs=1e-6)
     assert sorted(p.name for p in (run_on / "checkpoints").glob("test_best-*")) == [audit["best_checkpoint"]]
 

@@ -208,7 +208,7 @@ def test_smiler_end_to_end_logs_and_records_every_relabeling_round(tmp_path, syn
     for r in rounds:
         assert r["relabeled_voxels"] == sum(o["relabeled_voxels"] for o in r["per_organ"].values())
         assert math.isnan(r["precision"]) if r["relabeled_voxels"] == 0 else 0 <= r["precision"] <= 1
-    logged = (run / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    logged = (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"relabel/voxels", "relabel/precision", "relabel/gamma"} <= set(logged)
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["smiler"]["rounds_done"] == 3 and len(checkpoint["smiler"]["pseudo"]) > 0
