@@ -49,7 +49,9 @@ def test_a_run_prints_a_header_its_progress_and_its_result_last(tmp_path, synthe
                         f"6 steps, validation every 2, test on 3 cases. Run folder: {run}")
     assert re.search(r"\d+\.\d{3} s/step \(median of steps 2-4\): about [\d a-z]+ for the 2 steps left", out)
     assert "6/6" in out and "/?" not in out  # the bar counts the step budget
-    assert lines[-1].startswith("* primary result") and "Dice mean" in lines[-6]
+    table = next(i for i, line in enumerate(lines) if "Dice mean" in line) - 1  # the table's title line
+    assert lines[table - 1].startswith("W&B run (offline)") and lines[-1].startswith("* primary result")
+    assert not [line for line in lines[table - 1:] if "%|" in line or "\r" in line]  # no bar after the table starts
     assert not [n for n in NOISE if n in out + err], err[-2000:]
     assert sorted(p.name for p in (run / "csv").iterdir()) == ["metrics.csv"]
 
