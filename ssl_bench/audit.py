@@ -142,4 +142,5 @@ class TestSelectionAudit(pl.Callback):
                 "seconds_per_validation": self.seconds / self.validations if self.validations else float("nan"),
                 # the validations' own time over the same steps: the audit's cost as a multiple of validation's
                 "validation_seconds": self.validation_seconds,
-                "cost_vs_validation": self.seconds / self.validation_seconds if self.validation_seconds else float("nan")}
+                "cost_vs_validation": (self.seconds / self.validation_seconds if self.validation_seconds
+                                       else float("nan"))}

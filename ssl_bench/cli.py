@@ -80,14 +80,49 @@ def _cmd_methods(args) -> int:
 def _cmd_import_msd(args) -> int:
     from ssl_bench.data.manifest import import_msd
     manifest = import_msd(args.dataset_dir, name=args.name, test_fraction=args.test_fraction,
-                          val_fraction=args.val_fraction, seed=args.seed)
-    out = Path(args.out or f"data_manifests/{manifest.name}.json")
-    if out.exists() and not args.overwrite:
-        print(f"{out} exists; pass --overwrite to replace it", file=sys.stderr)
+                          val_fraction=args.val_fraction, seed=args.seed, patient_regex=args.patient_regex,
+                          patient_field=args.patient_field)
+    comment = f"Imported by `ssl-bench data import-msd`; the data root is the folder that holds {manifest.directory}/."
+    return _write_import(args, manifest, {}, comment, Path(args.dataset_dir).resolve().parent)
+
+
+def _cmd_import_ssl4mis(args) -> int:
+    from ssl_bench.config import ConfigError
+    from ssl_bench.data.data_config import SSL4MIS_DATA_SETTINGS, ssl4mis_comment
+    from ssl_bench.data.ssl4mis import convert_ssl4mis, ssl4mis_manifest
+    root = args.root or os.environ.get(DATA_ROOT_ENV, "")
+    if not root:
+        raise ConfigError(f"import-ssl4mis converts the volumes into a data root: pass --root DIR or set "
+                          f"{DATA_ROOT_ENV}")
+    manifest = ssl4mis_manifest(args.dataset_dir, name=args.name, patient_pattern=args.patient_regex)
+    return _write_import(args, manifest, SSL4MIS_DATA_SETTINGS, ssl4mis_comment(manifest), Path(root).resolve(),
+                         convert=lambda: convert_ssl4mis(args.dataset_dir, manifest, root))
+
+
+def _write_import(args, manifest, settings: dict, comment: str, data_root: Path, convert=None) -> int:
+    """Writes the manifest and experiments/data/<name>.yaml (neither replacing other content without --overwrite),
+    after ``convert`` (the files' conversion, if the import has one), which runs only once both may be written."""
+    from ssl_bench.data.data_config import conflicts, data_config_text, default_paths, write_outputs
+    paths = default_paths(manifest.name)
+    manifest_path = Path(args.out or paths["manifest"])
+    config_path = Path(args.data_config or paths["data_config"])
+    outputs = {manifest_path: manifest.to_json(),
+               config_path: data_config_text(manifest, manifest_path, settings, comment)}
+    taken = conflicts(outputs, args.overwrite)
+    if taken:
+        print("\n".join(taken), file=sys.stderr)
         return 1
-    manifest.save(out)
-    print(f"wrote {out}: {len(manifest.cases)} cases, {len(manifest.test)} test, {len(manifest.validation)} "
-          f"validation, {len(manifest.pool)} in the training pool; labels {', '.join(manifest.labels)}")
+    if convert is not None:
+        print(f"converted {len(manifest.cases)} volumes into {convert()}")
+    write_outputs(outputs)
+    n_patients = len(set(manifest.patient_of.values()))
+    print(f"wrote {manifest_path}: {len(manifest.cases)} cases of {n_patients} patients, {len(manifest.test)} test, "
+          f"{len(manifest.validation)} validation, {len(manifest.pool)} in the training pool (split by patient); "
+          f"labels {', '.join(manifest.labels)}")
+    if n_patients == len(manifest.cases):
+        print("each image is its own patient: if a patient has several images, import again with --patient-regex "
+              "(e.g. 'patient\\d+') so that they stay in one set")
+    print(f"wrote {config_path}: train with --data {manifest.name} (set {DATA_ROOT_ENV}={data_root})")
     return 0
 
 
@@ -176,15 +211,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="dataset manifests, download and integrity checks")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    p = dsub.add_parser("import-msd", help="write a manifest from an MSD-style dataset.json")
+    p = dsub.add_parser("import-msd", help="write a manifest and experiments/data/<name>.yaml from an MSD-style "
+                        "dataset.json")
     p.add_argument("dataset_dir")
     p.add_argument("--name", default=None)
     p.add_argument("--out", default=None, help="manifest path (default data_manifests/<name>.json)")
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--data-config", default=None, help="data config path (default experiments/data/<name>.yaml)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="of the patients (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="of the patients (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patient-regex", default=None, help="the patient id in each image's file name, e.g. "
+                   "'patient\\d+', so that a patient's images stay in one set (default: each training entry's "
+                   "--patient-field, else each image is its own patient)")
+    p.add_argument("--patient-field", default="patient", help="the training entries' key holding the patient id "
+                   "(default: %(default)s)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_import_msd)
+    p = dsub.add_parser("import-ssl4mis", help="convert an SSL4MIS dataset folder (data/*.h5, train/val/test lists; "
+                        "e.g. its ACDC) into NIfTI under the data root, with a manifest of its split")
+    p.add_argument("dataset_dir", help="the folder holding data/ and train.list (or train_slices.list), val.list, "
+                   "test.list")
+    p.add_argument("--name", default="acdc")
+    p.add_argument("--root", default=None, help=f"data root to convert into (default ${DATA_ROOT_ENV})")
+    p.add_argument("--out", default=None, help="manifest path (default data_manifests/<name>.json)")
+    p.add_argument("--data-config", default=None, help="data config path (default experiments/data/<name>.yaml)")
+    p.add_argument("--patient-regex", default=r"patient\d+", help="the patient id in each volume name "
+                   "(default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_import_ssl4mis)
     p = dsub.add_parser("download", help="download a public MSD dataset and check its hash")
     p.add_argument("dataset", choices=["hippocampus"])
     p.add_argument("--root", default=os.environ.get(DATA_ROOT_ENV, "data"), help=f"data root (default "

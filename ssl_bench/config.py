@@ -49,7 +49,13 @@ class DataConfig:
     manifest: str = "data_manifests/hippocampus.json"
     # Folder holding the dataset folders; empty means $SSL_BENCH_DATA_ROOT.
     root: str = ""
-    fraction: float = 0.1
+    # The labeled share of the training pool's patients (ceil(fraction x patients)), or a number of labeled patients
+    # (n_labeled, e.g. 3 or 7 of ACDC's 70 as the SSL4MIS papers): one of the two; setting one clears the other.
+    fraction: Optional[float] = 0.1
+    n_labeled: Optional[int] = None
+    # draw: the first patients of a permutation seeded by data.draw; first: the first patients in manifest order (for
+    # an SSL4MIS import, the first of its train list: SSL4MIS's own labeled set). Nested across amounts either way.
+    labeled_selection: str = "draw"
     draw: int = 0
     # 3: 3D patches; 2: 2D slices of the same case-level split, evaluated as 3D volumes.
     spatial_dims: int = 3
@@ -299,13 +305,16 @@ class ContrastiveConfig(MethodConfig):
 
 @dataclass
 class OptimConfig:
-    # AdamW (Loshchilov & Hutter 2019).
+    # adamw (Loshchilov & Hutter 2019), or sgd with momentum (SSL4MIS's optimizer; experiments/protocol/ssl4mis.yaml).
+    name: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 1e-4
     # poly (nnU-Net: (1 - t/T)^0.9), cosine, or constant.
     schedule: str = "poly"
     poly_power: float = 0.9
     warmup_steps: int = 50
+    # SGD's momentum (unused by AdamW).
+    momentum: float = 0.9
 
 
 @dataclass
@@ -373,6 +382,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # A protocol preset, experiments/protocol/<name>.yaml (e.g. ssl4mis: the SSL4MIS papers' ACDC setting), merged
+    # after the data config and before the method's; "" for this project's own protocol. Set it as `protocol=<name>`.
+    protocol: str = ""
 
 
 def merge_checked(cfg: DictConfig, other, source: str) -> DictConfig:
@@ -438,26 +450,91 @@ def load_config(method: str, data: str = "hippocampus", overrides: Optional[List
     method_cls = get_method(method)
     schema = OmegaConf.structured(Config(method=method_cls.config_class(name=method)))
     OmegaConf.set_struct(schema, True)
-    cfg = merge_checked(schema, load_yaml(experiments_dir / "base.yaml"), str(experiments_dir / "base.yaml"))
+    cfg = _merge_layer(schema, load_yaml(experiments_dir / "base.yaml"), str(experiments_dir / "base.yaml"))
     data_yaml = experiments_dir / "data" / f"{data}.yaml"
     if not data_yaml.is_file():
         known = sorted(p.stem for p in (experiments_dir / "data").glob("*.yaml"))
         raise ConfigError(f"unknown dataset '{data}': no {data_yaml} (known: {', '.join(known)})")
-    cfg = merge_checked(cfg, load_yaml(data_yaml), str(data_yaml))
+    cfg = _merge_layer(cfg, load_yaml(data_yaml), str(data_yaml))
+    cfg = _merge_protocol(cfg, overrides or [], experiments_dir)
     method_yaml = experiments_dir / "method" / f"{method}.yaml"
     if not method_yaml.is_file():
         raise ConfigError(f"method '{method}' is registered but has no {method_yaml}")
-    cfg = merge_checked(cfg, load_yaml(method_yaml), str(method_yaml))
+    cfg = _merge_layer(cfg, load_yaml(method_yaml), str(method_yaml))
     if overrides:
         try:
             dotlist = OmegaConf.from_dotlist(list(overrides))
         except OmegaConfBaseException as err:
             raise ConfigError(f"command-line overrides: {first_line(err)}") from None
         cfg = merge_checked(cfg, dotlist, "command-line override")
+        amounts = [o.split("=", 1)[0] for o in overrides if o.split("=", 1)[0] in LABELED_AMOUNT_KEYS
+                   and OmegaConf.select(dotlist, o.split("=", 1)[0]) is not None]
+        if amounts:  # the last one given wins, as later overrides do
+            _keep_labeled_amount(cfg, amounts[-1])
     if cfg.method.name != method:
         raise ConfigError(f"method.name is '{cfg.method.name}' but the method is '{method}': remove the override")
     validate(cfg)
     return cfg
+
+
+# What a protocol preset may not set: which dataset and method run, and the preset itself.
+PROTOCOL_FORBIDDEN_KEYS = ("protocol", "method", "data.name", "data.manifest")
+
+
+def _merge_protocol(cfg: DictConfig, overrides: List[str], experiments_dir: Path) -> DictConfig:
+    """The protocol preset named by the last `protocol=<name>` override, else by the config so far, merged in."""
+    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "protocol"]
+    name = given[-1] if given else cfg.protocol
+    if not name:
+        return cfg
+    path = experiments_dir / "protocol" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (experiments_dir / "protocol").glob("*.yaml"))
+        raise ConfigError(f"unknown protocol '{name}': no {path} (known: {', '.join(known) or 'none'})")
+    layer = load_yaml(path)
+    forbidden = [k for k in PROTOCOL_FORBIDDEN_KEYS if OmegaConf.select(layer, k) is not None]
+    if forbidden:
+        raise ConfigError(f"{path}: a protocol may not set {', '.join(forbidden)}")
+    cfg = _merge_layer(cfg, layer, str(path))
+    cfg.protocol = name
+    return cfg
+
+
+# The two ways to say how many patients are labeled; a config holds one of them.
+LABELED_AMOUNT_KEYS = ("data.fraction", "data.n_labeled")
+
+
+def _keep_labeled_amount(cfg: DictConfig, key: str) -> None:
+    """Clears the other way of saying how many patients are labeled than ``key``."""
+    other = next(k for k in LABELED_AMOUNT_KEYS if k != key)
+    OmegaConf.update(cfg, other, None)
+
+
+def _merge_layer(cfg: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+    """merge_checked, and a layer that sets data.fraction or data.n_labeled clears the other (setting both is an
+    error)."""
+    cfg = merge_checked(cfg, layer, source)
+    given = [k for k in LABELED_AMOUNT_KEYS if OmegaConf.select(layer, k) is not None]
+    if len(given) > 1:
+        raise ConfigError(f"{source}: sets both data.fraction and data.n_labeled; keep one")
+    if given:
+        _keep_labeled_amount(cfg, given[0])
+    return cfg
+
+
+def labeled_setting(cfg: DictConfig) -> str:
+    """How the run's labeled patients were chosen, as its folder names it: frac<f> or labeled<n>, with -first for
+    data.labeled_selection=first."""
+    d = cfg.data
+    amount = f"frac{float(d.fraction)}" if d.n_labeled is None else f"labeled{d.n_labeled}"
+    return amount + ("" if d.labeled_selection == "draw" else f"-{d.labeled_selection}")
+
+
+def describe_labeled(cfg: DictConfig) -> str:
+    """The labeled amount in words, e.g. "fraction 0.1" or "7 labeled patients (first in manifest order)"."""
+    d = cfg.data
+    text = f"fraction {d.fraction:g}" if d.n_labeled is None else f"{d.n_labeled} labeled patients"
+    return text + (" (first in manifest order)" if d.labeled_selection == "first" else "")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -467,7 +544,14 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: {msg}")
 
     d = cfg.data
-    need(0.0 < d.fraction <= 1.0, "data.fraction", f"labeled fraction must be in (0, 1], got {d.fraction}")
+    need((d.fraction is None) != (d.n_labeled is None), "data.fraction",
+         "give exactly one of data.fraction and data.n_labeled")
+    if d.fraction is not None:
+        need(0.0 < d.fraction <= 1.0, "data.fraction", f"labeled fraction must be in (0, 1], got {d.fraction}")
+    if d.n_labeled is not None:
+        need(d.n_labeled >= 1, "data.n_labeled", f"must be >= 1 labeled patient, got {d.n_labeled}")
+    need(d.labeled_selection in ("draw", "first"), "data.labeled_selection",
+         f"must be draw or first, got '{d.labeled_selection}'")
     need(d.draw >= 0, "data.draw", f"must be >= 0, got {d.draw}")
     need(d.spatial_dims in (2, 3), "data.spatial_dims", f"must be 2 or 3, got {d.spatial_dims}")
     need(len(d.patch_size) == d.spatial_dims, "data.patch_size",
@@ -485,6 +569,8 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.optim.schedule in ("poly", "cosine", "constant"), "optim.schedule",
          f"must be poly, cosine or constant, got '{cfg.optim.schedule}'")
     need(cfg.optim.lr > 0, "optim.lr", "must be > 0")
+    need(cfg.optim.name in ("adamw", "sgd"), "optim.name", f"must be adamw or sgd, got '{cfg.optim.name}'")
+    need(0.0 <= cfg.optim.momentum < 1.0, "optim.momentum", "must be in [0, 1)")
     need(cfg.trainer.max_steps >= 1, "trainer.max_steps", "must be >= 1")
     need(cfg.trainer.val_every_n_steps >= 1, "trainer.val_every_n_steps", "must be >= 1")
     need(cfg.trainer.compile in COMPILE_MODES, "trainer.compile",
@@ -591,16 +677,22 @@ def resolve_project_path(path: str) -> Path:
     return p if p.is_absolute() else PROJECT_ROOT / p
 
 
+def dataset_dir_name(cfg: DictConfig) -> str:
+    """The runs folder of a dataset: its name, with its protocol preset when one is set (acdc-ssl4mis), so that
+    runs of another protocol never share a folder."""
+    return cfg.data.name + (f"-{cfg.protocol}" if cfg.protocol else "")
+
+
 def run_dir(cfg: DictConfig) -> Path:
-    """runs/<dataset>/<method>[-<tag>]/frac<f>/draw<d>/"""
+    """runs/<dataset>[-<protocol>]/<method>[-<tag>]/<frac<f> | labeled<n>>[-first]/draw<d>/ (labeled_setting)."""
     method = cfg.method.name + (f"-{cfg.run.tag}" if cfg.run.tag else "")
-    return Path(cfg.run.runs_dir) / cfg.data.name / method / f"frac{float(cfg.data.fraction)}" / f"draw{cfg.data.draw}"
+    return Path(cfg.run.runs_dir) / dataset_dir_name(cfg) / method / labeled_setting(cfg) / f"draw{cfg.data.draw}"
 
 
 def pretrain_run_dir(cfg: DictConfig, stage: str) -> Path:
-    """runs/<dataset>/<stage>[-<tag>]/draw<d>/: a stage shared by every fraction of one draw (no fraction)."""
+    """runs/<dataset>[-<protocol>]/<stage>[-<tag>]/draw<d>/: a stage shared by every fraction of one draw."""
     name = stage + (f"-{cfg.run.tag}" if cfg.run.tag else "")
-    return Path(cfg.run.runs_dir) / cfg.data.name / name / f"draw{cfg.data.draw}"
+    return Path(cfg.run.runs_dir) / dataset_dir_name(cfg) / name / f"draw{cfg.data.draw}"
 
 
 def config_from_container(container: dict, source: str) -> DictConfig:

@@ -68,9 +68,12 @@ class CellSpec:
                 *overrides, *self.overrides]
 
     def metrics_path(self, data: str, runs: Path) -> Path:
-        tag = next((o.split("=", 1)[1] for o in reversed(self.overrides) if o.startswith("run.tag=")), "")
-        folder = self.method + (f"-{tag}" if tag else "")
-        return runs / data / folder / f"frac{float(self.fraction)}" / f"draw{self.draw}" / "metrics.json"
+        """Where train() writes the cell's metrics.json: its run folder as the cell's config names it (a run.tag, or
+        data.n_labeled in place of the fraction, change it)."""
+        from ssl_bench.config import load_config, run_dir
+        cfg = load_config(self.method, data, [f"data.fraction={self.fraction}", f"data.draw={self.draw}",
+                                              f"run.runs_dir={runs}", *self.overrides])
+        return run_dir(cfg) / "metrics.json"
 
 
 @dataclass

@@ -145,7 +145,7 @@ def pretraining_config(cfg: DictConfig) -> DictConfig:
     """The fine-tuning config as the pretraining sees it: its own budget, no fraction and no partial annotation
     (it uses no labels, and every fraction of a draw shares it), no init_from."""
     pcfg = cfg.copy()
-    pcfg.data.fraction = 1.0
+    pcfg.data.fraction, pcfg.data.n_labeled, pcfg.data.labeled_selection = 1.0, None, "draw"
     pcfg.data.partial.alpha = 0.0  # no labels are used
     pcfg.trainer.max_steps = cfg.method.pretrain_steps or cfg.trainer.max_steps
     pcfg.model.init_from = None

@@ -5,6 +5,8 @@ A sweep file (``experiments/sweeps/<name>.yaml``) is validated against ``SweepCo
     data: hippocampus                    # experiments/data/<data>.yaml
     methods: all                         # every registered method, or a list of names
     fractions: [0.05, 0.1, 0.2]          # labeled fractions, each in (0, 1]
+    n_labeled: [3, 7]                    # and/or numbers of labeled patients (folders labeled<n>)
+    labeled_selections: [draw, first]    # data.labeled_selection of every cell (default [draw])
     draws: [0, 1, 2]                     # split draws
     extra_cells:                         # (method, fraction) cells outside the grid, for every draw and axis value
       - {method: supervised, fraction: 1.0}
@@ -27,7 +29,7 @@ sweep continued on another machine or disk runs only what no record holds; a rec
 files are also copied there as soon as the cell finishes (replacing such a record), so that a run folder on
 scratch, or on a machine that goes away, loses nothing the report needs.
 
-Cells run draw by draw (then by extra-axis value, fraction and method), so the first draw is complete
+Cells run draw by draw (then by extra-axis value, labeled amount and method), so the first draw is complete
 first. Work shared by several cells (e.g. contrastive pretraining per dataset and draw, METHODS.md) is
 an ordinary run that the method's train() produces on first use and reuses afterwards. When cells run at
 once (``local.jobs`` > 1, or ``launcher: slurm``), the first cell of a draw to reach the contrastive
@@ -67,7 +69,7 @@ LAUNCHERS = ("local", "slurm")
 PENDING, FINISHED, RECORDED, REFUSED = "pending", "finished", "recorded", "refused"
 ALL_METHODS = "all"
 # Keys a cell sets itself; an override or an extra axis on them would silently collide with the grid.
-CELL_KEYS = ("data.fraction", "data.draw")
+CELL_KEYS = ("data.fraction", "data.n_labeled", "data.labeled_selection", "data.draw")
 # How often the slurm launcher asks the scheduler whether jobs are done (submitit caches the queries).
 SLURM_POLL_S = 30.0
 # How often the local launcher checks whether a running cell is done.
@@ -109,6 +111,9 @@ class SweepConfig:
     data: str = "hippocampus"
     methods: Any = ALL_METHODS  # "all" or a list of names: a union type, checked in _validate
     fractions: List[float] = field(default_factory=list)
+    # Numbers of labeled patients (data.n_labeled), crossed with the methods like the fractions.
+    n_labeled: List[int] = field(default_factory=list)
+    labeled_selections: List[str] = field(default_factory=lambda: ["draw"])
     draws: List[int] = field(default_factory=lambda: [0])
     extra_cells: List[ExtraCell] = field(default_factory=list)
     axes: Dict[str, Any] = field(default_factory=dict)
@@ -124,7 +129,7 @@ class Cell:
     """One run of the sweep: what train() gets, and the folder it writes."""
     method: str
     data: str
-    fraction: float
+    fraction: Optional[float]  # None: n_labeled patients are labeled
     draw: int
     axis_values: Tuple[Tuple[str, Any], ...]
     overrides: Tuple[str, ...]
@@ -138,10 +143,14 @@ class Cell:
     status: str = "pending"
     note: str = ""
     force: bool = False  # --force: start over whatever its folder holds
+    n_labeled: Optional[int] = None
+    labeled_selection: str = "draw"
 
     def describe(self) -> str:
         axes = "".join(f" {key}={_text(value)}" for key, value in self.axis_values)
-        return f"method={self.method} fraction={self.fraction:g} draw={self.draw}{axes}"
+        amount = f"fraction={self.fraction:g}" if self.n_labeled is None else f"n_labeled={self.n_labeled}"
+        selection = "" if self.labeled_selection == "draw" else f" labeled_selection={self.labeled_selection}"
+        return f"method={self.method} {amount}{selection} draw={self.draw}{axes}"
 
     def finished(self) -> bool:
         return self.status in (FINISHED, RECORDED)
@@ -251,8 +260,14 @@ def _validate(spec: SweepConfig, path: Path) -> None:
     registered = method_names()
     need(spec.methods == ALL_METHODS or (isinstance(spec.methods, list) and spec.methods), "methods",
          f"must be '{ALL_METHODS}' or a non-empty list of method names")
-    need(bool(spec.fractions), "fractions", "must list at least one labeled fraction")
-    cells = [("methods", "fractions", name, fraction) for name in _methods(spec) for fraction in spec.fractions]
+    need(bool(spec.fractions) or bool(spec.n_labeled), "fractions",
+         "must list at least one labeled fraction (or n_labeled: numbers of labeled patients)")
+    need(all(n >= 1 for n in spec.n_labeled), "n_labeled",
+         f"numbers of labeled patients must be >= 1, got {spec.n_labeled}")
+    need(bool(spec.labeled_selections) and set(spec.labeled_selections) <= {"draw", "first"}, "labeled_selections",
+         f"must list draw and/or first, got {spec.labeled_selections}")
+    cells = [("methods", "fractions", name, fraction) for name in _methods(spec)
+             for fraction in spec.fractions or [1.0]]  # n_labeled only: the methods are checked all the same
     cells += [(f"extra_cells[{i}].method", f"extra_cells[{i}].fraction", c.method, c.fraction)
               for i, c in enumerate(spec.extra_cells)]
     for method_key, fraction_key, name, fraction in cells:
@@ -261,7 +276,7 @@ def _validate(spec: SweepConfig, path: Path) -> None:
     need(bool(spec.draws) and min(spec.draws) >= 0, "draws", "must list at least one draw, each >= 0")
     for key, values in spec.axes.items():
         need(isinstance(values, list) and bool(values), f"axes.{key}", "must be a non-empty list of values")
-        need(key not in CELL_KEYS, f"axes.{key}", "is set by the grid: use fractions / draws")
+        need(key not in CELL_KEYS, f"axes.{key}", "is set by the grid: use fractions / n_labeled / draws")
     short_names = [key.rsplit(".", 1)[-1] for key in spec.axes]
     need(len(set(short_names)) == len(short_names), "axes", "two keys end in the same name; run tags would clash")
     for override in spec.overrides:
@@ -279,24 +294,32 @@ def _methods(spec: SweepConfig) -> List[str]:
 
 
 def _expand(spec: SweepConfig, path: Path) -> List[Cell]:
-    """Every cell once, in run order (draw, axis values, fraction, method; extra cells after each draw's grid)."""
-    pairs = [(f, m) for f in spec.fractions for m in _methods(spec)] + [(c.fraction, c.method) for c in spec.extra_cells]
+    """Every cell once, in run order (draw, axis values, selection, labeled amount, method; extra cells after each
+    draw's grid)."""
+    amounts = [("fraction", f) for f in spec.fractions] + [("n_labeled", n) for n in spec.n_labeled]
+    triples = [(amount, m, selection) for selection in spec.labeled_selections for amount in amounts
+               for m in _methods(spec)] + [(("fraction", c.fraction), c.method, "draw") for c in spec.extra_cells]
     axis_keys = list(spec.axes)
     cells: Dict[Path, Cell] = {}
     for draw, axis_combo in product(spec.draws, product(*spec.axes.values())):
         axis_values = tuple(zip(axis_keys, axis_combo))
-        for fraction, method in pairs:
-            cell = _cell(spec, path, method, fraction, draw, axis_values)
+        for amount, method, selection in triples:
+            cell = _cell(spec, path, method, amount, draw, axis_values, selection)
             cells.setdefault(cell.run_dir, cell)  # an extra cell that is also in the grid runs once
     return list(cells.values())
 
 
-def _cell(spec: SweepConfig, path: Path, method: str, fraction: float, draw: int,
-          axis_values: Tuple[Tuple[str, Any], ...]) -> Cell:
+def _cell(spec: SweepConfig, path: Path, method: str, amount: Tuple[str, Any], draw: int,
+          axis_values: Tuple[Tuple[str, Any], ...], selection: str = "draw") -> Cell:
+    kind, count = amount  # ("fraction", f) or ("n_labeled", n)
+    # The selection only where it is not the default, so that the cells of older sweeps keep their command lines.
+    chosen = () if selection == "draw" else (f"data.labeled_selection={selection}",)
     # JSON is YAML, so every axis value (number, string, list) reads back as itself in a dotlist.
-    overrides = (*spec.overrides, f"data.fraction={fraction}", f"data.draw={draw}", f"logging.tags=[sweep={spec.name}]",
-                 *(f"{key}={json.dumps(value)}" for key, value in axis_values))
-    cell = Cell(method, spec.data, fraction, draw, axis_values, overrides, run_dir=Path())
+    overrides = (*spec.overrides, f"data.{kind}={count}", *chosen, f"data.draw={draw}",
+                 f"logging.tags=[sweep={spec.name}]", *(f"{key}={json.dumps(value)}" for key, value in axis_values))
+    fraction, n_labeled = (count, None) if kind == "fraction" else (None, count)
+    cell = Cell(method, spec.data, fraction, draw, axis_values, overrides, run_dir=Path(), n_labeled=n_labeled,
+                labeled_selection=selection)
     try:
         cfg = cell.config()
         axis_tag = "-".join(f"{key.rsplit('.', 1)[-1]}{_text(value)}" for key, value in axis_values)

@@ -34,7 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_bench.audit import TAG as AUDIT_TAG
 from ssl_bench.audit import TestSelectionAudit
 from ssl_bench.callbacks import CheckpointOnStop, ResumeCheckpoint, StepTimer, TrainingRandomState, fit_stoppably
-from ssl_bench.config import ConfigError, data_root, resolve_project_path, run_dir, run_seed, to_yaml
+from ssl_bench.config import (ConfigError, data_root, labeled_setting, resolve_project_path, run_dir, run_seed,
+                              to_yaml)
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
 from ssl_bench.data.partial import partial_annotation_flags
@@ -66,7 +67,11 @@ def resolve_dataset(cfg: DictConfig) -> Tuple[Manifest, Path]:
                              spacing=(1.0,) * len(s.shape), seed=s.seed, name=cfg.data.name)
         path = ensure_synthetic(Path(cfg.data.cache_dir) / "synthetic", spec=spec)
         return load_manifest(path), path.parent
-    manifest = load_manifest(resolve_project_path(cfg.data.manifest))
+    manifest_path = resolve_project_path(cfg.data.manifest)
+    if not manifest_path.is_file():
+        raise ConfigError(f"{manifest_path}: manifest of '{cfg.data.name}' not found; an import writes it "
+                          "(`ssl-bench data import-msd DIR` or `ssl-bench data import-ssl4mis DIR`, README \"Data\")")
+    manifest = load_manifest(manifest_path)
     root = data_root(cfg)
     if root is None:
         raise ConfigError(
@@ -97,7 +102,12 @@ def prepare_data(cfg: DictConfig, method_cls, training: bool = True, evaluation:
     """Resolve and split the dataset and verify every file a run will read: the training cases the method uses
     and/or the validation and test cases. Bad data fails here, in seconds, naming every file."""
     manifest, root = resolve_dataset(cfg)
-    split = split_pool(manifest.pool, cfg.data.fraction, cfg.data.draw)
+    d = cfg.data
+    try:
+        split = split_pool(manifest.pool, d.fraction, d.draw, n_labeled=d.n_labeled, patient_of=manifest.patient_of,
+                           selection=d.labeled_selection)
+    except ValueError as err:  # e.g. more labeled patients asked for than the pool has
+        raise ConfigError(f"{d.name}: {err}") from None
     cases = (split.labeled + (split.unlabeled if method_cls.uses_unlabeled else [])) if training else []
     cases += (manifest.validation + manifest.test) if evaluation else []
     spacings = {i.case_id: i.spacing for i in verify_or_raise(manifest, root, cases)}
@@ -154,10 +164,19 @@ def _results(rows: List[dict], foreground: List[str]) -> Dict[str, Dict[str, dic
 def format_summary(metrics: dict) -> str:
     """The table printed at the end of a run (and for a finished run that is skipped)."""
     fg = metrics["classes"]
-    head = (f"{metrics['dataset']} / {metrics['method']} / fraction {metrics['fraction']:g} / draw "
-            f"{metrics['draw']}: {metrics['n_labeled']} labeled, {metrics['n_unlabeled']} unlabeled "
-            f"cases; test on {metrics['n_test']} cases")
-    cols = ["checkpoint", "model"] + [f"Dice {c}" for c in fg] + ["Dice mean"] + ["HD95 mean (mm)"]
+    amount = (f"fraction {metrics['fraction']:g}" if metrics.get("n_labeled_patients_asked") is None
+              else f"{metrics['n_labeled_patients_asked']} labeled patients")
+    if metrics.get("labeled_selection", "draw") != "draw":
+        amount += f" ({metrics['labeled_selection']} in manifest order)"
+    several = metrics.get("n_labeled_patients", metrics["n_labeled"]) != metrics["n_labeled"]  # images per patient
+    labeled = f"{metrics['n_labeled']} labeled" + (f" ({metrics['n_labeled_patients']} patients)" if several else "")
+    unlabeled = f"{metrics['n_unlabeled']} unlabeled" + (f" ({metrics['n_unlabeled_patients']} patients)"
+                                                       if several else "")
+    protocol = f" / protocol {metrics['protocol']}" if metrics.get("protocol") else ""
+    head = (f"{metrics['dataset']}{protocol} / {metrics['method']} / {amount} / draw {metrics['draw']}: {labeled}, "
+            f"{unlabeled} cases; test on {metrics['n_test']} cases")
+    cols = (["checkpoint", "model"] + [f"Dice {c}" for c in fg] + ["Dice mean"]
+            + [f"HD95 mean ({metrics.get('hd95_unit', 'mm')})"])
     lines = [head, "  ".join(f"{c:>14}" for c in cols)]
     primary = metrics["primary"]
     for tag, models in metrics["results"].items():
@@ -245,7 +264,8 @@ def _train(cfg: DictConfig, force: bool, resume_from: Optional[str]) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / "config.yaml", cfg_yaml)
     atomic_write_json(run / "splits.json", {
-        "fraction": cfg.data.fraction, "draw": cfg.data.draw, "labeled": split.labeled,
+        "fraction": cfg.data.fraction, "n_labeled": cfg.data.n_labeled, "labeled_selection": cfg.data.labeled_selection,
+        "draw": cfg.data.draw, "labeled_patients": split.labeled_patients, "labeled": split.labeled,
         "unlabeled": split.unlabeled, "validation": manifest.validation, "test": manifest.test})
     atomic_write_json(run / "partial_annotations.json", {
         "alpha": cfg.data.partial.alpha, "draw": cfg.data.draw, "classes": manifest.foreground_labels,
@@ -307,6 +327,12 @@ def _train(cfg: DictConfig, force: bool, resume_from: Optional[str]) -> dict:
     foreground = manifest.foreground_labels
     metrics = {
         "dataset": cfg.data.name, "method": cfg.method.name, "fraction": cfg.data.fraction, "draw": cfg.data.draw,
+        # data.n_labeled (None: data.fraction) and data.labeled_selection; patients and cases differ where a patient
+        # has several images (n_labeled / n_unlabeled count cases).
+        "protocol": cfg.protocol, "labeled_setting": labeled_setting(cfg),
+        "n_labeled_patients_asked": cfg.data.n_labeled,
+        "labeled_selection": cfg.data.labeled_selection, "n_labeled_patients": len(split.labeled_patients),
+        "n_unlabeled_patients": len(split.unlabeled_patients), "hd95_unit": manifest.spacing_unit,
         "partial_alpha": cfg.data.partial.alpha, "classes": foreground, "n_labeled": len(split.labeled), "n_unlabeled": len(split.unlabeled),
         "n_validation": len(manifest.validation), "n_test": len(manifest.test),
         "primary": {"checkpoint": "last", "model": cfg.method.primary_model},

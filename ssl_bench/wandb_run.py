@@ -51,10 +51,15 @@ class QuietWandbLogger(WandbLogger):
 def wandb_logger(cfg: DictConfig, run: Path, run_id: str) -> QuietWandbLogger:
     """The W&B logger of the run in folder ``run``, with the resolved config logged."""
     d, m = cfg.data, cfg.method.name
+    amount = f"frac{d.fraction:g}" if d.n_labeled is None else f"labeled{d.n_labeled}"
+    amount += "" if d.labeled_selection == "draw" else f"-{d.labeled_selection}"
+    amount_tags = [f"frac={d.fraction:g}"] if d.n_labeled is None else [f"n_labeled={d.n_labeled}"]
+    if d.labeled_selection != "draw":
+        amount_tags.append(f"labeled_selection={d.labeled_selection}")
     logger = QuietWandbLogger(
         project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity, save_dir=str(run),
-        name=f"{m}-frac{d.fraction:g}-draw{d.draw}", group=f"{d.name}/{m}",
-        tags=[m, f"frac={d.fraction:g}", f"draw={d.draw}", d.name, *cfg.logging.tags], mode=cfg.logging.wandb_mode,
+        name=f"{m}-{amount}-draw{d.draw}", group=f"{d.name}/{m}",
+        tags=[m, *amount_tags, f"draw={d.draw}", d.name, *cfg.logging.tags], mode=cfg.logging.wandb_mode,
         id=run_id, resume="allow")
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return logger

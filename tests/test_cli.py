@@ -1,9 +1,11 @@
 import json
+import shutil
 import urllib.error
 
 import pytest
 
 from ssl_bench.cli import build_parser, main, parse_with_overrides
+from ssl_bench.config import PROJECT_ROOT, load_config
 from ssl_bench.data.download import DownloadError, download_msd
 from ssl_bench.registry import method_names
 
@@ -46,10 +48,18 @@ def test_verify_and_import_msd_commands(tmp_path, synthetic_cache, capsys):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()  # import-msd checks that every listed file is there; `data verify` reads them
     (ds / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "spleen"}, "training": training}))
-    out = tmp_path / "toy.json"
-    assert main(["data", "import-msd", str(ds), "--out", str(out)]) == 0
+    out, data_config = tmp_path / "toy.json", tmp_path / "experiments" / "data" / "toy.yaml"
+    assert main(["data", "import-msd", str(ds), "--out", str(out), "--data-config", str(data_config)]) == 0
     assert json.loads(out.read_text())["labels"] == ["background", "spleen"]
-    assert main(["data", "import-msd", str(ds), "--out", str(out)]) == 1  # never overwrites silently
+    assert "each image is its own patient" in capsys.readouterr().out
+    # the data config makes `--data toy` work right after the import
+    shutil.copytree(PROJECT_ROOT / "experiments" / "method", data_config.parents[1] / "method")
+    (data_config.parents[1] / "base.yaml").write_text("{}\n")
+    cfg = load_config("supervised", "toy", experiments_dir=data_config.parents[1])
+    assert cfg.data.name == "toy" and cfg.data.manifest == str(out)
+    out.write_text("{}")
+    assert main(["data", "import-msd", str(ds), "--out", str(out), "--data-config", str(data_config)]) == 1
+    assert out.read_text() == "{}"  # never overwrites silently
     assert main(["data", "import-msd", str(tmp_path / "absent")]) == 2
 
 

@@ -1,8 +1,10 @@
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from ssl_bench.config import ConfigError, load_config, run_dir
 from ssl_bench.registry import UnknownMethodError, get_method, method_names, register_method
+from conftest import PROJECT_ROOT
 
 
 def test_defaults_merge_yaml_and_overrides():
@@ -75,3 +77,78 @@ def test_every_registered_method_has_its_yaml():
 def test_method_hyperparameter_ranges(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config("ua_mt", "synthetic", [override])
+
+
+def test_a_number_of_labeled_patients_replaces_the_fraction_and_names_its_own_folder():
+    cfg = load_config("supervised", "synthetic", ["data.n_labeled=7"])
+    assert cfg.data.n_labeled == 7 and cfg.data.fraction is None
+    assert str(run_dir(cfg)) == "runs/synthetic/supervised/labeled7/draw0"
+    first = load_config("supervised", "synthetic", ["data.n_labeled=3", "data.labeled_selection=first"])
+    assert str(run_dir(first)) == "runs/synthetic/supervised/labeled3-first/draw0"
+    # The later of the two wins, as later overrides do (`make bench FRAC=... ARGS="data.n_labeled=7"`).
+    assert load_config("supervised", "synthetic", ["data.fraction=0.1", "data.n_labeled=7"]).data.fraction is None
+    back = load_config("supervised", "synthetic", ["data.n_labeled=7", "data.fraction=0.2"])
+    assert back.data.n_labeled is None and str(run_dir(back)).endswith("frac0.2/draw0")
+
+
+def test_a_config_file_setting_both_labeled_amounts_is_an_error(tmp_path):
+    import shutil
+    experiments = tmp_path / "experiments"
+    shutil.copytree(PROJECT_ROOT / "experiments", experiments)
+    (experiments / "data" / "both.yaml").write_text("data:\n  name: both\n  fraction: 0.1\n  n_labeled: 3\n")
+    with pytest.raises(ConfigError, match="both.yaml: sets both data.fraction and data.n_labeled"):
+        load_config("supervised", "both", experiments_dir=experiments)
+    (experiments / "data" / "count.yaml").write_text("data:\n  name: count\n  manifest: ''\n  n_labeled: 3\n")
+    assert load_config("supervised", "count", experiments_dir=experiments).data.fraction is None
+    assert load_config("supervised", "count", ["data.fraction=0.5"], experiments_dir=experiments).data.n_labeled is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.n_labeled=0", "data.n_labeled: must be >= 1"),
+    ("data.labeled_selection=random", "data.labeled_selection: must be draw or first"),
+    ("data.fraction=null", "give exactly one of data.fraction and data.n_labeled")])
+def test_bad_labeled_amounts_are_errors_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("supervised", "synthetic", [override])
+
+
+def test_the_ssl4mis_protocol_is_one_override_with_its_own_run_folders():
+    cfg = load_config("mean_teacher", "acdc", ["protocol=ssl4mis", "data.n_labeled=7"])
+    assert cfg.protocol == "ssl4mis" and cfg.data.spatial_dims == 2 and list(cfg.data.patch_size) == [256, 256]
+    assert (cfg.data.labeled_batch_size, cfg.data.unlabeled_batch_size) == (12, 12)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.01, 0.9, 1e-4)
+    assert (cfg.optim.schedule, cfg.optim.warmup_steps, cfg.trainer.max_steps) == ("poly", 0, 30000)
+    assert cfg.model.arch == "basic_unet" and list(cfg.model.channels) == [16, 32, 64, 128, 256, 16]
+    assert cfg.method.ema_decay == 0.99  # the method's own hyperparameters stay
+    assert str(run_dir(cfg)) == "runs/acdc-ssl4mis/mean_teacher/labeled7/draw0"
+    plain = load_config("mean_teacher", "acdc", ["data.n_labeled=7"])  # this project's protocol on ACDC's slices
+    assert plain.protocol == "" and plain.optim.name == "adamw" and plain.trainer.max_steps == 2000
+    assert str(run_dir(plain)) == "runs/acdc/mean_teacher/labeled7/draw0"
+    assert load_config("supervised", "hippocampus").protocol == ""  # the hippocampus protocol as it is
+    # later overrides still win over the preset
+    assert load_config("supervised", "acdc", ["protocol=ssl4mis", "trainer.max_steps=10"]).trainer.max_steps == 10
+
+
+def test_protocol_errors_name_the_file(tmp_path):
+    import shutil
+    with pytest.raises(ConfigError, match="unknown protocol 'nnunet'.*known: ssl4mis"):
+        load_config("supervised", "acdc", ["protocol=nnunet"])
+    experiments = tmp_path / "experiments"
+    shutil.copytree(PROJECT_ROOT / "experiments", experiments)
+    (experiments / "protocol" / "sneaky.yaml").write_text("data:\n  manifest: other.json\noptim:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match="sneaky.yaml: a protocol may not set data.manifest"):
+        load_config("supervised", "acdc", ["protocol=sneaky"], experiments_dir=experiments)
+
+
+def test_optim_name_sgd_builds_ssl4mis_optimizer_and_schedule():
+    cfg = load_config("supervised", "acdc", ["protocol=ssl4mis", "trainer.max_steps=100"])
+    module = get_method("supervised")(cfg, class_names=["background", "rv", "myo", "lv"], case_ids=["a"])
+    setup = module.configure_optimizers()
+    optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.01, 0.9, 1e-4)  # no warm-up: full lr at once
+    for _ in range(50):
+        optimizer.step()
+        schedule.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * (1 - 50 / 100) ** 0.9)  # SSL4MIS's poly

@@ -12,6 +12,9 @@ def test_a_cell_line_names_its_run_folder_as_train_does():
     assert (spec.method, spec.fraction, spec.draw) == ("mean_teacher", 0.1, 1)
     assert spec.metrics_path("hippocampus", Path("runs")) == Path("runs/hippocampus/mean_teacher-bf16/frac0.1/draw1/metrics.json")
     assert "run.tag=bf16" in spec.command("hippocampus", Path("runs"), [])[-1:]
+    count = CellSpec.parse("mean_teacher 0.1 0 data.n_labeled=7 protocol=ssl4mis")  # the cell's count wins
+    assert count.metrics_path("acdc", Path("runs")) == Path("runs/acdc-ssl4mis/mean_teacher/labeled7/draw0/"
+                                                            "metrics.json")
     seeds = curve_specs(CellSpec.parse("supervised 0.1 0"), 2, 1000)
     assert [s.overrides for s in seeds] == [["trainer.seed=1000", "run.tag=seed1000"],
                                             ["trainer.seed=1001", "run.tag=seed1001"]]

@@ -116,3 +116,77 @@ def test_committed_hippocampus_manifest_protocol():
     if (SHARED_DATA / "Task04_Hippocampus").is_dir():
         regenerated = import_msd(SHARED_DATA / "Task04_Hippocampus", name="hippocampus")
         assert regenerated.test == m.test and regenerated.validation == m.validation
+
+
+# ---- patients ------------------------------------------------------------------------------------------------------
+def _two_frames_per_patient(tmp_path, n_patients=20, patient_field=False):
+    """An MSD-style dataset.json of ACDC's layout: two images (end-diastole, end-systole) per patient."""
+    ds = tmp_path / "Task27_Frames"
+    ds.mkdir()
+    training = []
+    for p in range(1, n_patients + 1):
+        for frame in (1, 12):
+            name = f"patient{p:03d}_frame{frame:02d}"
+            entry = {"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
+            for path in (ds / entry["image"], ds / entry["label"]):  # import-msd checks the files are there
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+            if patient_field:
+                entry["patient"] = f"P{p}"
+            training.append(entry)
+    (ds / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "rv", "2": "myo", "3": "lv"},
+                                                 "training": training}))
+    return ds
+
+
+def _sets_by_patient(m):
+    patient_of = m.patient_of
+    return [{patient_of[c] for c in ids} for ids in (m.test, m.validation, m.pool)]
+
+
+def test_import_msd_keeps_a_patients_images_in_one_set(tmp_path):
+    """Regression (issue 28): a seeded split by image put frames of one patient in test and in the training pool."""
+    m = import_msd(_two_frames_per_patient(tmp_path), patient_regex=r"patient\d+")
+    test, validation, pool = _sets_by_patient(m)
+    assert not (test & validation or test & pool or validation & pool)
+    assert (len(test), len(validation), len(pool)) == (4, 2, 14)  # 20% / 10% of the 20 patients
+    assert len(m.test) == 8 and m.case_by_id["patient001_frame12"].patient == "patient001"
+    reloaded = load_manifest(m.save(tmp_path / "frames.json"))
+    assert reloaded.patient_of == m.patient_of
+    for draw in (0, 1):  # and the training pool's labeled / unlabeled split too
+        s = split_pool(reloaded.pool, draw=draw, n_labeled=3, patient_of=reloaded.patient_of)
+        assert len(s.labeled) == 6 and not {c[:10] for c in s.labeled} & {c[:10] for c in s.unlabeled}
+
+
+def test_import_msd_reads_patients_from_a_dataset_json_field(tmp_path):
+    m = import_msd(_two_frames_per_patient(tmp_path, patient_field=True))
+    assert m.case_by_id["patient007_frame01"].patient == "P7"
+    test, validation, pool = _sets_by_patient(m)
+    assert not (test & validation or test & pool or validation & pool)
+
+
+def test_import_msd_patient_errors_name_the_file(tmp_path):
+    ds = _two_frames_per_patient(tmp_path)
+    with pytest.raises(ManifestError, match=r"patient001_frame01.nii.gz: .*no match for the patient pattern"):
+        import_msd(ds, patient_regex=r"subject\d+")
+    with pytest.raises(ManifestError, match="not a valid regular expression"):
+        import_msd(ds, patient_regex=r"patient(\d+")
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["training"][3]["patient"] = "P2"
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(ManifestError, match="1 of 40 training entries have 'patient'"):
+        import_msd(ds)
+
+
+def test_a_manifest_whose_sets_share_a_patient_is_refused(tmp_path):
+    cases = [{"id": f"p{i // 2}_f{i % 2}", "image": f"img/{i}.nii.gz", "label": f"lab/{i}.nii.gz",
+              "patient": f"p{i // 2}"} for i in range(8)]
+    path = _write(tmp_path, cases=cases, test=["p0_f0"], validation=["p1_f0", "p1_f1"])
+    with pytest.raises(ManifestError, match=r"1 patient\(s\) have images in more than one .*p0 \(test, training "
+                                            r"pool\)"):
+        load_manifest(path)
+    path = _write(tmp_path, cases=cases, test=["p0_f0", "p0_f1"], validation=["p1_f0", "p1_f1"])
+    assert load_manifest(path).pool == ["p2_f0", "p2_f1", "p3_f0", "p3_f1"]
+    path = _write(tmp_path, cases=[{**cases[0], "patient": 3}], test=[], validation=[])
+    with pytest.raises(ManifestError, match="'patient' must be a non-empty string"):
+        load_manifest(path)

@@ -1,6 +1,11 @@
+import hashlib
+import json
+
 import pytest
 
+from ssl_bench.data.manifest import load_manifest
 from ssl_bench.data.splits import labeled_count, split_pool
+from conftest import PROJECT_ROOT
 
 POOL = [f"case_{i:03d}" for i in range(182)]
 
@@ -51,3 +56,64 @@ def test_bad_pools_and_draws():
         split_pool(["a", "a", "b"], 0.5, 0)
     with pytest.raises(ValueError, match="draw"):
         split_pool(POOL, 0.5, -1)
+
+
+# ---- by patient ----------------------------------------------------------------------------------------------------
+# Two images (frames) per patient, as ACDC has.
+FRAMES = {f"patient{p:03d}_frame{f:02d}": f"patient{p:03d}" for p in range(1, 41) for f in (1, 12)}
+
+
+@pytest.mark.parametrize("draw", [0, 1, 2])
+@pytest.mark.parametrize("amount", [{"fraction": 0.1}, {"fraction": 0.5}, {"n_labeled": 3}, {"n_labeled": 7}])
+def test_a_patients_images_are_never_split_between_labeled_and_unlabeled(draw, amount):
+    s = split_pool(list(FRAMES), draw=draw, patient_of=FRAMES, **amount)
+    labeled = {FRAMES[c] for c in s.labeled}
+    unlabeled = {FRAMES[c] for c in s.unlabeled}
+    assert not labeled & unlabeled
+    assert set(s.labeled_patients) == labeled and set(s.unlabeled_patients) == unlabeled
+    n = amount.get("n_labeled") or labeled_count(amount["fraction"], 40)
+    assert len(labeled) == n and len(s.labeled) == 2 * n  # both frames of each labeled patient
+
+
+@pytest.mark.parametrize("draw", [0, 1])
+def test_counts_of_patients_are_nested_and_draws_differ(draw):
+    three, seven = (split_pool(list(FRAMES), draw=draw, n_labeled=n, patient_of=FRAMES) for n in (3, 7))
+    assert set(three.labeled) < set(seven.labeled)
+    assert three.labeled_patients == seven.labeled_patients[:3]
+    # a count and the fraction that gives the same count label the same patients
+    assert split_pool(list(FRAMES), 7 / 40, draw, patient_of=FRAMES).labeled == seven.labeled
+    assert split_pool(list(FRAMES), draw=1 - draw, n_labeled=7, patient_of=FRAMES).labeled != seven.labeled
+
+
+def test_first_selection_takes_the_first_patients_in_pool_order_whatever_the_draw():
+    listed = [f"patient{p:03d}_frame{f:02d}" for p in (5, 2, 9, 1) for f in (1, 12)]
+    for draw in (0, 1):
+        s = split_pool(listed, draw=draw, n_labeled=2, patient_of=FRAMES, selection="first")
+        assert s.labeled_patients == ["patient005", "patient002"]
+        assert s.labeled == listed[:4] and s.unlabeled == listed[4:]
+
+
+def test_bad_counts_and_selections():
+    with pytest.raises(ValueError, match="exactly one"):
+        split_pool(POOL, 0.1, 0, n_labeled=3)
+    with pytest.raises(ValueError, match="exactly one"):
+        split_pool(POOL)
+    with pytest.raises(ValueError, match="41 labeled patients asked for, but the training pool has 40"):
+        split_pool(list(FRAMES), n_labeled=41, patient_of=FRAMES)
+    with pytest.raises(ValueError, match="selection"):
+        split_pool(POOL, 0.1, 0, selection="random")
+
+
+def test_the_hippocampus_splits_are_those_its_records_were_made_with():
+    """One image per patient: the labeled and unlabeled lists of every fraction and draw are exactly those of the
+    per-case split the recorded hippocampus runs used (digest taken before splits went by patient)."""
+    m = load_manifest(PROJECT_ROOT / "data_manifests" / "hippocampus.json")
+    lists = {f"{f}/{d}": [s.labeled, s.unlabeled] for f in (0.05, 0.1, 0.2, 1.0) for d in (0, 1, 2)
+             for s in [split_pool(m.pool, f, d, patient_of=m.patient_of)]}
+    assert hashlib.sha256(json.dumps(lists, sort_keys=True).encode()).hexdigest() == HIPPOCAMPUS_SPLITS_SHA256
+    assert hashlib.sha256(json.dumps([m.test, m.validation]).encode()).hexdigest() == HIPPOCAMPUS_HELD_OUT_SHA256
+    assert split_pool(m.pool, 0.05, 0).labeled[:3] == ["hippocampus_280", "hippocampus_340", "hippocampus_351"]
+
+
+HIPPOCAMPUS_SPLITS_SHA256 = "b0e8cb7e650edda52c571f5feabf480c287459e2e460808646c58358332f5900"
+HIPPOCAMPUS_HELD_OUT_SHA256 = "b46d25e8c73755d018bc98c7b82d4390e9b075f6b220f149b31a629774d2891a"

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from ssl_bench.callbacks import STOPPED_EXIT_CODE
 from ssl_bench.cli import main
-from ssl_bench.config import ConfigError, to_yaml
+from ssl_bench.config import ConfigError, run_dir, to_yaml
 from ssl_bench.registry import method_names
 from ssl_bench.sweep import Cell, Progress, SweepError, job_environments, load_sweep, run_sweep
 from conftest import PROJECT_ROOT
@@ -83,6 +83,21 @@ def test_every_shipped_sweep_loads_and_each_cell_config_resolves(path):
     for cell in sweep.cells:
         cfg = cell.config()  # typed schema: an unknown or mistyped key fails here
         assert (cfg.method.name, cfg.data.fraction, cfg.data.draw) == (cell.method, cell.fraction, cell.draw)
+        assert (cfg.data.n_labeled, cfg.data.labeled_selection) == (cell.n_labeled, cell.labeled_selection)
+
+
+def test_the_acdc_sweep_is_methods_by_labeled_patients_by_selection_by_draw_with_ssl4mis_protocol():
+    sweep = load_sweep(SWEEPS / "acdc.yaml")
+    methods = ["supervised", "mean_teacher", "ua_mt", "cps", "unimatch", "bcp"]
+    expected = {(m, n, s, d) for m in methods for n in (3, 7) for s in ("draw", "first") for d in (0, 1, 2)}
+    cells = [(c.method, c.n_labeled, c.labeled_selection, c.draw) for c in sweep.cells if c.n_labeled]
+    assert len(cells) == len(expected) and set(cells) == expected
+    assert {(c.method, c.fraction) for c in sweep.cells if not c.n_labeled} == {("supervised", 1.0)}  # all 70
+    assert len({c.run_dir for c in sweep.cells}) == len(sweep.cells) == 75
+    cfg = next(c for c in sweep.cells if c.labeled_selection == "first").config()
+    assert cfg.protocol == "ssl4mis" and cfg.trainer.max_steps == 30000 and cfg.data.fraction is None
+    assert str(run_dir(cfg)) == "runs/acdc-ssl4mis/supervised/labeled3-first/draw0"
+    assert "n_labeled=3 labeled_selection=first draw=0" in sweep.cells[12].describe()
 
 
 def test_extra_axis_cells_get_their_own_run_folders(tmp_path):
@@ -111,6 +126,10 @@ def test_extra_axis_cells_get_their_own_run_folders(tmp_path):
     ({"local": {"jobs": 0}}, "local.jobs", "must be >= 1"),
     ({"axes": {"optim.lrr": [1.0]}}, "optim.lrr", "not in 'OptimConfig'"),
     ({"overrides": ["data.fraction=0.2"]}, "overrides", "sets a key the grid sets"),
+    ({"overrides": ["data.n_labeled=3"]}, "overrides", "sets a key the grid sets"),
+    ({"fractions": [], "n_labeled": [0]}, "n_labeled", "must be >= 1"),
+    ({"labeled_selections": ["random"]}, "labeled_selections", "must list draw and/or first"),
+    ({"fractions": [], "n_labeled": [2], "methods": ["nope"]}, "methods", "unknown method 'nope'"),
 ])
 def test_invalid_sweep_files_name_the_file_and_key(tmp_path, spec, key, message):
     path = _write_sweep(tmp_path / "bad.yaml", **spec)

@@ -1,4 +1,5 @@
 import gzip
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -170,3 +171,17 @@ def test_real_hippocampus_sample_passes():
     infos = verify_or_raise(manifest, REAL_DATA, sample)
     assert len(infos) == len(sample) == 20
     assert all(len(i.shape) == 3 and i.spacing == (1.0, 1.0, 1.0) for i in infos)
+
+
+def test_data_verify_refuses_a_manifest_whose_sets_share_a_patient(tmp_path, capsys):
+    from ssl_bench.cli import main
+    manifest = {"name": "frames", "directory": "frames", "labels": ["background", "lv"],
+                "cases": [{"id": f"p{i // 2}_f{i % 2}", "image": f"{i}.nii.gz", "label": f"{i}_gt.nii.gz",
+                           "patient": f"p{i // 2}"} for i in range(6)],
+                "test": ["p0_f0"], "validation": ["p1_f0", "p1_f1"]}
+    path = tmp_path / "frames.json"
+    path.write_text(json.dumps(manifest))
+    assert main(["data", "verify", "--data", "synthetic", "--root", str(tmp_path), "data.name=frames",
+                 f"data.manifest={path}"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "p0 (test, training pool)" in err

@@ -197,9 +197,13 @@ class SegmentationMethod(pl.LightningModule):
         return self.optimizer_with_schedule(params)
 
     def optimizer_with_schedule(self, params) -> dict:
-        """The protocol's optimizer (AdamW) over ``params`` with its per-step schedule, as Lightning takes it."""
+        """The protocol's optimizer (optim.name: AdamW, or SGD with momentum) over ``params`` with its per-step
+        schedule, as Lightning takes it."""
         o = self.cfg.optim
-        optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        if o.name == "sgd":
+            optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_schedule(optimizer), "interval": "step"}}
 
     def lr_schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
