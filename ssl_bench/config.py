@@ -530,13 +530,6 @@ def labeled_setting(cfg: DictConfig) -> str:
     return amount + ("" if d.labeled_selection == "draw" else f"-{d.labeled_selection}")
 
 
-def describe_labeled(cfg: DictConfig) -> str:
-    """The labeled amount in words, e.g. "fraction 0.1" or "7 labeled patients (first in manifest order)"."""
-    d = cfg.data
-    text = f"fraction {d.fraction:g}" if d.n_labeled is None else f"{d.n_labeled} labeled patients"
-    return text + (" (first in manifest order)" if d.labeled_selection == "first" else "")
-
-
 def validate(cfg: DictConfig) -> None:
     """Checks that types alone cannot express."""
     def need(ok: bool, key: str, msg: str):

@@ -11,6 +11,7 @@ import torch
 
 from ssl_bench.cli import main
 from conftest import TINY
+from test_train_e2e import _killed_after_first_checkpoint
 
 COMMON = ("data.fraction=0.5", "trainer.max_steps=6", "trainer.val_every_n_steps=2")
 
@@ -67,27 +68,13 @@ def test_the_audit_adds_test_best_and_changes_nothing_else(tmp_path, synthetic_c
     assert sorted(p.name for p in (run_on / "checkpoints").glob("test_best-*")) == [audit["best_checkpoint"]]
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_a_resumed_run_continues_the_selection(tmp_path, synthetic_cache, monkeypatch):
     """Killed after its step-2 checkpoint, with a stray test_best file beside it (as a kill between writing a new
     test_best and the resume checkpoint that names it leaves), the resumed run selects what the run never stopped
     selects, counts every validation, and keeps only the file its state names."""
-    from ssl_bench.callbacks import ResumeCheckpoint
     uninterrupted, resumed = tmp_path / "a", tmp_path / "b"
     assert main(_args(uninterrupted, synthetic_cache)) == 0
-
-    save_and_continue = ResumeCheckpoint.on_validation_end
-
-    def save_and_stop(self, trainer, pl_module):
-        save_and_continue(self, trainer, pl_module)
-        raise _Killed
-    monkeypatch.setattr(ResumeCheckpoint, "on_validation_end", save_and_stop)
-    with pytest.raises(_Killed):
-        main(_args(resumed, synthetic_cache))
-    monkeypatch.undo()
+    _killed_after_first_checkpoint(resumed, _args(resumed, synthetic_cache), monkeypatch)
     checkpoints = _run(resumed) / "checkpoints"
     state = torch.load(checkpoints / "last.ckpt", weights_only=True)["callbacks"]["TestSelectionAudit"]
     assert state["validations"] == 1 and state["best_path"] == str(checkpoints / "test_best-2.ckpt")
