@@ -55,7 +55,10 @@ def run_header(cfg, n_labeled: int, n_unlabeled: int, n_test: int, run: Path, re
     cases = f"{n_labeled} labeled" + (f" + {n_unlabeled} unlabeled" if n_unlabeled else "") + " training cases"
     steps = (f"steps {resume_step + 1}-{t.max_steps} of {t.max_steps}, resuming from step {resume_step}" if resume_step
              else f"{t.max_steps} steps")
-    return (f"{cfg.method.name} on {d.name}, fraction {d.fraction:g}, draw {d.draw}: {cases}, {steps}, validation "
+    amount = f"fraction {d.fraction:g}" if d.n_labeled is None else f"{d.n_labeled} labeled patients"
+    amount += " (the first listed)" if d.labeled_selection == "first" else ""
+    protocol = f" (protocol {cfg.protocol})" if cfg.protocol else ""
+    return (f"{cfg.method.name} on {d.name}{protocol}, {amount}, draw {d.draw}: {cases}, {steps}, validation "
             f"every {t.val_every_n_steps}, test on {n_test} cases. Run folder: {run}")
 
 

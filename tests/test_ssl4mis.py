@@ -81,7 +81,7 @@ def test_reimporting_is_harmless_and_nothing_is_replaced_silently(imported, caps
     assert other.read_text() == "{}"
 
 
-def test_a_run_on_the_imported_data_with_ssl4mis_labeled_patients(imported, tmp_path):
+def test_a_run_on_the_imported_data_with_ssl4mis_labeled_patients(imported, tmp_path, capsys):
     """2D slices, 2 labeled patients (the first of the train list): 4 labeled images; HD95 in voxels."""
     _, paths, _ = imported
     args = ["train", "--method", "mean_teacher", "--data", "synthetic", f"run.runs_dir={tmp_path}",
@@ -90,6 +90,7 @@ def test_a_run_on_the_imported_data_with_ssl4mis_labeled_patients(imported, tmp_
             "data.patch_size=[32,32]", "data.n_labeled=2", "data.labeled_selection=first",
             "trainer.max_steps=2", "trainer.val_every_n_steps=2", "trainer.enable_progress_bar=false"]
     assert main(args) == 0
+    assert "mean_teacher on acdc, 2 labeled patients (the first listed), draw 0" in capsys.readouterr().out
     run = tmp_path / "acdc" / "mean_teacher" / "labeled2-first" / "draw0"
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["n_labeled_patients"], metrics["n_labeled"], metrics["n_unlabeled_patients"]) == (2, 4, 4)
