@@ -2,6 +2,7 @@
 sweep, DDP evaluation equal to one process, and the SLURM path through submitit's local executor."""
 
 import csv
+import functools
 import json
 import os
 import shutil
@@ -61,8 +62,14 @@ def smoke_runs(tmp_path_factory, synthetic_cache):
     return runs
 
 
+@functools.lru_cache(maxsize=None)
+def _shipped_sweep(path: Path):
+    """A shipped sweep file, loaded once for the tests that only read it (a large sweep loads in seconds)."""
+    return load_sweep(path)
+
+
 def test_hippocampus_sweep_is_every_semi_supervised_method_by_fraction_by_draw_plus_full_supervision():
-    sweep = load_sweep(SWEEPS / "hippocampus.yaml")
+    sweep = _shipped_sweep(SWEEPS / "hippocampus.yaml")
     # Every method but those for partial annotations (their own sweeps): a new method must join or be excluded here.
     methods = [m for m in method_names() if m not in ("smile", "smiler")]
     expected = {(m, f, d) for m in methods for f in (0.05, 0.1, 0.2) for d in (0, 1, 2)}
@@ -78,7 +85,7 @@ def test_hippocampus_sweep_is_every_semi_supervised_method_by_fraction_by_draw_p
 
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_sweep_loads_and_each_cell_config_resolves(path):
-    sweep = load_sweep(path)
+    sweep = _shipped_sweep(path)
     assert sweep.cells and sweep.config.name == path.stem  # `make sweep SWEEP=<name>` finds it by that name
     for cell in sweep.cells:
         cfg = cell.config()  # typed schema: an unknown or mistyped key fails here
@@ -87,7 +94,7 @@ def test_every_shipped_sweep_loads_and_each_cell_config_resolves(path):
 
 
 def test_the_acdc_sweep_is_methods_by_labeled_patients_by_selection_by_draw_with_ssl4mis_protocol():
-    sweep = load_sweep(SWEEPS / "acdc.yaml")
+    sweep = _shipped_sweep(SWEEPS / "acdc.yaml")
     methods = ["supervised", "mean_teacher", "ua_mt", "cps", "unimatch", "bcp"]
     expected = {(m, n, s, d) for m in methods for n in (3, 7) for s in ("draw", "first") for d in (0, 1, 2)}
     cells = [(c.method, c.n_labeled, c.labeled_selection, c.draw) for c in sweep.cells if c.n_labeled]
