@@ -57,3 +57,30 @@ def test_a_sweep_without_its_file_is_named(stopped_sweep, tmp_path):
     (sweeps / "toy_sweep.yaml").unlink()
     (coverage,) = sweep_coverage(read_runs(runs).runs, sweeps)
     assert coverage.missing == [] and "no sweep file toy_sweep.yaml" in coverage.problem
+
+
+def test_runs_and_sweep_cells_with_a_number_of_labeled_patients_are_reported(tmp_path):
+    """Regression: a run of data.n_labeled (metrics.json fraction null, e.g. ACDC's 3 or 7 labeled patients) made
+    the report fail on float(None). It takes its place at its labeled share of the training cases; SSL4MIS's own
+    patients (labeled_selection first) are a line of their own; a sweep's count cells are listed when missing."""
+    import json
+    sweeps, runs = tmp_path / "sweeps", tmp_path / "runs"
+    sweeps.mkdir()
+    (sweeps / "count_sweep.yaml").write_text("data: synthetic\nmethods: [supervised, mean_teacher]\n"
+                                             "n_labeled: [2]\ndraws: [0]\n")
+    for method, selection in (("supervised", "draw"), ("mean_teacher", "draw"), ("supervised", "first")):
+        metrics = write_fake_run(runs, method, 0.5, 0, DICE[method, 0.5, 0], dataset="synthetic",
+                                 folder_name=method if selection == "draw" else f"{method}-x")
+        folder = runs / "synthetic" / (method if selection == "draw" else f"{method}-x") / "frac0.5" / "draw0"
+        metrics.update({"fraction": None, "labeled_setting": "labeled2" + ("-first" if selection == "first" else ""),
+                        "labeled_selection": selection, "n_labeled_patients": 2})
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        write_config(folder, method, tags=["sweep=count_sweep"])
+    loaded = read_runs(runs)
+    assert sorted((r.line, r.fraction) for r in loaded.runs) == [
+        ("mean_teacher", 0.5), ("supervised", 0.5), ("supervised-x-first", 0.5)]
+    (coverage,) = sweep_coverage(loaded.runs, sweeps, runs)
+    assert {(c.method, c.labeled) for c in coverage.missing} == {("supervised", "labeled2"), ("mean_teacher", "labeled2")}
+    out = tmp_path / "results"
+    assert main(["report", str(runs), "--out", str(out), "--no-wandb", "--sweeps-dir", str(sweeps)]) == 0
+    assert "mean_teacher: labeled2 draw 0" in (out / "summary.md").read_text()

@@ -23,7 +23,7 @@ NOT_RUN, STARTED, UNREADABLE = "not run", "started, not finished", "result unrea
 class MissingCell:
     description: str  # e.g. "method=co_training fraction=0.05 draw=2"
     method: str
-    fraction: float
+    labeled: str  # the labeled setting as its folder names it: "0.05" for frac0.05, "labeled7-first", ...
     draw: int
     relative_dir: PurePosixPath
     state: str  # NOT_RUN, STARTED (a stopped or failed run's folder) or UNREADABLE (its metrics.json was skipped)
@@ -77,7 +77,12 @@ def sweep_coverage(runs: List[Run], sweeps_dir: Path, runs_dir: Optional[Path] =
                 state = UNREADABLE
             elif folder is not None and folder.is_dir():
                 state = STARTED
-            missing.append(MissingCell(cell.describe(), cell.method, float(cell.fraction), int(cell.draw),
+            missing.append(MissingCell(cell.describe(), cell.method, _labeled(relative.parts[2]), int(cell.draw),
                                        relative, state))
         coverages.append(SweepCoverage(name, source, len(cells), missing))
     return coverages
+
+
+def _labeled(folder: str) -> str:
+    """A cell's labeled setting from its folder name: frac0.05 -> "0.05"; labeled7-first stays as it is."""
+    return f"{float(folder[len('frac'):]):g}" if folder.startswith("frac") else folder

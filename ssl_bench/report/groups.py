@@ -200,7 +200,7 @@ GroupKey = Tuple[str, str, float]
 
 
 def group_key(run: Run) -> GroupKey:
-    return run.metrics["dataset"], run.line, float(run.metrics["fraction"])
+    return run.dataset, run.line, run.fraction
 
 
 def reference_of(members: List[Run], by_key: Dict[GroupKey, List[Run]]) -> str:
@@ -325,7 +325,7 @@ def summarize_alpha(runs: List[Run]) -> List[AlphaGroup]:
     for run in runs:
         line = alpha_line(run)
         if line is not None:
-            by_key.setdefault((run.metrics["dataset"], float(run.metrics["fraction"]), line, run.alpha), []).append(run)
+            by_key.setdefault((run.dataset, run.fraction, line, run.alpha), []).append(run)
     groups = []
     for (dataset, fraction, line, alpha), members in sorted(by_key.items()):
         classes, full = members[0].metrics["classes"], by_key.get((dataset, fraction, REFERENCE_METHOD, 0.0))

@@ -74,7 +74,7 @@ def summarize_replicates(runs: List[Run]) -> List[ReplicateSet]:
     for run in runs:
         if run.config():
             m = run.metrics
-            buckets.setdefault((m["dataset"], m["method"], float(m["fraction"]), run.draw), []).append(run)
+            buckets.setdefault((run.dataset, m["method"], run.fraction, run.draw), []).append(run)
     sets = []
     for (dataset, method, fraction, draw), members in buckets.items():
         members.sort(key=lambda r: (r.method != method, r.seed, r.hardware, r.method))

@@ -62,7 +62,23 @@ class Run:
 
     @property
     def key(self) -> Tuple[str, str, float]:
-        return self.metrics["dataset"], self.method, float(self.metrics["fraction"])
+        return self.dataset, self.method, self.fraction
+
+    @property
+    def dataset(self) -> str:
+        """The dataset, with the protocol preset a run used (``acdc-ssl4mis``): runs of two protocols are never
+        grouped or compared."""
+        protocol = self.metrics.get("protocol") or ""
+        return self.metrics["dataset"] + (f"-{protocol}" if protocol else "")
+
+    @property
+    def fraction(self) -> float:
+        """data.fraction, or for a run with a number of labeled patients (data.n_labeled) the labeled share of its
+        training cases, so that a count takes its place on the fraction axis (e.g. 7 of ACDC's 70 patients: 0.1)."""
+        if self.metrics.get("fraction") is not None:
+            return float(self.metrics["fraction"])
+        m = self.metrics
+        return round(m["n_labeled"] / (m["n_labeled"] + m["n_unlabeled"]), 4)
 
     @property
     def draw(self) -> int:
@@ -73,10 +89,12 @@ class Run:
         """The method folder without a ``seed<s>`` tag of the run's own trainer.seed (a training-seed sweep axis):
         supervised-seed100 is a replicate of supervised, reported and compared with it."""
         seed = self.config().get("trainer.seed")
-        if seed is None:
-            return self.method
         parts = self.method.split("-")
-        kept = [parts[0]] + [p for p in parts[1:] if p != f"seed{seed}"]
+        kept = [parts[0]] + [p for p in parts[1:] if seed is None or p != f"seed{seed}"]
+        # SSL4MIS's own labeled patients (data.labeled_selection=first) are a setting of their own, compared with
+        # supervised on the same patients.
+        if self.metrics.get("labeled_selection") == "first":
+            kept.append("first")
         return "-".join(kept)
 
     @property

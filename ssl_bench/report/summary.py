@@ -37,7 +37,7 @@ class Summary:
 
     def usual_hardware(self, dataset: str) -> str:
         """The hardware most of a dataset's runs ran on."""
-        return Counter(r.hardware for r in self.runs if r.metrics["dataset"] == dataset).most_common(1)[0][0]
+        return Counter(r.hardware for r in self.runs if r.dataset == dataset).most_common(1)[0][0]
 
     def cost(self, dataset: str, method: str) -> Optional[MethodCost]:
         return next((c for c in self.costs if (c.dataset, c.method) == (dataset, method)), None)

@@ -36,7 +36,7 @@ def summary_row(run: Run) -> dict:
     best on validation and, when the run has it, best on test), where it ran, then every other scalar of
     metrics.json (cost: seconds per step, wall time, peak memory, parameters...)."""
     m = run.metrics
-    row = {"dataset": m["dataset"], "method": run.method, "fraction": m["fraction"], "draw": m["draw"],
+    row = {"dataset": m["dataset"], "method": run.method, "fraction": run.fraction, "draw": m["draw"],
            "seed": run.seed, "primary_model": m["primary"]["model"], "run_dir": str(run.folder)}
     for checkpoint in CHECKPOINTS + (TEST_SELECTED,):
         if checkpoint in CHECKPOINTS or run.has_checkpoint(checkpoint):
@@ -354,7 +354,7 @@ def provenance_markdown(summary: Summary) -> List[str]:
              *_header(["environment", "runs", "cells"])]
     for environment, runs in sorted(environments.items(), key=lambda kv: -len(kv[1])):
         cells = ("every other run" if environment == largest and len(environments) > 1 else
-                 ", ".join(f"{r.method} {r.metrics['fraction']:g} d{r.draw}" for r in runs))
+                 ", ".join(f"{r.method} {r.fraction:g} d{r.draw}" for r in runs))
         lines.append(_row([environment, str(len(runs)), cells]))
     return lines
 
@@ -395,14 +395,14 @@ def coverage_markdown(coverage: List[SweepCoverage]) -> List[str]:
             lines.append(f"- `{sweep.name}` ({_shown_path(sweep.source)}): all {sweep.n_cells} cells have a result")
             continue
         lines.append(f"- `{sweep.name}` ({_shown_path(sweep.source)}): {len(sweep.missing)} of {sweep.n_cells} cells have no result:")
-        by_method: Dict[str, Dict[float, List[str]]] = {}
+        by_method: Dict[str, Dict[str, List[str]]] = {}
         for cell in sweep.missing:
             draw = str(cell.draw) + ("" if cell.state == NOT_RUN else f" ({cell.state})")
-            by_method.setdefault(cell.relative_dir.parts[1], {}).setdefault(cell.fraction, []).append(draw)
+            by_method.setdefault(cell.relative_dir.parts[1], {}).setdefault(cell.labeled, []).append(draw)
         for method, fractions in by_method.items():
             lines.append(f"  - {method}: " + "; ".join(
-                f"{fraction:g} draw{'s' if len(draws) > 1 else ''} {', '.join(draws)}"
-                for fraction, draws in sorted(fractions.items())))
+                f"{labeled} draw{'s' if len(draws) > 1 else ''} {', '.join(draws)}"
+                for labeled, draws in sorted(fractions.items())))
     return lines
 
 

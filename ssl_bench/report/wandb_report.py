@@ -43,7 +43,8 @@ def training_group(dataset: str, method: str) -> str:
 def training_run_name(run: Run) -> str:
     """The W&B name of a training run, as train.py sets it."""
     m = run.metrics
-    return f"{m['method']}-frac{float(m['fraction']):g}-draw{m['draw']}"
+    amount = f"frac{float(m['fraction']):g}" if m.get("fraction") is not None else m["labeled_setting"]
+    return f"{m['method']}-{amount}-draw{m['draw']}"
 
 
 def group_url(entity: Optional[str], project: str, group: str) -> str:
@@ -99,7 +100,7 @@ def dataset_tables(summary: Summary, dataset: str, project: str, entity: Optiona
              for f in summary.noise_floors if f.dataset == dataset]
     runs = [{**summary_row(r), "wandb_group": training_group(dataset, r.metrics["method"]),
              "wandb_run_name": training_run_name(r)}
-            for r in summary.runs if r.metrics["dataset"] == dataset]
+            for r in summary.runs if r.dataset == dataset]
     missing = [{"sweep": s.name, "cell": c.description, "state": c.state, "folder": str(c.relative_dir)}
                for s in summary.coverage for c in s.missing if c.relative_dir.parts[0] == dataset]
     tables = {"dice_by_fraction": dice, "paired_tests": tests, "cost": cost, "noise_floor": noise, "runs": runs}
