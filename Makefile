@@ -16,6 +16,8 @@ ARGS ?=
 SWEEP ?= hippocampus
 # Where sweep cells write their run folders and where report reads them (empty: the config's runs/).
 RUNS ?=
+# Sweep cells at once on this machine (empty: the sweep file's local.jobs).
+JOBS ?=
 
 # On development and CI machines the data lives beside the checkout; elsewhere set SSL_BENCH_DATA_ROOT.
 ifneq ($(wildcard ../shared/data),)
@@ -39,7 +41,7 @@ bench: setup
 		$(if $(STEPS),trainer.max_steps=$(STEPS)) $(ARGS)
 
 sweep: setup
-	$(SSL_BENCH) sweep experiments/sweeps/$(SWEEP).yaml $(if $(RUNS),run.runs_dir=$(RUNS)) $(ARGS)
+	$(SSL_BENCH) sweep experiments/sweeps/$(SWEEP).yaml $(if $(RUNS),run.runs_dir=$(RUNS)) $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
 
 report: setup
 	$(SSL_BENCH) report $(RUNS) $(ARGS)

@@ -28,7 +28,7 @@ def _cmd_train(args) -> int:
 def _cmd_sweep(args) -> int:
     from ssl_bench.sweep import describe_cells, load_sweep, run_sweep
     sweep = load_sweep(Path(args.sweep_file), args.overrides, Path(args.records) if args.records else None,
-                       force=args.force)
+                       force=args.force, jobs=args.jobs, only=args.only or ())
     if args.dry_run:
         print(describe_cells(sweep))
         return 0
@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_file", help="experiments/sweeps/<name>.yaml")
     p.add_argument("--dry-run", action="store_true", help="list the cells, finished or pending, and run nothing")
     p.add_argument("--force", action="store_true", help="start every cell over, whatever its run folder holds")
+    p.add_argument("--jobs", type=int, metavar="N", help="cells at once on this machine (overrides the file's local.jobs; "
+                   "they share its CPU threads and GPUs)")
+    p.add_argument("--only", nargs="+", metavar="KEY=VALUE", help="run only the cells that match, e.g. --only "
+                   "method=cps fraction=0.1 draw=0 (keys: method, fraction, draw and the sweep's axes; a key given "
+                   "twice matches either value)")
     p.add_argument("--records", metavar="DIR", help="count a cell as finished when DIR (e.g. results/records, kept "
                    "by `ssl-bench report`) holds a result of the same config, even if its run folder is gone; "
                    "and copy each cell's result there as soon as it finishes")

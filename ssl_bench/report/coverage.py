@@ -62,7 +62,7 @@ def sweep_coverage(runs: List[Run], sweeps_dir: Path, runs_dir: Optional[Path] =
             continue
         try:
             from ssl_bench.sweep import load_sweep  # here: ssl_bench.sweep imports this package
-            cells = load_sweep(source).cells
+            cells = load_sweep(source, states=False).cells  # its cells, not what ./runs holds
         except Exception as err:  # a sweep file that no longer loads must not block the report
             coverages.append(SweepCoverage(name, source, 0, problem=f"{source.name} does not load: {err}"))
             continue

@@ -1,0 +1,373 @@
+"""A sweep file and its cells: methods x labeled fractions x draws (x any extra config axis), each cell an ordinary
+run of train().
+
+A sweep file (``experiments/sweeps/<name>.yaml``) is validated against ``SweepConfig``::
+
+    data: hippocampus                    # experiments/data/<data>.yaml
+    methods: all                         # every registered method, or a list of names
+    fractions: [0.05, 0.1, 0.2]          # labeled fractions, each in (0, 1]
+    n_labeled: [3, 7]                    # and/or numbers of labeled patients (folders labeled<n>)
+    labeled_selections: [draw, first]    # data.labeled_selection of every cell (default [draw])
+    draws: [0, 1, 2]                     # split draws
+    extra_cells:                         # (method, fraction) cells outside the grid, for every draw and axis value
+      - {method: supervised, fraction: 1.0}
+    axes:                                # extra axes crossed with everything: dotted config key -> values
+      optim.lr: [0.001, 0.002]           # e.g. trainer.seed: [100, 101] for training-seed replicates
+    overrides: [trainer.max_steps=500]   # config overrides applied to every cell
+    launcher: local                      # local | slurm
+    local: {jobs: 1}                     # cells at once on this machine (its CPU threads and GPUs split between them)
+    slurm: {partition: gpu, gpus_per_node: 1, nodes: 1, cpus_per_task: 8, mem_gb: 32, timeout_min: 240}
+    name: hippocampus                    # sweep id (default: the file's name)
+
+A cell's folder is ``run_dir(cfg)``; a cell on an extra axis gets ``run.tag=<last key part><value>`` (e.g.
+``lr0.001``, ``seed100``, joined to any run.tag of the overrides) so that its folder differs from its neighbours'.
+Cells run draw by draw (then by extra-axis value, labeled amount and method), so the first draw is complete first.
+
+Each cell's state is found when the sweep is loaded, by the rules of ssl_bench/identity.py that train() follows:
+finished when its run folder holds a readable result of its config; refused when the folder holds a run of another
+config (its differing keys named: use run.tag or --force); pending otherwise, with a metrics.json that does not
+parse named (the cell runs and train() evaluates it again). With a records folder (``--records results/records``,
+the copies ``ssl-bench report`` keeps), a cell whose record holds a run of its config counts as finished too, so a
+sweep continued on another machine or disk runs only what no record holds; a record of another config, or one
+that does not parse, is named and its cell runs. ``--only key=value ...`` keeps the cells that match (a key given
+twice matches either value).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field, replace
+from itertools import product
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ssl_bench.config import ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir
+from ssl_bench.identity import (CONFIG_FILE, METRICS_FILE, UnreadableResult, config_differences, finished_result,
+                                read_metrics)
+from ssl_bench.registry import get_method, method_names
+from ssl_bench.report import keep_record
+
+LAUNCHERS = ("local", "slurm")
+PENDING, FINISHED, RECORDED, REFUSED = "pending", "finished", "recorded", "refused"
+ALL_METHODS = "all"
+# Keys a cell sets itself; an override or an extra axis on them would silently collide with the grid.
+CELL_KEYS = ("data.fraction", "data.n_labeled", "data.labeled_selection", "data.draw")
+# What --only selects cells by, besides the sweep's axes.
+SELECTION_KEYS = ("method", "fraction", "n_labeled", "labeled_selection", "draw")
+
+
+class SweepError(ConfigError):
+    """A sweep file that cannot be run; the message names the file and the key."""
+
+
+@dataclass
+class ExtraCell:
+    method: str
+    fraction: float
+
+
+@dataclass
+class SlurmConfig:
+    partition: str = ""  # empty: the cluster's default partition
+    # One task per GPU (Lightning's SLURM DDP); 0 runs CPU-only jobs of one task.
+    gpus_per_node: int = 1
+    nodes: int = 1
+    cpus_per_task: int = 8
+    mem_gb: int = 32
+    timeout_min: int = 240
+
+
+@dataclass
+class LocalConfig:
+    # Cells at once on this machine, each in its own process. With jobs > 1 each cell gets cpu_count // jobs
+    # threads (OMP_NUM_THREADS, unless the environment sets it) and its share of the visible GPUs
+    # (CUDA_VISIBLE_DEVICES; GPUs are shared round-robin when there are fewer than jobs). `--jobs N` overrides it.
+    jobs: int = 1
+
+
+@dataclass
+class SweepConfig:
+    data: str = "hippocampus"
+    methods: Any = ALL_METHODS  # "all" or a list of names: a union type, checked in _validate
+    fractions: List[float] = field(default_factory=list)
+    # Numbers of labeled patients (data.n_labeled), crossed with the methods like the fractions.
+    n_labeled: List[int] = field(default_factory=list)
+    labeled_selections: List[str] = field(default_factory=lambda: ["draw"])
+    draws: List[int] = field(default_factory=lambda: [0])
+    extra_cells: List[ExtraCell] = field(default_factory=list)
+    axes: Dict[str, Any] = field(default_factory=dict)
+    overrides: List[str] = field(default_factory=list)
+    launcher: str = "local"
+    local: LocalConfig = field(default_factory=LocalConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the sweep: what train() gets, and the folder it writes."""
+    method: str
+    data: str
+    fraction: Optional[float]  # None: n_labeled patients are labeled
+    draw: int
+    axis_values: Tuple[Tuple[str, Any], ...]
+    overrides: Tuple[str, ...]
+    run_dir: Path
+    # The run folder below the runs folder (<dataset>/<method>/frac<f>/draw<d>), which is also its record's path.
+    relative_dir: Path = Path()
+    # A record of this cell's run (same config) that stands in for a missing run folder; see the module docstring.
+    record: Optional[Path] = None
+    # PENDING, FINISHED (its run folder), RECORDED (its record) or REFUSED (its run folder holds a run of another
+    # config), as load_sweep found it; ``note`` says why a cell is refused.
+    status: str = PENDING
+    note: str = ""
+    force: bool = False  # --force: start over whatever its folder holds
+    n_labeled: Optional[int] = None
+    labeled_selection: str = "draw"
+
+    def describe(self) -> str:
+        axes = "".join(f" {key}={text(value)}" for key, value in self.axis_values)
+        amount = f"fraction={self.fraction:g}" if self.n_labeled is None else f"n_labeled={self.n_labeled}"
+        selection = "" if self.labeled_selection == "draw" else f" labeled_selection={self.labeled_selection}"
+        return f"method={self.method} {amount}{selection} draw={self.draw}{axes}"
+
+    def finished(self) -> bool:
+        return self.status in (FINISHED, RECORDED)
+
+    def state(self) -> str:
+        return f"recorded in {self.record}" if self.status == RECORDED else self.status
+
+    def value(self, key: str) -> Any:
+        """The cell's value of a selection key (SELECTION_KEYS, or one of the sweep's axes)."""
+        own = {"method": self.method, "fraction": self.fraction, "n_labeled": self.n_labeled,
+               "labeled_selection": self.labeled_selection, "draw": self.draw}
+        return own[key] if key in own else dict(self.axis_values).get(key)
+
+    def config(self):
+        return load_config(self.method, self.data, list(self.overrides))
+
+    def run_config(self):
+        """The config the cell's run saves (config.yaml), without the work its method's prepare_run does."""
+        return get_method(self.method).run_config(self.config())
+
+    def start_over_if_forced(self) -> None:
+        """``--force``: the cell's run folder goes before the cell starts (or is submitted), as `train --force` does."""
+        if self.force and self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+
+    def command(self) -> List[str]:
+        return [sys.executable, "-m", "ssl_bench.cli", "train", "--method", self.method, "--data", self.data,
+                *self.overrides]
+
+
+@dataclass
+class Sweep:
+    config: SweepConfig
+    source: Path
+    cells: List[Cell]
+    # Where each cell's record is kept as soon as it finishes (--records; the module's docstring).
+    records_dir: Optional[Path] = None
+
+    def keep_record(self, cell: Cell) -> None:
+        if self.records_dir is not None and (cell.run_dir / METRICS_FILE).is_file():
+            keep_record(cell.run_dir, self.records_dir / cell.relative_dir)
+
+
+def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: Optional[Path] = None,
+               force: bool = False, jobs: Optional[int] = None, only: Sequence[str] = (), states: bool = True) -> Sweep:
+    """The validated sweep of ``path`` with its cells and their states; ``overrides`` are applied to every cell after
+    the file's. With ``records_dir``, cells whose matching record is there count as finished (the module's
+    docstring). With ``force`` every cell is pending and starts over. ``jobs`` overrides ``local.jobs``. ``only``:
+    key=value terms that select cells (select_cells); a term whose key is no selection key is a config override.
+    ``states=False`` leaves every cell pending without looking at its folder (for a list of the cells alone)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"no sweep file {path}")
+    merged = merge_checked(OmegaConf.structured(SweepConfig), load_yaml(path), str(path))
+    try:
+        spec: SweepConfig = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:  # e.g. an extra cell without a fraction
+        raise SweepError(f"{path}: {first_line(err)}") from None
+    spec.name = spec.name or path.stem
+    selection = [t for t in only if t.split("=", 1)[0] in (*SELECTION_KEYS, *spec.axes)]
+    spec.overrides = list(spec.overrides) + list(overrides or []) + [t for t in only if t not in selection]
+    if jobs is not None:
+        if spec.launcher != "local":
+            raise SweepError(f"--jobs {jobs}: {path} has launcher '{spec.launcher}'; --jobs sets how many cells run at "
+                             "once on this machine (launcher: local)")
+        spec.local.jobs = jobs
+    _validate(spec, path)
+    if records_dir is not None and not Path(records_dir).is_dir():
+        raise SweepError(f"no records folder {records_dir}")
+    records = Path(records_dir) if records_dir is not None else None
+    cells = select_cells(_expand(spec, path), selection, path, tuple(spec.axes))
+    if force:
+        cells = [replace(cell, force=True) for cell in cells]
+    elif states:
+        cells = [_with_state(cell, records) for cell in cells]
+    return Sweep(spec, path, cells, records)
+
+
+def select_cells(cells: List[Cell], terms: Sequence[str], source: Path, axes: Sequence[str] = ()) -> List[Cell]:
+    """The cells that match every key of ``terms`` (``key=value``; keys: SELECTION_KEYS and the sweep's axes; a key
+    given twice matches either value; values read as YAML, so 0.1 matches 0.10 and 1 matches 1.0)."""
+    if not terms:
+        return cells
+    keys = (*SELECTION_KEYS, *axes)
+    wanted: Dict[str, List[Any]] = {}
+    for term in terms:
+        key, equals, value = term.partition("=")
+        if not equals or key not in keys:
+            raise SweepError(f"--only {term}: expected key=value, the key one of {', '.join(keys)}")
+        wanted.setdefault(key, []).append(yaml.safe_load(value))
+    selected = [cell for cell in cells
+                if all(any(_same(cell.value(key), value) for value in values) for key, values in wanted.items())]
+    if not selected:
+        raise SweepError(f"{source}: no cell matches --only {' '.join(terms)}")
+    return selected
+
+
+def _same(ours: Any, theirs: Any) -> bool:
+    numbers = (int, float)
+    if isinstance(ours, numbers) and isinstance(theirs, numbers) and not isinstance(ours, bool):
+        return float(ours) == float(theirs)
+    return ours == theirs or str(ours) == str(theirs)
+
+
+def describe_cells(sweep: Sweep) -> str:
+    """One line per cell with its state and folder (``ssl-bench sweep --dry-run``)."""
+    return "\n".join(f"{k}/{len(sweep.cells)} {c.state():8} {c.describe()}  {c.run_dir}"
+                     for k, c in enumerate(sweep.cells, 1))
+
+
+def _with_state(cell: Cell, records_dir: Optional[Path]) -> Cell:
+    """``cell`` with its state: finished when its run folder holds a finished run of its config, refused when the
+    folder holds a run of another config, recorded when ``records_dir`` holds a record of its config. A result that
+    does not parse, or a record of another config, is reported and does not count: its cell runs."""
+    cfg = cell.run_config()
+    try:
+        if finished_result(cell.run_dir, cfg) is not None:
+            return replace(cell, status=FINISHED)
+    except ConfigError as err:
+        return replace(cell, status=REFUSED, note=str(err))
+    except UnreadableResult as err:
+        warn(f"{err}: its cell will run (evaluated again from its last checkpoint)")
+    if records_dir is None:
+        return cell
+    folder = records_dir / cell.relative_dir
+    if not (folder / METRICS_FILE).is_file():
+        return cell
+    problem = _record_problem(folder, cfg)
+    if problem:
+        warn(f"record {folder} {problem}: its cell will run")
+        return cell
+    return replace(cell, status=RECORDED, record=folder)
+
+
+def _record_problem(folder: Path, cfg) -> str:
+    """Why a record does not stand for a run of ``cfg`` (its result or config cannot be read, or it is another
+    config's), or "" when it does."""
+    try:
+        read_metrics(folder / METRICS_FILE)
+        if not (folder / CONFIG_FILE).is_file():
+            return f"has no {CONFIG_FILE}"
+        differing = config_differences(folder / CONFIG_FILE, cfg)
+    except (ConfigError, UnreadableResult) as err:
+        return f"is unusable ({err})"
+    return f"has another config ({', '.join(differing[:8])} differ)" if differing else ""
+
+
+def warn(message: str) -> None:
+    print(f"[sweep] {message}", file=sys.stderr, flush=True)
+
+
+def _validate(spec: SweepConfig, path: Path) -> None:
+    def need(ok: bool, key: str, msg: str):
+        if not ok:
+            raise SweepError(f"{path}: {key}: {msg}")
+
+    registered = method_names()
+    need(spec.methods == ALL_METHODS or (isinstance(spec.methods, list) and spec.methods), "methods",
+         f"must be '{ALL_METHODS}' or a non-empty list of method names")
+    need(bool(spec.fractions) or bool(spec.n_labeled), "fractions",
+         "must list at least one labeled fraction (or n_labeled: numbers of labeled patients)")
+    need(all(n >= 1 for n in spec.n_labeled), "n_labeled",
+         f"numbers of labeled patients must be >= 1, got {spec.n_labeled}")
+    need(bool(spec.labeled_selections) and set(spec.labeled_selections) <= {"draw", "first"}, "labeled_selections",
+         f"must list draw and/or first, got {spec.labeled_selections}")
+    cells = [("methods", "fractions", name, fraction) for name in _methods(spec)
+             for fraction in spec.fractions or [1.0]]  # n_labeled only: the methods are checked all the same
+    cells += [(f"extra_cells[{i}].method", f"extra_cells[{i}].fraction", c.method, c.fraction)
+              for i, c in enumerate(spec.extra_cells)]
+    for method_key, fraction_key, name, fraction in cells:
+        need(name in registered, method_key, f"unknown method '{name}' (registered: {', '.join(registered)})")
+        need(0.0 < fraction <= 1.0, fraction_key, f"labeled fraction must be in (0, 1], got {fraction}")
+    need(bool(spec.draws) and min(spec.draws) >= 0, "draws", "must list at least one draw, each >= 0")
+    for key, values in spec.axes.items():
+        need(isinstance(values, list) and bool(values), f"axes.{key}", "must be a non-empty list of values")
+        need(key not in CELL_KEYS, f"axes.{key}", "is set by the grid: use fractions / n_labeled / draws")
+    short_names = [key.rsplit(".", 1)[-1] for key in spec.axes]
+    need(len(set(short_names)) == len(short_names), "axes", "two keys end in the same name; run tags would clash")
+    for override in spec.overrides:
+        need(override.split("=", 1)[0] not in CELL_KEYS + tuple(spec.axes), "overrides",
+             f"'{override}' sets a key the grid sets for each cell")
+    need(spec.launcher in LAUNCHERS, "launcher", f"must be one of {', '.join(LAUNCHERS)}, got '{spec.launcher}'")
+    need(spec.local.jobs >= 1, "local.jobs", f"must be >= 1, got {spec.local.jobs}")
+    s = spec.slurm
+    need(s.gpus_per_node >= 0 and s.nodes >= 1, "slurm", "needs gpus_per_node >= 0 and nodes >= 1")
+    need(s.gpus_per_node > 0 or s.nodes == 1, "slurm.nodes", "CPU-only jobs (gpus_per_node: 0) run on one node")
+
+
+def _methods(spec: SweepConfig) -> List[str]:
+    return method_names() if spec.methods == ALL_METHODS else list(spec.methods)
+
+
+def _expand(spec: SweepConfig, path: Path) -> List[Cell]:
+    """Every cell once, in run order (draw, axis values, selection, labeled amount, method; extra cells after each
+    draw's grid)."""
+    amounts = [("fraction", f) for f in spec.fractions] + [("n_labeled", n) for n in spec.n_labeled]
+    triples = [(amount, m, selection) for selection in spec.labeled_selections for amount in amounts
+               for m in _methods(spec)] + [(("fraction", c.fraction), c.method, "draw") for c in spec.extra_cells]
+    axis_keys = list(spec.axes)
+    cells: Dict[Path, Cell] = {}
+    for draw, axis_combo in product(spec.draws, product(*spec.axes.values())):
+        axis_values = tuple(zip(axis_keys, axis_combo))
+        for amount, method, selection in triples:
+            cell = _cell(spec, path, method, amount, draw, axis_values, selection)
+            cells.setdefault(cell.run_dir, cell)  # an extra cell that is also in the grid runs once
+    return list(cells.values())
+
+
+def _cell(spec: SweepConfig, path: Path, method: str, amount: Tuple[str, Any], draw: int,
+          axis_values: Tuple[Tuple[str, Any], ...], selection: str = "draw") -> Cell:
+    kind, count = amount  # ("fraction", f) or ("n_labeled", n)
+    # The selection only where it is not the default, so that the cells of older sweeps keep their command lines.
+    chosen = () if selection == "draw" else (f"data.labeled_selection={selection}",)
+    # JSON is YAML, so every axis value (number, string, list) reads back as itself in a dotlist.
+    overrides = (*spec.overrides, f"data.{kind}={count}", *chosen, f"data.draw={draw}",
+                 f"logging.tags=[sweep={spec.name}]", *(f"{key}={json.dumps(value)}" for key, value in axis_values))
+    fraction, n_labeled = (count, None) if kind == "fraction" else (None, count)
+    cell = Cell(method, spec.data, fraction, draw, axis_values, overrides, run_dir=Path(), n_labeled=n_labeled,
+                labeled_selection=selection)
+    try:
+        cfg = cell.config()
+        axis_tag = "-".join(f"{key.rsplit('.', 1)[-1]}{text(value)}" for key, value in axis_values)
+        if axis_tag:
+            tag = "-".join(filter(None, (cfg.run.tag, axis_tag)))
+            cell = replace(cell, overrides=overrides + (f"run.tag={tag}",))
+            cfg = cell.config()
+    except ConfigError as err:
+        raise SweepError(f"{path}: cell {cell.describe()}: {err}") from None
+    folder = run_dir(cfg)
+    return replace(cell, run_dir=folder, relative_dir=folder.relative_to(cfg.run.runs_dir))
+
+
+def text(value: Any) -> str:
+    """An axis value in a progress line or a run tag: lists without spaces, so tags stay one word."""
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
