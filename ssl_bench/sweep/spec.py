@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ssl_bench.config import ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir
@@ -206,12 +206,14 @@ def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: O
     if records_dir is not None and not Path(records_dir).is_dir():
         raise SweepError(f"no records folder {records_dir}")
     records = Path(records_dir) if records_dir is not None else None
-    cells = select_cells(_expand(spec, path), selection, path, tuple(spec.axes))
+    expanded = _expand(spec, path)
+    kept = {cell.run_dir for cell in select_cells([cell for cell, _ in expanded], selection, path, tuple(spec.axes))}
+    cells = [(cell, cfg) for cell, cfg in expanded if cell.run_dir in kept]
     if force:
-        cells = [replace(cell, force=True) for cell in cells]
-    elif states:
-        cells = [_with_state(cell, records) for cell in cells]
-    return Sweep(spec, path, cells, records)
+        return Sweep(spec, path, [replace(cell, force=True) for cell, _ in cells], records)
+    if not states:
+        return Sweep(spec, path, [cell for cell, _ in cells], records)
+    return Sweep(spec, path, [_with_state(cell, cfg, records) for cell, cfg in cells], records)
 
 
 def select_cells(cells: List[Cell], terms: Sequence[str], source: Path, axes: Sequence[str] = ()) -> List[Cell]:
@@ -246,11 +248,12 @@ def describe_cells(sweep: Sweep) -> str:
                      for k, c in enumerate(sweep.cells, 1))
 
 
-def _with_state(cell: Cell, records_dir: Optional[Path]) -> Cell:
+def _with_state(cell: Cell, cfg: DictConfig, records_dir: Optional[Path]) -> Cell:
     """``cell`` with its state: finished when its run folder holds a finished run of its config, refused when the
     folder holds a run of another config, recorded when ``records_dir`` holds a record of its config. A result that
-    does not parse, or a record of another config, is reported and does not count: its cell runs."""
-    cfg = cell.run_config()
+    does not parse, or a record of another config, is reported and does not count: its cell runs. ``cfg``: the
+    cell's config."""
+    cfg = get_method(cell.method).run_config(cfg)
     try:
         if finished_result(cell.run_dir, cfg) is not None:
             return replace(cell, status=FINISHED)
@@ -328,24 +331,24 @@ def _methods(spec: SweepConfig) -> List[str]:
     return method_names() if spec.methods == ALL_METHODS else list(spec.methods)
 
 
-def _expand(spec: SweepConfig, path: Path) -> List[Cell]:
-    """Every cell once, in run order (draw, axis values, selection, labeled amount, method; extra cells after each
-    draw's grid)."""
+def _expand(spec: SweepConfig, path: Path) -> List[Tuple[Cell, DictConfig]]:
+    """Every cell once with its config, in run order (draw, axis values, selection, labeled amount, method; extra
+    cells after each draw's grid)."""
     amounts = [("fraction", f) for f in spec.fractions] + [("n_labeled", n) for n in spec.n_labeled]
     triples = [(amount, m, selection) for selection in spec.labeled_selections for amount in amounts
                for m in _methods(spec)] + [(("fraction", c.fraction), c.method, "draw") for c in spec.extra_cells]
     axis_keys = list(spec.axes)
-    cells: Dict[Path, Cell] = {}
+    cells: Dict[Path, Tuple[Cell, DictConfig]] = {}
     for draw, axis_combo in product(spec.draws, product(*spec.axes.values())):
         axis_values = tuple(zip(axis_keys, axis_combo))
         for amount, method, selection in triples:
-            cell = _cell(spec, path, method, amount, draw, axis_values, selection)
-            cells.setdefault(cell.run_dir, cell)  # an extra cell that is also in the grid runs once
+            cell, cfg = _cell(spec, path, method, amount, draw, axis_values, selection)
+            cells.setdefault(cell.run_dir, (cell, cfg))  # an extra cell that is also in the grid runs once
     return list(cells.values())
 
 
 def _cell(spec: SweepConfig, path: Path, method: str, amount: Tuple[str, Any], draw: int,
-          axis_values: Tuple[Tuple[str, Any], ...], selection: str = "draw") -> Cell:
+          axis_values: Tuple[Tuple[str, Any], ...], selection: str = "draw") -> Tuple[Cell, DictConfig]:
     kind, count = amount  # ("fraction", f) or ("n_labeled", n)
     # The selection only where it is not the default, so that the cells of older sweeps keep their command lines.
     chosen = () if selection == "draw" else (f"data.labeled_selection={selection}",)
@@ -361,11 +364,11 @@ def _cell(spec: SweepConfig, path: Path, method: str, amount: Tuple[str, Any], d
         if axis_tag:
             tag = "-".join(filter(None, (cfg.run.tag, axis_tag)))
             cell = replace(cell, overrides=overrides + (f"run.tag={tag}",))
-            cfg = cell.config()
+            cfg.run.tag = tag  # what the override gives, without merging every file again
     except ConfigError as err:
         raise SweepError(f"{path}: cell {cell.describe()}: {err}") from None
     folder = run_dir(cfg)
-    return replace(cell, run_dir=folder, relative_dir=folder.relative_to(cfg.run.runs_dir))
+    return replace(cell, run_dir=folder, relative_dir=folder.relative_to(cfg.run.runs_dir)), cfg
 
 
 def text(value: Any) -> str:
