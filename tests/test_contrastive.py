@@ -328,7 +328,8 @@ def test_cells_running_at_once_wait_for_one_pretraining(tmp_path):
     assert events == ["first in", "first out", "second in"]
 
 
-def test_a_resumed_pretraining_computes_what_an_uninterrupted_one_computes(tmp_path, synthetic_cache, monkeypatch):
+def test_a_resumed_pretraining_computes_what_an_uninterrupted_one_computes(tmp_path, synthetic_cache, monkeypatch,
+                                                                           capsys):
     """Stopped by SIGTERM after step 1 of 4 and started again, the pretraining (random crops and augmentations drawn
     in the step, dropout) ends with the backbone of the same pretraining never stopped, bit for bit. Resumed before
     half its budget, Lightning used to end its epoch at step 3 and start another, whose new loader iterator drew its
@@ -364,3 +365,11 @@ def test_a_resumed_pretraining_computes_what_an_uninterrupted_one_computes(tmp_p
     expected, got = backbone(tmp_path / "a"), backbone(tmp_path / "b")
     differing = [name for name in expected if not torch.equal(expected[name], got[name])]
     assert not differing, f"{len(differing)} of {len(expected)} tensors differ, e.g. {differing[:3]}"
+
+    # A pretrain.json cut short does not count as a finished pretraining: named, and rewritten from its last
+    # checkpoint (no step trained again) when the next fraction's fine-tuning asks for it.
+    (run / "pretrain.json").write_text(json.dumps(record)[:30])
+    assert cli(tmp_path / "b", synthetic_cache, 0.25, *pretraining) == 0
+    assert f"{run / 'pretrain.json'}: not valid JSON" in capsys.readouterr().err
+    assert json.loads((run / "pretrain.json").read_text())["resumed_from_step"] == 4
+    assert not [name for name, value in backbone(tmp_path / "b").items() if not torch.equal(value, expected[name])]
