@@ -96,9 +96,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.voxel_index = voxel_index
         self.case_index = {c.id: i for i, c in enumerate(manifest.cases)}
         self._datasets: Dict[str, CacheDataset] = {}
-        # data.augment_on_device: per training stream, its volumes (made on the device) and its parameter dataset.
+        # data.augment_on_device: per training stream, its volumes, held once and moved to the training device.
         self._device_batches: Dict[str, DeviceBatches] = {}
-        self._parameters: Dict[str, AugmentationParameters] = {}
 
     def setup(self, stage: Optional[str] = None) -> None:
         # Batches need no MONAI metadata (each case's spacing travels as its own key), and tracking it through the
