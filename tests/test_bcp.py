@@ -12,7 +12,7 @@ from ssl_bench.config import PROJECT_ROOT, ConfigError, load_config
 from ssl_bench.registry import get_method
 from ssl_bench.sweep import load_sweep
 from test_methods import BATCH_SIZE, build, make_batch
-from test_train_e2e import _Killed, _args, _assert_same_final_weights, _run_dir
+from test_train_e2e import _args, _assert_same_final_weights, _killed_after_first_checkpoint, _run_dir
 
 
 def _at_step(monkeypatch, module, step):
@@ -88,19 +88,9 @@ def test_a_run_resumed_before_the_switch_ends_as_the_uninterrupted_one(tmp_path,
     """Killed after its step-2 checkpoint (the switch is at step 2) and started again, a bcp run ends with the
     weights (student and teacher) of the run never stopped, bit for bit: boxes from the stream positions, the
     stage and the teacher's hand-over from global_step and the checkpoint."""
-    from ssl_bench.callbacks import ResumeCheckpoint
     uninterrupted, resumed = tmp_path / "a", tmp_path / "b"
     assert main(_cli(uninterrupted, synthetic_cache)) == 0
-    save_and_continue = ResumeCheckpoint.on_validation_end
-
-    def save_and_stop(self, trainer, pl_module):
-        save_and_continue(self, trainer, pl_module)
-        if trainer.global_step == 2:
-            raise _Killed
-    monkeypatch.setattr(ResumeCheckpoint, "on_validation_end", save_and_stop)
-    with pytest.raises(_Killed):
-        main(_cli(resumed, synthetic_cache))
-    monkeypatch.undo()
+    _killed_after_first_checkpoint(resumed, _cli(resumed, synthetic_cache), monkeypatch)  # at step 2
     assert main(_cli(resumed, synthetic_cache)) == 0
     assert json.loads((_run_dir(resumed, method="bcp") / "metrics.json").read_text())["resumed_from_step"] == 2
     _assert_same_final_weights(uninterrupted, resumed, "bcp")
