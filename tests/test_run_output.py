@@ -7,14 +7,13 @@ import gc
 import re
 import shutil
 
-import pytest
 import yaml
 
-from ssl_bench.callbacks import ResumeCheckpoint
 from ssl_bench.cli import main
 from ssl_bench.config import load_config
 from ssl_bench.train import resolve_dataset
 from conftest import TINY
+from test_train_e2e import _killed_after_first_checkpoint
 
 NOISE = ("litlogger", "anonymous", "wandb:", "GPU available", "Seed set", "Restoring states", "exists and is not empty",
          "Trainer.fit` stopped", "v_num", "Epoch 0")
@@ -28,10 +27,6 @@ def _args(root, cache, *extra, method="mean_teacher"):
 
 def _run(root, method="mean_teacher"):
     return root / "synthetic" / method / "frac0.5" / "draw0"
-
-
-class _Killed(Exception):
-    pass
 
 
 def _csv_rows(run):
@@ -62,16 +57,7 @@ def test_a_resumed_run_continues_its_progress_bar_and_its_csv_log(tmp_path, synt
     about its own checkpoint folder, and its one metrics.csv ends as that of the same run never stopped."""
     uninterrupted, resumed = tmp_path / "a", tmp_path / "b"
     assert main(_args(uninterrupted, synthetic_cache, "logging.wandb=false")) == 0
-    save_and_continue = ResumeCheckpoint.on_validation_end
-
-    def save_and_stop(self, trainer, pl_module):
-        save_and_continue(self, trainer, pl_module)
-        if trainer.global_step == 2:
-            raise _Killed
-    monkeypatch.setattr(ResumeCheckpoint, "on_validation_end", save_and_stop)
-    with pytest.raises(_Killed):
-        main(_args(resumed, synthetic_cache, "logging.wandb=false"))
-    monkeypatch.undo()
+    _killed_after_first_checkpoint(resumed, _args(resumed, synthetic_cache, "logging.wandb=false"), monkeypatch)
     gc.collect()  # the stopped run's progress bar closes (a killed process's would be gone)
     capfd.readouterr()
     assert main(_args(resumed, synthetic_cache, "logging.wandb=false")) == 0
