@@ -3,6 +3,7 @@ or Ctrl-C that the same command completes."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,6 +65,9 @@ def test_local_jobs_run_cells_at_once_and_a_failed_cell_leaves_the_others(tmp_pa
     out, err = capsys.readouterr()
     assert "[job 1/2]" in out and "[job 2/2]" in out
     assert "failed: method=pi_model" in err and "method=supervised" not in err
+    # The sweep's last line sums it up.
+    assert re.fullmatch(r"\[sweep\] done in 0:00:\d\d: 2 finished, 1 failed, 0 skipped \(finished before\)",
+                        out.splitlines()[-1])
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sweep's children die with it on Linux only")
 def test_killed_sweep_resumes_with_exactly_one_result_per_cell(tmp_path, synthetic_cache, capfd):
@@ -97,6 +101,7 @@ def test_killed_sweep_resumes_with_exactly_one_result_per_cell(tmp_path, synthet
     assert "cell 1/2: method=supervised fraction=0.5 draw=0 trainer.max_steps=8 (already finished)" in out
     assert "cell 2/2: method=supervised fraction=0.5 draw=0 trainer.max_steps=100 (ETA" in out
     assert "resuming from" in out
+    assert out.splitlines()[-1].endswith(": 1 finished, 0 failed, 1 skipped (finished before)")
     metrics = [json.loads(p.read_text()) for p in metrics_files(runs)]
     assert sorted(m["steps"] for m in metrics) == [8, 100]
     resumed = next(m for m in metrics if m["steps"] == 100)
@@ -131,6 +136,8 @@ def test_sweep_stopped_by_sigterm_or_ctrl_c_has_its_cell_save_its_step_then_resu
     name, code = ("SIGTERM", STOPPED_EXIT_CODE) if how == "sigterm" else ("Ctrl-C", 130)
     assert proc.returncode == code, out[-2000:]
     assert f"[sweep] stopped by {name}" in out and f"stopped by {name}" in out.split("[sweep] stopped")[0]
+    assert re.search(r"\[sweep\] stopped in [\d:]+: 0 finished, 0 failed, 0 skipped \(finished before\), 1 not "
+                     "finished", out), out[-2000:]
     assert not processes_mentioning(str(runs)), "the cell outlived the stopped sweep"
     assert not metrics_files(runs)
     stopped_at = torch.load(last, weights_only=True)["global_step"]

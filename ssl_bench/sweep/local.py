@@ -46,7 +46,7 @@ def job_environments(jobs: int, environ: Optional[Dict[str, str]] = None, cpu_co
     return slots
 
 
-def run_local(cells: List[Cell], n_pending: int, slot_environments: List[Dict[str, str]],
+def run_local(cells: List[Cell], progress: Progress, slot_environments: List[Dict[str, str]],
                on_finished: Callable[[Cell], None] = lambda cell: None) -> List[Cell]:
     """Each cell in a child process of its own, as many at once as there are job slots, because:
 
@@ -57,7 +57,7 @@ def run_local(cells: List[Cell], n_pending: int, slot_environments: List[Dict[st
     - a crash or out-of-memory in one cell leaves the others running, and each cell starts clean.
     The cost, about ten seconds of imports per cell, is small beside a real run.
     """
-    progress, failed = Progress(len(cells), n_pending), []
+    failed: List[Cell] = []
     free = list(range(len(slot_environments)))
     running: Dict[subprocess.Popen, Tuple[Cell, int]] = {}
 

@@ -39,7 +39,7 @@ def _slurm_overrides(slurm: SlurmConfig) -> List[str]:
             f"trainer.strategy={'ddp' if ddp else 'auto'}"]
 
 
-def run_slurm(sweep: Sweep, n_pending: int, cluster: str, poll_s: float) -> List[Cell]:
+def run_slurm(sweep: Sweep, progress: Progress, cluster: str, poll_s: float) -> List[Cell]:
     """Submits every unfinished cell as one job array, then waits, printing a line as each cell ends.
 
     Do not start the sweep again while its jobs are queued or running: those cells would be submitted twice.
@@ -61,7 +61,7 @@ def run_slurm(sweep: Sweep, n_pending: int, cluster: str, poll_s: float) -> List
         jobs = [executor.submit(CellJob(), cell) for _, cell in jobs_cells]
     print(f"[sweep] submitted {len(jobs)} cells to {cluster} (jobs {jobs[0].job_id}...); logs in {folder}", flush=True)
     cell_of_job = {job.job_id: kc for job, kc in zip(jobs, jobs_cells)}
-    progress, failed = Progress(len(sweep.cells), n_pending), []
+    failed: List[Cell] = []
     progress.started = time.monotonic()
     for job in submitit.helpers.as_completed(jobs, poll_frequency=poll_s):
         k, cell = cell_of_job[job.job_id]
