@@ -45,3 +45,27 @@ def test_device_batches_come_from_a_loader_with_workers_too(synthetic_cache):
     for a, b in zip(plain, workers):
         assert torch.equal(a["unlabeled"]["image"], b["unlabeled"]["image"])
         assert torch.equal(a["labeled"]["label"], b["labeled"]["label"])
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_a_training_step_reads_no_number_from_the_device(synthetic_cache, on_device):
+    """What a step reads as Python numbers (HOST_KEYS: crop case, start, slice, stream position) stays on the host when
+    a batch moves to the training device: a read from a GPU makes the host wait for the device's queue, every step.
+    The meta device holds no values, so any such read of a moved tensor fails here."""
+    from ssl_bench.data.device_augment import HOST_KEYS
+    cfg = load_config("mean_teacher", "synthetic", [f"data.cache_dir={synthetic_cache}", *TINY])
+    cfg.data.augment_on_device = on_device
+    method_cls = get_method("mean_teacher")
+    dm = prepare_data(cfg, method_cls).datamodule(cfg, method_cls)
+    dm.setup("fit")
+    raw, _, _ = next(iter(dm.train_dataloader()))
+    moved = dm.transfer_batch_to_device(raw, torch.device("meta"), 0)
+    for part, values in moved.items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                assert value.device.type == ("cpu" if key in HOST_KEYS else "meta"), f"{part}/{key}"
+    batch = dm.on_after_batch_transfer(moved, 0)
+    for part in ("labeled", "unlabeled"):
+        assert batch[part]["image"].device.type == "meta"
+        assert batch[part]["image"].shape[2:] == tuple(cfg.data.patch_size)
+        assert batch[part]["position"].device.type == "cpu"

@@ -27,6 +27,27 @@ def _student_with_buffers() -> nn.Module:
     return nn.Sequential(nn.Conv3d(1, 3, 3), nn.BatchNorm3d(3), nn.Dropout(0.2))
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_ema_update_is_the_per_tensor_lerp_bit_for_bit(device):
+    """ema_update batches its lerps into multi-tensor kernels: the weights must be what one lerp_ per tensor gives,
+    so a teacher (and every record made with it) does not move."""
+    torch.manual_seed(0)
+    student = _student_with_buffers().to(device)
+    teacher, reference = frozen_copy(student), frozen_copy(student)
+    for _ in range(3):
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(torch.randn_like(p))
+        student(torch.randn(2, 1, 6, 6, 6, device=device))
+        ema_update(teacher, student, 0.99)
+        with torch.no_grad():
+            for mine, theirs in zip([*reference.parameters(), *reference.buffers()],
+                                    [*student.parameters(), *student.buffers()]):
+                mine.lerp_(theirs, 1.0 - 0.99) if mine.is_floating_point() else mine.copy_(theirs)
+    for (key, value), expected in zip(teacher.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(value, expected), key
+
+
 def test_ema_matches_the_closed_form_average_buffers_included():
     torch.manual_seed(0)
     student = _student_with_buffers()

@@ -18,17 +18,23 @@ from typing import Dict, List, Optional, Sequence
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from monai import transforms as T
 from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate, set_track_meta
 from torch.utils.data import DistributedSampler
 
 from ssl_bench.config import ConfigError, run_seed
-from ssl_bench.data.device_augment import AugmentationParameters, DeviceBatches
+from ssl_bench.data.device_augment import HOST_KEYS, AugmentationParameters, DeviceBatches
 from ssl_bench.data.manifest import Manifest
 from ssl_bench.data.partial import RemoveUnannotatedOrgans
 from ssl_bench.data.splits import PoolSplit
 from ssl_bench.data.stream import PositionSeeded, StreamSampler, stream_seed
+
+
+def _is_training_batch(batch) -> bool:
+    """A batch of train_dataloader's (parts "labeled" and maybe "unlabeled"), not of an evaluation loader."""
+    return isinstance(batch, dict) and "labeled" in batch
 
 
 def _labels_as_integers(label) -> torch.Tensor:
@@ -98,6 +104,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self._datasets: Dict[str, CacheDataset] = {}
         # data.augment_on_device: per training stream, its volumes, held once and moved to the training device.
         self._device_batches: Dict[str, DeviceBatches] = {}
+        self._augment_on_device = bool(cfg.data.augment_on_device)  # read once: a config lookup costs every step
 
     def setup(self, stage: Optional[str] = None) -> None:
         # Batches need no MONAI metadata (each case's spacing travels as its own key), and tracking it through the
@@ -210,19 +217,27 @@ class SegmentationDataModule(pl.LightningDataModule):
             loaders["unlabeled"] = self._train_loader("unlabeled", self.cfg.data.unlabeled_batch_size)
         return CombinedLoader(loaders, mode="max_size_cycle")
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """A training batch moves to the device except its HOST_KEYS, which a step reads as Python numbers: read on
+        the device, each would make the host wait for the device's queue, every step."""
+        if not _is_training_batch(batch):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return {name: {key: value if key in HOST_KEYS else move_data_to_device(value, device)
+                       for key, value in part.items()}
+                for name, part in batch.items()}
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """data.augment_on_device: a training batch of augmentation parameters, now on the training device, becomes
         the batch of patches (evaluation batches pass unchanged)."""
-        if isinstance(batch, dict) and "labeled" in batch and self.cfg.data.augment_on_device:
+        if _is_training_batch(batch) and self._augment_on_device:
             return {name: self._device_batches[name].materialize(params) for name, params in batch.items()}
         return batch
 
     def training_batches(self, device: torch.device = torch.device("cpu")):
         """The training batches as a training step receives them, on ``device``, outside a Trainer (make perf,
         diagnose, tests)."""
-        from lightning.pytorch.utilities import move_data_to_device
         for batch, _, _ in self.train_dataloader():
-            yield self.on_after_batch_transfer(move_data_to_device(batch, device), 0)
+            yield self.on_after_batch_transfer(self.transfer_batch_to_device(batch, device, 0), 0)
 
     def _eval_loader(self, name: str) -> DataLoader:
         return DataLoader(self._dataset(name), batch_size=1, shuffle=False, num_workers=0)

@@ -28,6 +28,9 @@ from ssl_bench.data.stream import PositionSeeded
 
 # Per-case entries of a record that travel with a training item unchanged (not volumes).
 PASSENGER_KEYS = ("case_index", "spacing", "annotated")
+# What a training step reads as Python numbers (the crop's case, start and slice; the stream position that seeds a
+# step's own randomness): they stay on the host when a batch moves to the training device.
+HOST_KEYS = ("position", "index", "start", "slice")
 
 
 def _crop_start(crop: T.RandSpatialCropd, shape: Sequence[int]) -> List[int]:
@@ -159,8 +162,8 @@ class DeviceBatches:
 
     def materialize(self, params: dict) -> dict:
         """The training batch part (``{"image": (B, 1, *patch), "label": ..., "position": ..., passengers}``) from a
-        collated batch of parameters, on the parameters' device."""
-        device = params["start"].device
+        collated batch of parameters, on the device of its flips (its HOST_KEYS may stay on the host)."""
+        device = params["flip"].device
         self.to(device)
         indices, starts = params["index"].tolist(), params["start"].tolist()
         slices = params["slice"].tolist() if "slice" in params else None

@@ -80,6 +80,8 @@ class SegmentationMethod(pl.LightningModule):
         self.test_rows: List[dict] = []
         self._stores: Dict[str, CatMetric] = {}
         self._scored_with_hd: Dict[str, bool] = {}  # per stage: whether its rows hold HD95 (their width)
+        # Decided once: asking a structured config for a field it lacks costs a formatted exception, every step.
+        self._unsupervised_term_off = "lambda_max" in cfg.method and cfg.method.lambda_max == 0
 
     # ---- what methods override -------------------------------------------------------------------
     def build_network(self) -> Backbone:
@@ -132,7 +134,7 @@ class SegmentationMethod(pl.LightningModule):
     def unsupervised_term_off(self) -> bool:
         """method.lambda_max = 0, an ablation (e.g. co_training's views without co-training): λ(t) is 0 at every
         step, so training_step skips the term's passes rather than paying for them to multiply them by 0."""
-        return "lambda_max" in self.cfg.method and self.cfg.method.lambda_max == 0
+        return self._unsupervised_term_off
 
     def evaluation_networks(self) -> Dict[str, nn.Module]:
         return {"student": self.net}
