@@ -145,7 +145,8 @@ def main(argv=None) -> int:
     parser.add_argument("--perf-variants", default="", help="';'-separated override sets: the supervised perf under "
                         "each, e.g. 'trainer.precision=bf16-mixed;trainer.compile=reduce-overhead'")
     parser.add_argument("--curve", default="", help="e.g. 1,2,4,8: throughput of that many replicate cells at once")
-    parser.add_argument("--curve-cell", default="supervised 0.1 0")
+    parser.add_argument("--curve-cell", default="supervised 0.1 0",
+                        help="the cell the curve replicates, as --cells (default: %(default)s)")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new work after this long")
     parser.add_argument("--runs", default=None, help="runs folder (default: a new temporary folder)")
     parser.add_argument("--out", default=None, help="table file (default: <runs>/gpu-check.md)")
