@@ -195,22 +195,40 @@ def _recorded_passes(module, batch) -> List[Pass]:
 
 
 class MinimumRound:
-    """The method's analytic minimum, one round per call on the trained module's own networks: each network pass
-    one of its steps makes (recorded on a batch by a throwaway module; forward, plus backward of its sum for a pass
-    with gradients) on a random input of its shape, then one step of each of the trainer's optimizers. Its
-    gradients and weight changes do not matter: the next training step zeroes the gradients before its backward,
-    and a few odd updates do not change what a step costs. The forward calls themselves are pinned to their
-    analytic count by tests/test_methods.py::test_forward_calls_per_training_step."""
+    """The method's analytic minimum, one round per call on the trained module's own networks: the network passes
+    the step just made (forward, plus backward of its sum for a pass with gradients) on random inputs of their
+    shapes, then one step of each of the trainer's optimizers. The passes are recorded on the live module by
+    forward pre-hooks, step by step, so a method whose step changes with the step count (bcp's two stages) is held
+    against the passes it made; a compiled network is not hooked (a hook would recompile it), and then the passes
+    are those of a step by a throwaway module at step 0. Its gradients and weight changes do not matter: the next
+    training step zeroes the gradients before its backward, and a few odd updates do not change what a step costs.
+    The forward calls themselves are pinned to their analytic count by
+    tests/test_methods.py::test_forward_calls_per_training_step."""
 
     def __init__(self, cfg, manifest, method_cls, dm):
-        batch = next(dm.training_batches())
-        self.passes = _recorded_passes(_new_module(cfg, manifest, method_cls).train(), batch)
-        self.inputs = [torch.randn(shape) for _, shape, _ in self.passes]
         self.bf16 = cfg.trainer.precision.startswith("bf16")  # the passes run as the step runs them
+        self.live = cfg.trainer.compile == "none"
+        batch = next(dm.training_batches())
+        self.passes: List[Pass] = _recorded_passes(_new_module(cfg, manifest, method_cls).train(), batch)  # last step's
+        self.history: List[Tuple[Pass, ...]] = []  # the passes of each round, in order
+        self._recorded: List[Pass] = []
+        self._watching = False
+        self._inputs: Dict[Tuple[int, ...], torch.Tensor] = {}
+
+    def _watch(self, module) -> None:
+        for name, net in module.training_networks().items():
+            net.register_forward_pre_hook(
+                lambda m, args, key=name: self._recorded.append((key, tuple(args[0].shape), torch.is_grad_enabled())))
+        self._watching = True
 
     def __call__(self, trainer, module) -> float:
         networks, device = module.training_networks(), module.device
-        xs = [x.to(device) for x in self.inputs]
+        if self._watching:
+            self.passes, self._recorded = self._recorded, []
+        elif self.live:  # from the next step on; this round (a warm-up one) has the throwaway module's passes
+            self._watch(module)
+        self.history.append(tuple(self.passes))
+        xs = [self._input(shape, device) for _, shape, _ in self.passes]
         _synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -223,7 +241,14 @@ class MinimumRound:
         for optimizer in trainer.optimizers:
             optimizer.step()
         _synchronize(device)
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self._recorded = []  # what the hooks saw of this round's own passes
+        return seconds
+
+    def _input(self, shape: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+        if shape not in self._inputs:
+            self._inputs[shape] = torch.randn(shape, device=device)
+        return self._inputs[shape]
 
 
 def split_overrides(overrides: List[str]) -> Tuple[List[str], Dict[str, List[str]]]:
@@ -242,12 +267,18 @@ def split_overrides(overrides: List[str]) -> Tuple[List[str], Dict[str, List[str
 def compare_methods(methods: List[str], data: str, overrides: List[str], warmup: int, steps: int) -> None:
     """Seconds per step of each method through the stack, relative to supervised and to its analytic minimum."""
     common, per_method = split_overrides(overrides)
-    rows = []
+    rows, varying = [], []
     for name in methods:
         cfg = load_config(name, data, ["logging.wandb=false", *common, *per_method.get(name, [])])
         step, minimum, round_ = stack_step_breakdown(cfg, warmup, steps, MinimumRound)
         rows.append((name, step, minimum, round_.passes))
+        kinds = len(set(round_.history[-steps:]))
+        if kinds > 1:
+            varying.append(f"  {name}: its passes changed within the timed steps ({kinds} kinds; its minimum follows "
+                           "them step by step; the passes column shows the last step's)")
     print_method_table(rows, warmup, steps)
+    if varying:
+        print("\n".join(varying))
 
 
 def print_method_table(rows, warmup: int, steps: int) -> None:

@@ -121,3 +121,18 @@ def test_method_prefixed_overrides_apply_to_that_method_only():
                                           "unimatch:method.strong_views=1", "run.tag=a:b"])
     assert common == ["model.channels=[4,8,16]", "run.tag=a:b"]
     assert per_method == {"bcp": ["method.stage1_fraction=0"], "unimatch": ["method.strong_views=1"]}
+
+
+def test_the_minimum_follows_the_passes_each_step_made(synthetic_cache):
+    """bcp's step changes at its stage switch (here at step 2 of 4): the minimum of each round is held to the passes
+    its step made (recorded on the live module), not to those of a step-0 module."""
+    from ssl_bench.config import load_config
+    from ssl_bench.perf import MinimumRound, stack_step_breakdown
+    cfg = load_config("bcp", "synthetic", [f"data.cache_dir={synthetic_cache}", *TINY, "trainer.max_steps=4",
+                                           "method.stage1_fraction=0.5", "logging.wandb=false"])
+    _, minimum, round_ = stack_step_breakdown(cfg, 1, 3, MinimumRound, profile=False)
+    networks = [{name for name, _, _ in passes} for passes in round_.history]
+    assert networks == [{"student"}, {"student"}, {"student", "teacher"}, {"student", "teacher"}]
+    teacher_pass = next(p for p in round_.history[-1] if p[0] == "teacher")
+    assert teacher_pass[2] is False, "the teacher's pass is recorded without gradients"
+    assert minimum > 0
