@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from report_fakes import DICE, TEST_BEST_OFFSET, write_fake_run, write_runs_with_a_variant
+from report_fakes import DICE, H200, TEST_BEST_OFFSET, write_fake_run, write_runs_with_a_variant
 from ssl_bench.report import read_runs, summarize_groups
 from ssl_bench.report.summary import summarize
 from ssl_bench.report.tables import markdown
@@ -45,13 +45,33 @@ def test_test_selected_checkpoint_and_its_inflation(tmp_path):
     groups = {(g.method, g.fraction): g for g in summarize_groups(loaded.runs)}
     mt = groups["mean_teacher", 0.5]
     last = [r.result("last")["dice_mean"] for r in mt.runs]
-    assert mt.test_best_dice.mean == pytest.approx(np.mean(last) + TEST_BEST_OFFSET)
-    assert mt.test_selection_inflation.mean == pytest.approx(TEST_BEST_OFFSET)
+    assert mt.test_selection.best_on_test.mean == pytest.approx(np.mean(last) + TEST_BEST_OFFSET)
+    assert mt.test_selection.inflation.mean == pytest.approx(TEST_BEST_OFFSET)
     text = markdown(summarize(loaded))
     assert "Dice best on test" in _table(text, "Every method and fraction")
     audit = _table(text, "Test-set selection")
     assert f"| mean_teacher | 0.5 | 2 | {mt.dice.mean:.3f} ± {mt.dice.std:.3f} | " in audit
     assert f"| +{TEST_BEST_OFFSET:.3f} ± 0.000 |" in audit
+
+
+def test_the_audit_table_holds_only_the_runs_that_have_the_audit(tmp_path):
+    """Regression: its "Dice last" averaged every replicate while "best on test" averaged the audited ones, so the
+    inflation was not the difference of its columns. A replicate without the audit (an older record), 0.1 higher,
+    must not move the audit table."""
+    runs = tmp_path / "runs"
+    for (method, fraction, draw), cases in DICE.items():
+        write_fake_run(runs, method, fraction, draw, cases, test_best=True)
+        if method == "mean_teacher":
+            write_fake_run(runs, method, fraction, draw, {c: [d + 0.1 for d in v] for c, v in cases.items()},
+                           provenance=H200, draw_folder=f"draw{draw}@nvidia-h200")
+    groups = {(g.method, g.fraction): g for g in summarize_groups(read_runs(runs).runs)}
+    mt = groups["mean_teacher", 0.5]
+    audited = mt.test_selection
+    assert audited.last.mean == pytest.approx(mt.dice.mean - 0.05)  # the group's Dice holds the replicates too
+    assert audited.best_on_test.mean - audited.last.mean == pytest.approx(audited.inflation.mean)
+    assert audited.inflation.mean == pytest.approx(TEST_BEST_OFFSET)
+    audit = _table(markdown(summarize(read_runs(runs))), "Test-set selection")
+    assert f"| mean_teacher | 0.5 | 2 | {audited.last.mean:.3f} ± {audited.last.std:.3f} | " in audit
 
 
 def test_without_test_selected_rows_the_column_is_omitted(runs_with_a_variant):

@@ -60,6 +60,27 @@ class RunPair:
 
 
 @dataclass
+class TestSelection:
+    """The test-selection audit of a group, over the runs that have it (all four over the same runs, so that the
+    inflation is the difference of two columns): Dice of the last checkpoint, of the best on validation, of the
+    best on the test cases, and the last one's shortfall from the latter (the test-selection inflation)."""
+    last: Estimate
+    best_on_validation: Estimate
+    best_on_test: Estimate
+    inflation: Estimate
+
+
+def test_selection_of(runs: List[Run]) -> Optional[TestSelection]:
+    audited = [r for r in runs if r.has_checkpoint(TEST_SELECTED)]
+    if not audited:
+        return None
+    dice = lambda checkpoint: (lambda r: r.result(checkpoint)["dice_mean"])  # noqa: E731
+    return TestSelection(per_draw(audited, dice("last")), per_draw(audited, dice("best")),
+                         per_draw(audited, dice(TEST_SELECTED)),
+                         per_draw(audited, lambda r: dice(TEST_SELECTED)(r) - dice("last")(r)))
+
+
+@dataclass
 class Group:
     """A (dataset, method, fraction) over its runs: draws, and within a draw its replicates."""
     dataset: str
@@ -77,9 +98,8 @@ class Group:
     # group's runs differ from the reference runs they are compared with, e.g. "model.dropout: 0.1 vs 0.0".
     protocol_differences: List[str] = field(default_factory=list)
     pairs: List[RunPair] = field(default_factory=list)
-    # The checkpoint best on the test cases (when the runs have it) and its excess over the last checkpoint.
-    test_best_dice: Optional[Estimate] = None
-    test_selection_inflation: Optional[Estimate] = None
+    # The checkpoint best on the test cases, over the runs that have it (None when none has).
+    test_selection: Optional["TestSelection"] = None
 
     @property
     def difference(self) -> Optional[Estimate]:
@@ -233,7 +253,6 @@ def summarize_groups(runs: List[Run]) -> List[Group]:
         classes, reference = members[0].metrics["classes"], reference_of(members, by_key)
         comparable = method != reference and (dataset, reference, fraction) in by_key
         references = by_key.get((dataset, reference, fraction), [])
-        audited = [r for r in members if r.has_checkpoint(TEST_SELECTED)]
         groups.append(Group(
             dataset, method, fraction, reference, classes, members,
             dice=per_draw(members, lambda r: r.result("last")["dice_mean"]),
@@ -243,9 +262,7 @@ def summarize_groups(runs: List[Run]) -> List[Group]:
             vs_reference=paired_test(members, references) if comparable else None,
             protocol_differences=protocol_differences(members[0], references[0]) if comparable else [],
             pairs=run_pairs(members, references) if comparable else [],
-            test_best_dice=per_draw(audited, lambda r: r.result(TEST_SELECTED)["dice_mean"]) if audited else None,
-            test_selection_inflation=per_draw(audited, lambda r: r.result(TEST_SELECTED)["dice_mean"]
-                                              - r.result("last")["dice_mean"]) if audited else None))
+            test_selection=test_selection_of(members)))
     return sorted(groups, key=lambda g: (g.dataset, g.fraction, g.method))
 
 
