@@ -74,10 +74,11 @@ def test_selection_of(runs: List[Run]) -> Optional[TestSelection]:
     audited = [r for r in runs if r.has_checkpoint(TEST_SELECTED)]
     if not audited:
         return None
-    dice = lambda checkpoint: (lambda r: r.result(checkpoint)["dice_mean"])  # noqa: E731
-    return TestSelection(per_draw(audited, dice("last")), per_draw(audited, dice("best")),
-                         per_draw(audited, dice(TEST_SELECTED)),
-                         per_draw(audited, lambda r: dice(TEST_SELECTED)(r) - dice("last")(r)))
+    def dice(checkpoint: str) -> Estimate:
+        return per_draw(audited, lambda r: r.result(checkpoint)["dice_mean"])
+
+    return TestSelection(dice("last"), dice("best"), dice(TEST_SELECTED),
+                         per_draw(audited, lambda r: r.result(TEST_SELECTED)["dice_mean"] - r.result("last")["dice_mean"]))
 
 
 @dataclass
