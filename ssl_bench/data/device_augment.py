@@ -29,8 +29,9 @@ from ssl_bench.data.stream import PositionSeeded
 # Per-case entries of a record that travel with a training item unchanged (not volumes).
 PASSENGER_KEYS = ("case_index", "spacing", "annotated")
 # What a training step reads as Python numbers (the crop's case, start and slice; the stream position that seeds a
-# step's own randomness): they stay on the host when a batch moves to the training device.
-HOST_KEYS = ("position", "index", "start", "slice")
+# step's own randomness; the case index SMILEr looks its pseudo-labels up by): they stay on the host when a batch
+# moves to the training device.
+HOST_KEYS = ("position", "index", "start", "slice", "case_index")
 
 
 def _crop_start(crop: T.RandSpatialCropd, shape: Sequence[int]) -> List[int]:
