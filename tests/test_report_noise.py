@@ -56,7 +56,7 @@ def _run_mean(cases):
     return float(np.mean(list(_case_means(cases).values())))
 
 
-def test_replicates_are_pooled_and_paired_by_draw_seed_and_hardware(replicated_runs):
+def test_replicates_are_averaged_and_paired_by_draw_seed_and_hardware(replicated_runs):
     groups = {g.method: g for g in summarize_groups(load_runs(replicated_runs))}
     assert set(groups) == {"supervised", "mean_teacher", "co_training"}, "supervised-seed100 is a replicate, no variant"
     supervised = groups["supervised"]
@@ -70,9 +70,13 @@ def test_replicates_are_pooled_and_paired_by_draw_seed_and_hardware(replicated_r
     expected = [(("mean_teacher", 0, None, "cpu"), ("supervised", 0, None, "cpu")),
                 (("mean_teacher", 0, None, "h200"), ("supervised", 0, None, "h200")),
                 (("mean_teacher", 1, None, "cpu"), ("supervised", 1, None, "cpu"))]  # seed 1, not seed 100
-    ours = [v for run, _ in expected for v in _case_means(RUNS[run]).values()]
-    theirs = [v for _, ref in expected for v in _case_means(RUNS[ref]).values()]
-    assert mt.vs_reference.n_pairs == 3 * len(CASES)
+    # Pairs are (draw, case): draw 0's two run pairs (CPU, H200) averaged case by case, not counted twice.
+    def by_draw(side):
+        draw0 = [_case_means(RUNS[pair[side]]) for pair in expected[:2]]
+        return ([float(np.mean([m[c] for m in draw0])) for c in draw0[0]]
+                + list(_case_means(RUNS[expected[2][side]]).values()))
+    ours, theirs = by_draw(0), by_draw(1)
+    assert mt.vs_reference.n_pairs == 2 * len(CASES)
     assert mt.vs_reference.p_value == pytest.approx(wilcoxon(ours, theirs).pvalue)
     assert mt.vs_reference.mean_difference == pytest.approx(np.mean(np.subtract(ours, theirs)))
     assert [(p.draw, p.run.hardware, p.reference.hardware) for p in mt.pairs] == [
@@ -143,3 +147,16 @@ def test_no_pair_across_hardware_where_the_draw_has_one_on_the_same_hardware(rep
     assert mt.n_runs == 4 and mt.dice.n == 2
     assert [(p.draw, p.run.hardware) for p in mt.pairs] == [(0, "NVIDIA H200"), (0, "unknown"), (1, "unknown")]
     assert mt.cross_hardware_pairs == []
+
+
+def test_across_hardware_a_run_is_paired_with_every_reference_of_its_draw_and_seed():
+    """Regression: it was paired with whichever reference came first, so adding a replicate of the reference on a
+    third machine could change the comparison arbitrarily."""
+    from types import SimpleNamespace
+    from ssl_bench.report.groups import match_references
+    run = SimpleNamespace(draw=0, seed=0, hardware="NVIDIA H200")
+    references = [SimpleNamespace(draw=0, seed=0, hardware=h) for h in ("unknown", "Intel Xeon")]
+    references.append(SimpleNamespace(draw=1, seed=1, hardware="unknown"))
+    assert match_references([run], references) == [(run, references[0]), (run, references[1])]
+    same = SimpleNamespace(draw=0, seed=0, hardware="Intel Xeon")
+    assert match_references([same], references) == [(same, references[1])], "a same-hardware pair is preferred"

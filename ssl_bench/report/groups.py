@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
+import numpy as np
+
 from ssl_bench.config import EXECUTION_KEYS, differing_keys
 from ssl_bench.report.runs import REFERENCE_METHOD, Run, alpha_line
 from ssl_bench.report.stats import Estimate, PairedTest, estimate, wilcoxon_test
@@ -141,9 +143,10 @@ def _common_cases(run: Run, reference: Run) -> List[str]:
 
 def match_references(runs: Iterable[Run], references: List[Run]) -> List[Tuple[Run, Run]]:
     """Each run with the reference run of the same draw and seed on the same hardware. A run without one is
-    compared across hardware only when no run of its draw and seed has a same-hardware reference: such a pair's
-    difference includes the hardware's own effect, which a same-hardware pair of that draw and seed does not.
-    Runs without a reference of their draw and seed are left out."""
+    compared across hardware only when no run of its draw and seed has a same-hardware reference, and then with
+    every reference run of its draw and seed (whose pairs paired_test averages): such a pair's difference includes
+    the hardware's own effect, which a same-hardware pair of that draw and seed does not. Runs without a reference
+    of their draw and seed are left out."""
     by_cell: Dict[Tuple[int, int], List[Run]] = {}
     for run in runs:
         by_cell.setdefault((run.draw, run.seed), []).append(run)
@@ -152,16 +155,18 @@ def match_references(runs: Iterable[Run], references: List[Run]) -> List[Tuple[R
         candidates = [r for r in references if (r.draw, r.seed) == (draw, seed)]
         same = [(run, next(r for r in candidates if r.hardware == run.hardware)) for run in members
                 if any(r.hardware == run.hardware for r in candidates)]
-        pairs += same or [(run, candidates[0]) for run in members if candidates]
+        pairs += same or [(run, reference) for run in members for reference in candidates]
     return pairs
 
 
 def paired_test(runs: List[Run], references: List[Run]) -> Optional[PairedTest]:
     """Wilcoxon signed-rank (two-sided) of per-case Dice against the reference's.
 
-    Pairs are (run pair, test case): each run is matched with a reference run (match_references), cases by
-    case_id (cases with NaN on either side dropped), pooled over every run pair. A case therefore counts once
-    per run pair; the run pairs share the test cases, so these pairs are not fully independent.
+    Pairs are (draw, test case): each run is matched with a reference run (match_references), cases by case_id
+    (cases with NaN on either side dropped), and a draw's run pairs (its replicates: training seeds, hardware) are
+    averaged case by case, as the Dice tables average them, so that a replicate does not count its test cases
+    again as if they were new ones. The draws share the test cases, so the pairs of two draws are not fully
+    independent.
     """
     return _pooled_test(match_references(runs, references))
 
@@ -172,12 +177,13 @@ def compare_runs(run: Run, other: Run) -> Optional[PairedTest]:
 
 
 def _pooled_test(pairs: List[Tuple[Run, Run]]) -> Optional[PairedTest]:
-    ours, theirs = [], []
+    """The test over (draw, case) pairs, each the mean over that draw's run pairs."""
+    by_unit: Dict[Tuple[int, str], List[Tuple[float, float]]] = {}
     for run, reference in pairs:
         for case_id in _common_cases(run, reference):
-            ours.append(run.case_dice[case_id])
-            theirs.append(reference.case_dice[case_id])
-    return wilcoxon_test(ours, theirs)
+            by_unit.setdefault((run.draw, case_id), []).append((run.case_dice[case_id], reference.case_dice[case_id]))
+    means = [np.mean(values, axis=0) for values in by_unit.values()]
+    return wilcoxon_test([m[0] for m in means], [m[1] for m in means])
 
 
 def run_pairs(runs: List[Run], references: List[Run]) -> List[RunPair]:

@@ -227,7 +227,7 @@ def full_table_markdown(summary: Summary, dataset: str) -> List[str]:
         marks = (CROSS_HARDWARE if g.cross_hardware_pairs else "") + (PROTOCOL_DIFFERS if g.protocol_differences else "")
         cells = [g.method, f"{g.fraction:g}", str(g.dice.n), str(g.n_runs), mean_std(g.dice), interval(g.dice),
                  *(mean_std(g.class_dice[c]) for c in classes), mean_std(g.hd95, 2), mean_std(g.best_dice),
-                 *([mean_std(g.test_selection.best_on_test) if g.test_selection else "-"] if audited else []),
+                 *([mean_std(g.test_selection.best_on_test if g.test_selection else None)] if audited else []),
                  versus(g.vs_reference) + (f" {marks}" if marks else ""), ", ".join(g.hardware)]
         lines.append(_row(cells))
     unlike = [g for g in members if g.protocol_differences]
