@@ -62,7 +62,7 @@ class RunPair:
 
 
 @dataclass
-class TestSelection:
+class SelectionAudit:
     """The test-selection audit of a group, over the runs that have it (all four over the same runs, so that the
     inflation is the difference of two columns): Dice of the last checkpoint, of the best on validation, of the
     best on the test cases, and the last one's shortfall from the latter (the test-selection inflation)."""
@@ -72,14 +72,15 @@ class TestSelection:
     inflation: Estimate
 
 
-def test_selection_of(runs: List[Run]) -> Optional[TestSelection]:
+def selection_audit_of(runs: List[Run]) -> Optional[SelectionAudit]:
     audited = [r for r in runs if r.has_checkpoint(TEST_SELECTED)]
     if not audited:
         return None
+
     def dice(checkpoint: str) -> Estimate:
         return per_draw(audited, lambda r: r.result(checkpoint)["dice_mean"])
 
-    return TestSelection(dice("last"), dice("best"), dice(TEST_SELECTED),
+    return SelectionAudit(dice("last"), dice("best"), dice(TEST_SELECTED),
                          per_draw(audited, lambda r: r.result(TEST_SELECTED)["dice_mean"] - r.result("last")["dice_mean"]))
 
 
@@ -102,7 +103,7 @@ class Group:
     protocol_differences: List[str] = field(default_factory=list)
     pairs: List[RunPair] = field(default_factory=list)
     # The checkpoint best on the test cases, over the runs that have it (None when none has).
-    test_selection: Optional["TestSelection"] = None
+    test_selection: Optional["SelectionAudit"] = None
 
     @property
     def difference(self) -> Optional[Estimate]:
@@ -269,7 +270,7 @@ def summarize_groups(runs: List[Run]) -> List[Group]:
             vs_reference=paired_test(members, references) if comparable else None,
             protocol_differences=protocol_differences(members[0], references[0]) if comparable else [],
             pairs=run_pairs(members, references) if comparable else [],
-            test_selection=test_selection_of(members)))
+            test_selection=selection_audit_of(members)))
     return sorted(groups, key=lambda g: (g.dataset, g.fraction, g.method))
 
 
