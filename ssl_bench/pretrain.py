@@ -110,7 +110,7 @@ class ContrastivePretraining(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         losses = self.losses(batch)
         for name, value in losses.items():
-            self.log(f"pretrain/loss_{name}", value, prog_bar=name == "total", batch_size=batch["image"].shape[0])
+            self.log(f"pretrain/loss_{name}", value, batch_size=batch["image"].shape[0])
         return losses["total"]
 
     def configure_optimizers(self):

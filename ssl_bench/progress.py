@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import math
 import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional
@@ -30,6 +32,14 @@ EXPECTED_WARNINGS = (r"Checkpoint directory .* exists and is not empty",)
 # Steps of this process timed before the estimate (the first ones pay for allocation and caches).
 ESTIMATE_SKIP_STEPS = 1
 ESTIMATE_STEPS = 3
+# Seconds between two redraws of the training bar: a redraw reads the logged values (on a GPU, waiting for its queue
+# to drain) and writes a line, a cost at every step when drawn at every step (results/README.md, "A run's own work at
+# every step"). Output that is not a terminal (a sweep's cells, a cluster job's log) keeps every redraw: fewer there.
+REDRAW_SECONDS = 0.5
+REDRAW_SECONDS_NOT_A_TERMINAL = 30.0
+# The training values the bar shows, read when it is redrawn. Not logged with prog_bar=True: Lightning turns such a
+# value into a Python number at every step's end, which on a GPU waits for the device's queue.
+BAR_VALUES = ("train/loss", "pretrain/loss_total")
 
 
 @contextlib.contextmanager
@@ -99,7 +109,14 @@ class TimeEstimate(pl.Callback):
 class StepProgressBar(TQDMProgressBar):
     """One bar over the run's whole step budget (``trainer.max_steps``), counting optimizer steps: a resumed run
     continues it at its checkpoint's step, with the right total, and its ETA comes from this process's own rate.
-    Validation has no bar of its own (its Dice shows on this one); each test pass has one, named by checkpoint."""
+    Validation has no bar of its own (its Dice shows on this one); each test pass has one, named by checkpoint.
+    The bar is redrawn at most every ``redraw_seconds`` (and at the last step), not at every step."""
+
+    def __init__(self, redraw_seconds: Optional[float] = None, clock=time.monotonic, file=None):
+        super().__init__()
+        if redraw_seconds is None:  # as the console the run prints to wants it, wherever ``file`` (stdout) is
+            redraw_seconds = REDRAW_SECONDS if sys.stdout.isatty() else REDRAW_SECONDS_NOT_A_TERMINAL
+        self.redraw_seconds, self._clock, self._drawn, self._file = redraw_seconds, clock, -math.inf, file
 
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(disable=True)
@@ -115,16 +132,21 @@ class StepProgressBar(TQDMProgressBar):
 
     def _bar(self, description: str, **kwargs) -> Tqdm:
         return Tqdm(desc=description, position=2 * self.process_position, disable=self.is_disabled, leave=True,
-                    dynamic_ncols=True, file=sys.stdout, bar_format=self.BAR_FORMAT, **kwargs)
+                    dynamic_ncols=True, file=self._file or sys.stdout, bar_format=self.BAR_FORMAT, **kwargs)
 
     def on_train_epoch_start(self, trainer, *_):
         pass  # Lightning restarts the bar at each epoch with the epoch's batches: this bar spans the step budget
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         bar, n = self.train_progress_bar, trainer.global_step
-        if bar is not None and not bar.disable and self._should_update(n, bar.total):
-            bar.n = n
-            bar.set_postfix(self.get_metrics(trainer, pl_module))
+        if bar is None or bar.disable:
+            return
+        now = self._clock()
+        if n < bar.total and now - self._drawn < self.redraw_seconds:
+            return
+        self._drawn = now
+        bar.n = n
+        bar.set_postfix(self.get_metrics(trainer, pl_module))
 
     def on_train_epoch_end(self, trainer, pl_module):
         pass  # the bar spans epochs: it closes when training ends
@@ -133,7 +155,9 @@ class StepProgressBar(TQDMProgressBar):
         pass  # one test loader, whose length the bar has from the start
 
     def get_metrics(self, trainer, pl_module):
-        metrics = super().get_metrics(trainer, pl_module)
+        logged = trainer.callback_metrics
+        metrics = {name: float(logged[name]) for name in BAR_VALUES if name in logged}
+        metrics.update(super().get_metrics(trainer, pl_module))
         metrics.pop("v_num", None)
         return metrics
 

@@ -123,6 +123,12 @@ def checkpoint_callbacks(ckpt_dir: Path) -> Tuple[ModelCheckpoint, ResumeCheckpo
     return best, ResumeCheckpoint(ckpt_dir / LAST)
 
 
+def step_callbacks(timer: StepTimer) -> list:
+    """The callbacks of a run that act at every training step, checkpoints and progress output aside (``make perf``
+    times the stack's step with them)."""
+    return [timer, TrainingRandomState(), OneEpochStreams(), LearningRateMonitor(logging_interval="step")]
+
+
 def _loggers(cfg: DictConfig, run: Path, resume_step: int) -> list:
     loggers = [RunCSVLogger(run, resume_step)]
     if cfg.logging.wandb and cfg.logging.wandb_mode != "disabled":
@@ -285,8 +291,7 @@ def _train(cfg: DictConfig, force: bool, resume_from: Optional[str]) -> dict:
     timer = StepTimer(started=started)
     loggers = _loggers(cfg, run, resume_step)
     stop = CheckpointOnStop(ckpt_dir / LAST)
-    callbacks = [best_cb, resume_cb, stop, timer, TrainingRandomState(),
-                 OneEpochStreams(), LearningRateMonitor(logging_interval="step"), TimeEstimate(timer)]
+    callbacks = [best_cb, resume_cb, stop, *step_callbacks(timer), TimeEstimate(timer)]
     audit = TestSelectionAudit(ckpt_dir) if cfg.eval.test_selection_audit else None
     if audit is not None:
         callbacks.append(audit)

@@ -94,3 +94,54 @@ def test_config_yaml_records_the_data_root_from_the_environment_outside_the_run_
     capsys.readouterr()
     assert main(args + [f"data.root={other}"]) == 0
     assert "already finished" in capsys.readouterr().out
+
+
+def test_the_training_bar_is_redrawn_at_most_every_redraw_seconds_and_at_the_last_step():
+    """A redraw reads the logged values (on a GPU, a wait for its queue) and writes a line: not at every step."""
+    from types import SimpleNamespace
+    from ssl_bench.progress import StepProgressBar
+
+    now = [0.0]
+    bar = StepProgressBar(redraw_seconds=1.0, clock=lambda: now[0])
+    drawn = []
+    shown = SimpleNamespace(disable=False, total=10, n=0, set_postfix=lambda metrics: drawn.append(shown.n))
+    bar._train_progress_bar = shown
+    bar.get_metrics = lambda trainer, module: {}
+    trainer = SimpleNamespace(global_step=0)
+    for step in range(1, 11):
+        trainer.global_step, now[0] = step, step * 0.3  # a step every 0.3 s
+        bar.on_train_batch_end(trainer, None, None, None, step - 1)
+    assert drawn == [1, 5, 9, 10]  # the first step, then once a second, and the last
+
+
+def test_a_step_the_loggers_do_not_write_reads_no_value_back(tmp_path, synthetic_cache, monkeypatch):
+    """On a GPU each Tensor.item() waits for the device's queue to drain. Outside the steps the loggers write (and
+    the bar's redraws), a run reads no value back: Lightning converted the last loss logged for the progress bar to a
+    number at every step's end, and the bar read it again."""
+    import lightning.pytorch as pl
+    import torch
+    from ssl_bench import train
+
+    reads, steps = [0], []
+    item = torch.Tensor.item
+
+    host = set()  # the optimizers' step counts, which stay on the host (torch's Adam reads them every step)
+
+    def counted(tensor):
+        reads[0] += id(tensor) not in host
+        return item(tensor)
+
+    class PerStep(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            host.update(id(state["step"]) for optimizer in trainer.optimizers for state in optimizer.state.values())
+            if steps:
+                steps[-1]["reads"] = reads[0]
+            reads[0] = 0
+            steps.append({"logs": trainer._logger_connector.should_update_logs})
+
+    monkeypatch.setattr(torch.Tensor, "item", counted)
+    monkeypatch.setattr(train, "step_callbacks", lambda timer, made=train.step_callbacks: [*made(timer), PerStep()])
+    assert main(_args(tmp_path, synthetic_cache, "logging.wandb=false", "trainer.log_every_n_steps=3",
+                      "trainer.max_steps=12", "trainer.val_every_n_steps=12")) == 0
+    quiet = [s["reads"] for s in steps[1:-1] if not s["logs"]]  # the first step draws the bar
+    assert len(quiet) >= 6 and quiet == [0] * len(quiet), steps

@@ -128,5 +128,5 @@ class Adversarial(SegmentationMethod):
             scheduler.step()
         batch_size = batch["labeled"]["image"].shape[0]
         for field, key in LOGGED.items():
-            self.log(key, getattr(losses, field), batch_size=batch_size, prog_bar=key == "train/loss")
+            self.log(key, getattr(losses, field), batch_size=batch_size)
         return losses.segmenter.detach()

@@ -191,7 +191,7 @@ class SegmentationMethod(pl.LightningModule):
             self.log("train/loss_unsup", loss_unsup, batch_size=batch_size)
             self.log("train/unsup_weight", weight, batch_size=batch_size)
         self.log("train/loss_sup", loss_sup, batch_size=batch_size)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss", loss, batch_size=batch_size)  # on the bar too (StepProgressBar), not prog_bar
         return loss
 
     def configure_optimizers(self):
