@@ -1,7 +1,8 @@
 """``make perf``: training-step throughput of the full stack against a bare PyTorch loop, in one run.
 
 Part 1, the supervised step: the stack is exactly what ``ssl-bench train`` runs (Lightning Trainer + SegmentationDataModule with
-its MONAI transforms + the method's training_step, logging included; validation and checkpoints off).
+its augmentation + the method's training_step, logging, the CSV log, the per-step callbacks and the progress bar
+included; validation and checkpoints off).
 The bare loop is the same network, loss, optimizer, schedule, batch and patch, fed batches prepared
 in advance, so the ratio is the price of everything around the arithmetic. One bare step runs after each
 stack step (outside its time), so a machine whose speed drifts hits both sides alike.
@@ -19,19 +20,23 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.profilers import SimpleProfiler
 
+from ssl_bench.callbacks import StepTimer
 from ssl_bench.config import load_config
+from ssl_bench.progress import RunCSVLogger, StepProgressBar
 from ssl_bench.registry import get_method, method_names
-from ssl_bench.train import prepare_data
+from ssl_bench.train import prepare_data, step_callbacks
 
 
 def _synchronize(device: torch.device) -> None:
@@ -120,13 +125,19 @@ def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None, profi
     pl.seed_everything(0)
     module = _new_module(cfg, manifest, method_cls)
     clock = _StepClock(warmup, between)
-    with tempfile.TemporaryDirectory() as report_dir:  # the profiler's own report is not needed
-        profiler = SimpleProfiler(dirpath=report_dir, filename="profile") if profile else None
-        trainer = pl.Trainer(max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    # What a run does at every step besides its arithmetic: its per-step callbacks, its CSV log and its progress bar
+    # (redrawn as in this console, into the void), validation and checkpoints aside.
+    callbacks = [clock, *step_callbacks(StepTimer())]
+    with tempfile.TemporaryDirectory() as work, open(os.devnull, "w") as void:
+        if cfg.trainer.enable_progress_bar:
+            callbacks.append(StepProgressBar(file=void))
+        profiler = SimpleProfiler(dirpath=work, filename="profile") if profile else None  # its report is not needed
+        trainer = pl.Trainer(max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0,
+                             logger=RunCSVLogger(Path(work)), enable_checkpointing=False,
+                             enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
                              accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
                              benchmark=cfg.trainer.cudnn_benchmark,
-                             log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=[clock], profiler=profiler)
+                             log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=callbacks, profiler=profiler)
         trainer.fit(module, datamodule=dm)
     per_step = statistics.fmean(clock.step_seconds)
     if profiler is None:

@@ -136,3 +136,29 @@ def test_the_minimum_follows_the_passes_each_step_made(synthetic_cache):
     teacher_pass = next(p for p in round_.history[-1] if p[0] == "teacher")
     assert teacher_pass[2] is False, "the teacher's pass is recorded without gradients"
     assert minimum > 0
+
+
+def test_the_stack_steps_with_a_runs_per_step_callbacks_its_csv_log_and_its_progress_bar(synthetic_cache, monkeypatch):
+    """What a run does at every step besides its arithmetic is part of the stack's time."""
+    import lightning.pytorch as pl
+    from ssl_bench import perf
+    from ssl_bench.callbacks import StepTimer
+    from ssl_bench.config import load_config
+    from ssl_bench.progress import RunCSVLogger, StepProgressBar
+    from ssl_bench.train import step_callbacks
+
+    made = []
+
+    class Recorded(pl.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(perf.pl, "Trainer", Recorded)
+    cfg = load_config("supervised", "synthetic", [f"data.cache_dir={synthetic_cache}", *TINY, "logging.wandb=false",
+                                                  "trainer.enable_progress_bar=true"])
+    perf.stack_step_breakdown(cfg, 1, 2, profile=False)
+    trainer, = made
+    kinds = {type(c) for c in trainer.callbacks}
+    assert {type(c) for c in step_callbacks(StepTimer())} | {StepProgressBar, perf._StepClock} <= kinds
+    assert isinstance(trainer.logger, RunCSVLogger)
