@@ -25,7 +25,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate, set
 from torch.utils.data import DistributedSampler
 
 from ssl_bench.config import ConfigError, run_seed
-from ssl_bench.data.device_augment import HOST_KEYS, AugmentationParameters, DeviceBatches
+from ssl_bench.data.device_augment import HOST_KEYS, AugmentationParameters, DeviceBatches, collate_parameters
 from ssl_bench.data.manifest import Manifest
 from ssl_bench.data.partial import RemoveUnannotatedOrgans
 from ssl_bench.data.splits import PoolSplit
@@ -183,7 +183,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         # a function of position (ssl_bench/data/stream.py), so a resumed run continues it where it stopped.
         seed = stream_seed(run_seed(self.cfg), name)
         if self.cfg.data.augment_on_device:
-            items, collate = self._device_stream(name, seed), None
+            items, collate = self._device_stream(name, seed), collate_parameters
         else:
             items, collate = PositionSeeded(self._dataset(name), seed), list_data_collate
         # Under DDP Lightning deals the stream out to the ranks (rank r takes positions r, r + W, ...), each rank taking

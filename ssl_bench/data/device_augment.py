@@ -23,15 +23,16 @@ from typing import Dict, List, Sequence
 import torch
 from monai import transforms as T
 from torch.utils.data import Dataset
+from torch.utils.data._utils.collate import default_collate
 
 from ssl_bench.data.stream import PositionSeeded
 
 # Per-case entries of a record that travel with a training item unchanged (not volumes).
 PASSENGER_KEYS = ("case_index", "spacing", "annotated")
-# What a training step reads as Python numbers (the crop's case, start and slice; the stream position that seeds a
-# step's own randomness; the case index SMILEr looks its pseudo-labels up by): they stay on the host when a batch
-# moves to the training device.
-HOST_KEYS = ("position", "index", "start", "slice", "case_index")
+# What a training step reads as Python numbers (the crop's case, start, slice and flips; the stream position that
+# seeds a step's own randomness; the case index SMILEr looks its pseudo-labels up by): they stay on the host when a
+# batch moves to the training device.
+HOST_KEYS = ("position", "index", "start", "slice", "flip", "case_index")
 
 
 def _crop_start(crop: T.RandSpatialCropd, shape: Sequence[int]) -> List[int]:
@@ -75,7 +76,8 @@ def plan_of(transforms: Sequence, spatial_dims: int) -> Plan:
 class AugmentationParameters(Dataset):
     """``dataset[(position, index)]``: item ``index``'s augmentation parameters at stream ``position``, drawn by
     the chain's own MONAI transforms from the random states ``PositionSeeded`` gives them, plus its passengers
-    (case index, spacing, annotation flags). ``shapes[index]`` is the item's volume shape after padding."""
+    (case index, spacing, annotation flags), as Python values; ``collate_parameters`` makes a batch of them.
+    ``shapes[index]`` is the item's volume shape after padding."""
 
     def __init__(self, chain: T.Compose, records: List[dict], shapes: List[Sequence[int]], seed: int,
                  spatial_dims: int, slice_axis: int):
@@ -96,15 +98,32 @@ class AugmentationParameters(Dataset):
         if p.slice_crop is not None:
             item["slice"] = _crop_start(p.slice_crop, shape)[self.slice_axis]
             del shape[self.slice_axis]
-        item["start"] = torch.tensor(_crop_start(p.crop, shape))
+        item["start"] = _crop_start(p.crop, shape)
         flips = []
         for flip in p.flips:
             flip.randomize(None)
             flips.append(bool(flip._do_transform))
-        item["flip"] = torch.tensor(flips + [False] * (self.spatial_dims - len(flips)))
-        item["scale"] = torch.tensor(_scale_factor(p.scale), dtype=torch.float32)
-        item["shift"] = torch.tensor(_shift_offset(p.shift), dtype=torch.float32)
+        item["flip"] = flips + [False] * (self.spatial_dims - len(flips))
+        item["intensity"] = (_scale_factor(p.scale), _shift_offset(p.shift))
         return item
+
+
+def collate_parameters(items: List[dict]) -> dict:
+    """A batch of ``AugmentationParameters`` items, one tensor per parameter: ``index``, ``position``, ``slice`` (B,),
+    ``start`` and ``flip`` (B, spatial dims), ``intensity`` (B, 2: the scale 1 + f and the offset o, float32, one
+    transfer to the device), and the passengers as torch's default collation makes them. Built from Python values
+    in one go: a tensor per item and value, collated by the generic default, cost more than the parameters' draw."""
+    batch = {"index": torch.tensor([item["index"] for item in items]),
+             "position": torch.tensor([item["position"] for item in items]),
+             "start": torch.tensor([item["start"] for item in items]),
+             "flip": torch.tensor([item["flip"] for item in items], dtype=torch.bool),
+             "intensity": torch.tensor([item["intensity"] for item in items], dtype=torch.float32)}
+    if "slice" in items[0]:
+        batch["slice"] = torch.tensor([item["slice"] for item in items])
+    passengers = [{k: item[k] for k in PASSENGER_KEYS if k in item} for item in items]
+    if passengers[0]:
+        batch.update(default_collate(passengers))
+    return batch
 
 
 def _scale_factor(t) -> float:
@@ -163,28 +182,28 @@ class DeviceBatches:
 
     def materialize(self, params: dict) -> dict:
         """The training batch part (``{"image": (B, 1, *patch), "label": ..., "position": ..., passengers}``) from a
-        collated batch of parameters, on the device of its flips (its HOST_KEYS may stay on the host)."""
-        device = params["flip"].device
-        self.to(device)
-        indices, starts = params["index"].tolist(), params["start"].tolist()
+        batch of parameters (``collate_parameters``), on the device of its ``intensity`` (its HOST_KEYS may stay on
+        the host)."""
+        intensity = params["intensity"]
+        self.to(intensity.device)
+        indices, starts, flips = params["index"].tolist(), params["start"].tolist(), params["flip"].tolist()
         slices = params["slice"].tolist() if "slice" in params else None
         out = {k: params[k] for k in ("position", *PASSENGER_KEYS) if k in params}
         for key, volumes in self.volumes.items():
             patches = []
-            for b, (index, start) in enumerate(zip(indices, starts)):
+            for b, (index, start, flip) in enumerate(zip(indices, starts, flips)):
                 volume = volumes[index]
                 if slices is not None:
                     volume = volume.select(self.slice_axis + 1, slices[b])
                 window = (slice(None),) + tuple(slice(s, s + p) for s, p in zip(start, self.patch))
-                patches.append(volume[window])
+                patch = volume[window]
+                flipped = [axis + 1 for axis, f in enumerate(flip) if f]  # (C, *spatial): axis a is dim a + 1
+                patches.append(patch.flip(flipped) if flipped else patch)
             batch = torch.stack(patches)
-            for axis in range(self.spatial_dims):
-                flip = params["flip"][:, axis].view(-1, *([1] * (batch.dim() - 1)))
-                batch = torch.where(flip, batch.flip(axis + 2), batch)
             if key == "image":
                 shape = (-1,) + (1,) * (batch.dim() - 1)
                 # Two operations, as the chain does them (x·(1 + f), then + o): the same float32 roundings.
-                batch = batch * params["scale"].view(shape)
-                batch = batch + params["shift"].view(shape)
+                batch = batch * intensity[:, 0].view(shape)
+                batch = batch + intensity[:, 1].view(shape)
             out[key] = batch
         return out
