@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,6 +12,7 @@ from ssl_bench.report.groups import (AlphaGroup, Group, MethodCost, fraction_gro
                                      summarize_groups)
 from ssl_bench.report.noise import NoiseFloor, ReplicateSet, noise_floor, summarize_replicates
 from ssl_bench.report.runs import LoadedRuns, Run
+from ssl_bench.report.settings import SettingComparison, compare_settings
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Summary:
     noise_floors: List[NoiseFloor]
     costs: List[MethodCost]
     coverage: List[SweepCoverage]
+    settings: List[SettingComparison] = field(default_factory=list)  # numeric settings against the protocol's
 
     @property
     def runs(self) -> List[Run]:
@@ -50,4 +52,5 @@ def summarize(loaded: LoadedRuns, sweeps_dir: Optional[Path] = None) -> Summary:
     compared = fraction_groups(groups, loaded.runs)
     return Summary(loaded, groups, summarize_alpha(loaded.runs), replicate_sets, noise_floor(compared, replicate_sets),
                    method_costs(compared),
-                   sweep_coverage(loaded.runs, sweeps_dir, loaded.runs_dir) if sweeps_dir is not None else [])
+                   sweep_coverage(loaded.runs, sweeps_dir, loaded.runs_dir) if sweeps_dir is not None else [],
+                   compare_settings(loaded.runs))

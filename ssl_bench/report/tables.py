@@ -15,6 +15,7 @@ from ssl_bench.report.coverage import NOT_RUN, SweepCoverage
 from ssl_bench.report.groups import CHECKPOINTS, TEST_SELECTED, AlphaGroup, Group, alpha_reference
 from ssl_bench.report.noise import TARGET_EFFECT, NoiseFloor, ReplicateSet, floor_of
 from ssl_bench.report.runs import REFERENCE_METHOD, Run
+from ssl_bench.report.settings import SettingComparison
 from ssl_bench.report.stats import (ALPHA, CONFIDENCE, POWER, Estimate, PairedTest, detection_multiplier,
                                     minimum_detectable_effect)
 from ssl_bench.report.summary import Summary
@@ -288,6 +289,32 @@ def pairs_markdown(summary: Summary, dataset: str) -> List[str]:
     return lines
 
 
+def settings_markdown(comparisons: List[SettingComparison]) -> List[str]:
+    if not comparisons:
+        return []
+    lines = ["", "### Numeric settings against the protocol's", "",
+             "A method's runs in another numeric setting against the same method's runs in the protocol's (not against "
+             f"`{REFERENCE_METHOD}`), same draw and seed: the setting's own effect. Difference: mean Dice minus the "
+             "protocol run's, over draws; paired test: Wilcoxon over (draw, test case), a draw's replicates averaged "
+             "case by case; then each run pair. A faster setting may become a default only where its difference is "
+             "within the run-to-run noise (\"Noise floor\").", "",
+             *_header(["method", "against", "fraction", "setting", "draws", "difference", "paired test",
+                       "cases better"])]
+    for c in comparisons:
+        better = f"{c.test.n_better}/{c.test.n_pairs}" if c.test else "—"
+        lines.append(_row([c.method, c.protocol_method, f"{c.fraction:g}", c.setting, str(c.difference.n),
+                           mean_std(c.difference, 4), versus(c.test), better]))
+    lines += ["", *_header(["method", "fraction", "draw", "seed", "ran on", "Dice", "protocol's", "median difference",
+                            "p", "cases better"])]
+    for c in comparisons:
+        for p in c.pairs:
+            lines.append(_row([c.method, f"{c.fraction:g}", str(p.draw), str(p.seed),
+                               _hardware_pair(p.run.hardware, p.reference.hardware), f"{p.dice:.4f}",
+                               f"{p.reference_dice:.4f}", f"{p.test.median_difference:+.4f}", f"{p.test.p_value:.3g}",
+                               f"{p.test.n_better}/{p.test.n_pairs}"]))
+    return lines
+
+
 def noise_floor_markdown(summary: Summary, dataset: str) -> List[str]:
     floors = [f for f in summary.noise_floors if f.dataset == dataset]
     if not floors:
@@ -446,6 +473,7 @@ def markdown(summary: Summary) -> str:
         lines += full_table_markdown(summary, dataset)
         lines += test_selection_markdown(summary, dataset)
         lines += pairs_markdown(summary, dataset)
+        lines += settings_markdown([c for c in summary.settings if c.dataset == dataset])
         lines += noise_floor_markdown(summary, dataset)
         lines += replicates_markdown([s for s in summary.replicate_sets if s.dataset == dataset])
     lines += alpha_markdown(summary.alpha_groups)
