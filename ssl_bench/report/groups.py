@@ -108,12 +108,7 @@ class Group:
     @property
     def difference(self) -> Optional[Estimate]:
         """Mean Dice minus the reference's over draws, each draw the mean over its run pairs; None without pairs."""
-        if not self.pairs:
-            return None
-        by_draw: Dict[int, List[float]] = {}
-        for p in self.pairs:
-            by_draw.setdefault(p.draw, []).append(p.dice - p.reference_dice)
-        return estimate(sum(v) / len(v) for _, v in sorted(by_draw.items()))
+        return difference_over_draws(self.pairs) if self.pairs else None
 
     @property
     def base_method(self) -> str:
@@ -135,6 +130,14 @@ class Group:
     @property
     def cross_hardware_pairs(self) -> List[RunPair]:
         return [p for p in self.pairs if p.crosses_hardware]
+
+
+def difference_over_draws(pairs: List[RunPair]) -> Estimate:
+    """Mean Dice of the runs minus their references' over draws, each draw the mean over its run pairs."""
+    by_draw: Dict[int, List[float]] = {}
+    for p in pairs:
+        by_draw.setdefault(p.draw, []).append(p.dice - p.reference_dice)
+    return estimate(sum(v) / len(v) for _, v in sorted(by_draw.items()))
 
 
 def _common_cases(run: Run, reference: Run) -> List[str]:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from ssl_bench.config import EXECUTION_KEYS, differing_keys
-from ssl_bench.report.groups import RunPair, paired_test, run_pairs
+from ssl_bench.report.groups import RunPair, difference_over_draws, paired_test, run_pairs
 from ssl_bench.report.runs import Run
-from ssl_bench.report.stats import Estimate, PairedTest, estimate
+from ssl_bench.report.stats import Estimate, PairedTest
 
 # Settings that change how a run computes its numbers (not which): compared with the method's own runs.
 SETTING_KEYS = ("trainer.precision",)
@@ -34,10 +34,7 @@ class SettingComparison:
     @property
     def difference(self) -> Estimate:
         """Mean Dice minus the protocol run's, over draws (each draw the mean over its run pairs)."""
-        by_draw: Dict[int, List[float]] = {}
-        for p in self.pairs:
-            by_draw.setdefault(p.draw, []).append(p.dice - p.reference_dice)
-        return estimate(sum(v) / len(v) for _, v in sorted(by_draw.items()))
+        return difference_over_draws(self.pairs)
 
 
 def _setting_of(run: Run, protocol_run: Run) -> Optional[str]:
