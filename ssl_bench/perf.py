@@ -37,6 +37,7 @@ from ssl_bench.config import load_config
 from ssl_bench.progress import RunCSVLogger, StepProgressBar
 from ssl_bench.registry import get_method, method_names
 from ssl_bench.train import prepare_data, step_callbacks
+from ssl_bench.utils.operators import OperatorCount
 
 
 def _synchronize(device: torch.device) -> None:
@@ -47,13 +48,21 @@ def _synchronize(device: torch.device) -> None:
 class _StepClock(pl.Callback):
     """Seconds of each training step after ``warmup`` ones: from the end of the previous step to the end of
     this one, so each holds one batch fetch. ``between_steps(trainer, module)``, if given, runs after every step,
-    outside the steps' time, and returns seconds of its own; those of the timed steps are kept too."""
+    outside the steps' time, and returns seconds of its own; those of the timed steps are kept too.
+
+    With ``timed`` steps given and ``count_operators``, the step after them is not timed but has its operators
+    counted (utils/operators.py: a dispatch mode slows the step it watches), from the end of the last timed step to
+    its own end, as a timed step spans; then those of its between-steps work."""
 
     def __init__(self, warmup: int, between_steps: Optional[Callable] = None,
-                 clock: Callable[[], float] = time.perf_counter):
-        self.warmup, self.between_steps, self.clock = warmup, between_steps, clock
+                 clock: Callable[[], float] = time.perf_counter, timed: Optional[int] = None,
+                 count_operators: bool = False):
+        self.warmup, self.between_steps, self.clock, self.timed = warmup, between_steps, clock, timed
+        self.count_operators = count_operators and timed is not None
         self.step_seconds: List[float] = []
         self.between_seconds: List[float] = []
+        self.step_operators: Optional[OperatorCount] = None
+        self.between_operators: Optional[OperatorCount] = None
         self._calls, self._resumed = 0, None
 
     def on_train_start(self, trainer, pl_module):
@@ -61,14 +70,25 @@ class _StepClock(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         _synchronize(pl_module.device)
-        end, timed = self.clock(), self._calls >= self.warmup
+        end = self.clock()
+        timed = self._calls >= self.warmup and (self.timed is None or self._calls < self.warmup + self.timed)
+        counted = self.count_operators and self._calls == self.warmup + self.timed
+        if counted:
+            self.step_operators.__exit__(None, None, None)
         if timed:
             self.step_seconds.append(end - self._resumed)
         self._calls += 1
         if self.between_steps is not None:
-            seconds = self.between_steps(trainer, pl_module)  # in warm-up steps too: its own warm-up
-            if timed:
-                self.between_seconds.append(seconds)
+            if counted:
+                self.between_operators = OperatorCount()
+                with self.between_operators:
+                    self.between_steps(trainer, pl_module)
+            else:
+                seconds = self.between_steps(trainer, pl_module)  # in warm-up steps too: its own warm-up
+                if timed:
+                    self.between_seconds.append(seconds)
+        if self.count_operators and self._calls == self.warmup + self.timed:
+            self.step_operators = OperatorCount().__enter__()  # the next step, after the last timed one
         self._resumed = self.clock()
 
 
@@ -94,6 +114,9 @@ class StepBreakdown:
     forward: float
     backward: float  # NaN for manual optimization (inside forward)
     data: float
+    # Operators that do work on tensors in one step (utils/operators.py), the batch's making included; None where
+    # not counted (compiled networks).
+    operators: Optional[int] = None
 
     @property
     def other(self) -> float:
@@ -102,12 +125,12 @@ class StepBreakdown:
 
 
 def breakdown_from_profile(durations: Dict[str, List[float]], per_step: float, steps: int,
-                           automatic_optimization: bool = True) -> StepBreakdown:
-    """A StepBreakdown from SimpleProfiler.recorded_durations (action name -> seconds per call), over the last
-    ``steps`` calls of each action (the timed window)."""
+                           automatic_optimization: bool = True, untimed_after: int = 0) -> StepBreakdown:
+    """A StepBreakdown from SimpleProfiler.recorded_durations (action name -> seconds per call), over the ``steps``
+    calls of each action before its last ``untimed_after`` ones (the timed window)."""
     def mean_of(predicate) -> float:
         found = [d for name, d in durations.items() if predicate(name)]
-        return sum(statistics.fmean(d[-steps:]) for d in found if d)
+        return sum(statistics.fmean(d[len(d) - untimed_after - steps:len(d) - untimed_after]) for d in found if d)
 
     forward = mean_of(lambda n: n.startswith("[Strategy]") and n.endswith(".training_step"))
     backward = (mean_of(lambda n: n.startswith("[Strategy]") and n.endswith(".backward")) if automatic_optimization
@@ -115,16 +138,22 @@ def breakdown_from_profile(durations: Dict[str, List[float]], per_step: float, s
     return StepBreakdown(per_step, forward, backward, mean_of(lambda n: n.endswith("train_dataloader_next")))
 
 
-def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None, profile: bool = True):
+def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None, profile: bool = True,
+                         count_operators: bool = True):
     """The step through the stack (a StepBreakdown) and, with ``between_steps`` (a class such as MinimumRound or
     BareStep, built from ``(cfg, manifest, method_cls, datamodule)``), the mean seconds of its work, done after each
     timed step, and the object built (None and None without). Without ``profile`` the step runs as in
-    ``ssl-bench train``, without the profiler's own cost (it wraps every hook), and its parts are NaN."""
+    ``ssl-bench train``, without the profiler's own cost (it wraps every hook), and its parts are NaN. With
+    ``count_operators`` (not with a compiled network) one more step, after the timed ones, counts the operators of a
+    step and of the between-steps work (the object's ``operators``)."""
     manifest, method_cls, dm = _setup(cfg)
     between = between_steps(cfg, manifest, method_cls, dm) if between_steps else None
     pl.seed_everything(0)
     module = _new_module(cfg, manifest, method_cls)
-    clock = _StepClock(warmup, between)
+    # The counted step and one more after the timed ones (so that the counted one fetches the next batch as every
+    # step does), within the data stream of the configured budget.
+    counting = count_operators and cfg.trainer.compile == "none" and warmup + steps + 2 <= cfg.trainer.max_steps
+    clock = _StepClock(warmup, between, timed=steps, count_operators=counting)
     # What a run does at every step besides its arithmetic: its per-step callbacks, its CSV log and its progress bar
     # (redrawn as in this console, into the void), validation and checkpoints aside.
     callbacks = [clock, *step_callbacks(StepTimer())]
@@ -132,7 +161,7 @@ def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None, profi
         if cfg.trainer.enable_progress_bar:
             callbacks.append(StepProgressBar(file=void))
         profiler = SimpleProfiler(dirpath=work, filename="profile") if profile else None  # its report is not needed
-        trainer = pl.Trainer(max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0,
+        trainer = pl.Trainer(max_steps=warmup + steps + (2 if counting else 0), max_epochs=-1, limit_val_batches=0,
                              logger=RunCSVLogger(Path(work)), enable_checkpointing=False,
                              enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
                              accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
@@ -140,10 +169,15 @@ def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None, profi
                              log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=callbacks, profiler=profiler)
         trainer.fit(module, datamodule=dm)
     per_step = statistics.fmean(clock.step_seconds)
+    operators = clock.step_operators.total if clock.step_operators is not None else None
     if profiler is None:
-        step = StepBreakdown(per_step, math.nan, math.nan, math.nan)
+        step = StepBreakdown(per_step, math.nan, math.nan, math.nan, operators)
     else:
-        step = breakdown_from_profile(profiler.recorded_durations, per_step, steps, module.automatic_optimization)
+        step = breakdown_from_profile(profiler.recorded_durations, per_step, steps, module.automatic_optimization,
+                                      untimed_after=2 if counting else 0)
+        step.operators = operators
+    if between is not None and clock.between_operators is not None:
+        between.operators = clock.between_operators.total
     return step, (statistics.fmean(clock.between_seconds) if between else None), between
 
 
@@ -152,6 +186,7 @@ class BareStep:
     AdamW + schedule, on labeled batches prepared beforehand (nothing of the stack: no Trainer, no data loading,
     no logging). It runs with the stack's execution options, so the ratio compares like with like: the same
     trainer.compile mode, and bf16 autocast under trainer.precision=bf16-mixed."""
+    operators: Optional[int] = None  # of one step, where stack_step_breakdown counted them
 
     def __init__(self, cfg, manifest, method_cls, dm, prepared: int = 16):
         module = _new_module(cfg, manifest, method_cls)
@@ -211,10 +246,12 @@ class MinimumRound:
     shapes, then one step of each of the trainer's optimizers. The passes are recorded on the live module by
     forward pre-hooks, step by step, so a method whose step changes with the step count (bcp's two stages) is held
     against the passes it made; a compiled network is not hooked (a hook would recompile it), and then the passes
-    are those of a step by a throwaway module at step 0. Its gradients and weight changes do not matter: the next
-    training step zeroes the gradients before its backward, and a few odd updates do not change what a step costs.
+    are those of a step by a throwaway module at step 0. A round starts from no gradients, as a step does (its
+    backward writes them instead of adding to the last round's, one more operator per parameter); its weight changes do
+    not matter: a few odd updates do not change what a step costs.
     The forward calls themselves are pinned to their analytic count by
     tests/test_methods.py::test_forward_calls_per_training_step."""
+    operators: Optional[int] = None  # of one round, where stack_step_breakdown counted them
 
     def __init__(self, cfg, manifest, method_cls, dm):
         self.bf16 = cfg.trainer.precision.startswith("bf16")  # the passes run as the step runs them
@@ -242,6 +279,8 @@ class MinimumRound:
         xs = [self._input(shape, device) for _, shape, _ in self.passes]
         _synchronize(device)
         start = time.perf_counter()
+        for optimizer in trainer.optimizers:
+            optimizer.zero_grad(set_to_none=True)  # as a step starts: its backward writes the gradients, adds nothing
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
             for (name, _, with_grad), x in zip(self.passes, xs):
                 if with_grad:
@@ -282,8 +321,8 @@ def compare_methods(methods: List[str], data: str, overrides: List[str], warmup:
     for name in methods:
         cfg = load_config(name, data, ["logging.wandb=false", *common, *per_method.get(name, [])])
         step, minimum, round_ = stack_step_breakdown(cfg, warmup, steps, MinimumRound)
-        rows.append((name, step, minimum, round_.passes))
-        kinds = len(set(round_.history[-steps:]))
+        rows.append((name, step, minimum, round_.passes, round_.operators))
+        kinds = len(set(round_.history[warmup:warmup + steps]))
         if kinds > 1:
             varying.append(f"  {name}: its passes changed within the timed steps ({kinds} kinds; its minimum follows "
                            "them step by step; the passes column shows the last step's)")
@@ -293,26 +332,33 @@ def compare_methods(methods: List[str], data: str, overrides: List[str], warmup:
 
 
 def print_method_table(rows, warmup: int, steps: int) -> None:
-    """One line per (name, StepBreakdown, analytic minimum, passes) row, against the supervised row if any. A
-    method whose timed minimum is not above supervised's (tiny networks under load) gets no own overhead."""
-    reference = next(((step, minimum) for name, step, minimum, _ in rows if name == "supervised"), None)
+    """One line per (name, StepBreakdown, analytic minimum, passes, operators of a minimum round) row, against the
+    supervised row if any. A method whose timed minimum is not above supervised's (tiny networks under load) gets no
+    own overhead."""
+    reference = next(((step, minimum) for name, step, minimum, *_ in rows if name == "supervised"), None)
     print(f"\nseconds per training step ({steps} timed steps after {warmup} warm-up; minimum = the method's network "
           "passes and one step of each optimizer, timed after each timed step (same moments, so drift cancels); overhead = beyond the minimum; own overhead = "
           "the method's extra seconds over supervised, less its extra data time, against its extra minimum, so "
           "the stack's share, which supervised pays too, is left out; then the step split, from the profiler: "
           "training_step (forwards and losses; for manual optimization also its backward passes and optimizer "
           "steps, so no backward column), backward, data, and other = optimizer, step-end work such as EMA "
-          "updates, Lightning)")
+          "updates, Lightning; ops = tensor operators of one step / of its minimum, views aside, the same on "
+          "every machine: on a launch-bound GPU each launches a kernel)")
     print(f"  {'method':24s} {'s/step':>8s} {'x supervised':>13s} {'minimum s':>10s} {'overhead':>9s} "
-          f"{'own overhead':>13s} {'forward':>8s} {'backward':>9s} {'data':>6s} {'other':>6s}"
+          f"{'own overhead':>13s} {'forward':>8s} {'backward':>9s} {'data':>6s} {'other':>6s} {'ops':>11s}"
           "  passes (network: batch, g = with gradients)")
-    for name, step, minimum, passes in rows:
+    for name, step, minimum, passes, minimum_operators in rows:
         ratio = f"{step.per_step / reference[0].per_step:13.2f}" if reference else f"{'-':>13s}"
         own = (f"{own_overhead(step, minimum, *reference):12.0%}" if reference and minimum > reference[1]
                else f"{'-':>12s}")
         listed = ", ".join(f"{n}:{shape[0]}{'g' if g else ''}" for n, shape, g in passes)
         print(f"  {name:24s} {step.per_step:8.3f} {ratio} {minimum:10.3f} {step.per_step / minimum - 1:8.0%} {own} "
-              f"{step.forward:8.3f} {_seconds(step.backward, 9)} {step.data:6.3f} {step.other:6.3f}  {listed}")
+              f"{step.forward:8.3f} {_seconds(step.backward, 9)} {step.data:6.3f} {step.other:6.3f} "
+              f"{_operators(step.operators, minimum_operators):>11s}  {listed}")
+
+
+def _operators(step: Optional[int], minimum: Optional[int]) -> str:
+    return "-" if step is None or minimum is None else f"{step}/{minimum}"
 
 
 def _seconds(value: float, width: int) -> str:
@@ -340,7 +386,7 @@ def main(argv=None) -> int:
     overrides = ["logging.wandb=false", *args.overrides]
     cfg = load_config("supervised", args.data, split_overrides(overrides)[0])
     # As `ssl-bench train` runs it: no profiler (the method table below profiles every method alike).
-    step, bare_seconds, _ = stack_step_breakdown(cfg, args.warmup, args.steps, BareStep, profile=False)
+    step, bare_seconds, bare_step = stack_step_breakdown(cfg, args.warmup, args.steps, BareStep, profile=False)
     stack, bare = 1.0 / step.per_step, 1.0 / bare_seconds
     d, t = cfg.data, cfg.trainer
     from ssl_bench.gpu_check import device_name
@@ -353,6 +399,9 @@ def main(argv=None) -> int:
     print(f"  bare PyTorch loop : {bare:7.3f} steps/s  (a bare step after each stack step, so drift hits both alike)")
     print(f"  Lightning stack   : {stack:7.3f} steps/s")
     print(f"  stack / bare      : {stack / bare:7.3f}   (target >= 0.9)")
+    if step.operators is not None:
+        print(f"  tensor operators a step (views aside; on a launch-bound GPU each launches a kernel): stack "
+              f"{step.operators}, bare {bare_step.operators}")
     methods = method_names() if args.methods == "all" else args.methods.split(",")
     compare_methods(methods, args.data, overrides, args.warmup, args.steps)
     return 0

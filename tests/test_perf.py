@@ -3,6 +3,7 @@
 import contextlib
 import io
 import math
+import re
 
 import pytest
 
@@ -43,6 +44,9 @@ def test_step_breakdown_takes_the_timed_steps_of_each_profiled_action():
                                     per_step=0.6, steps=3, automatic_optimization=False)
     assert manual.forward == pytest.approx(0.30) and math.isnan(manual.backward)
     assert manual.other == pytest.approx(0.28)
+    # Two untimed steps after the timed ones (the operator-counted step and the one after it) are left out too.
+    counted = {name: d + [50.0, 50.0] for name, d in durations.items()}
+    assert breakdown_from_profile(counted, per_step=0.6, steps=3, untimed_after=2) == step
 
 
 class _FakeClock:
@@ -79,12 +83,35 @@ def test_step_clock_times_each_step_apart_from_the_minimum_timed_between_steps()
     assert plain.step_seconds == [2.0] and plain.between_seconds == []
 
 
+def test_step_clock_counts_the_operators_of_the_step_after_the_timed_ones_and_of_its_minimum_apart():
+    clock, x = _FakeClock(), torch.ones(3)
+
+    def minimum(trainer, module):
+        x.exp()  # one operator a round
+        return 0.5
+
+    timer = _StepClock(warmup=1, between_steps=minimum, clock=clock, timed=2, count_operators=True)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    timer.on_train_start(None, module)
+    for operators in [4, 4, 4, 3, 4]:  # the step after the two timed ones makes 3 operators
+        for _ in range(operators):
+            x.neg()
+        clock.now += 1.0
+        timer.on_train_batch_end(None, module, None, None, 0)
+    assert timer.step_seconds == [1.0, 1.0], "the counted step is not timed (counting slows it)"
+    assert timer.between_seconds == [0.5, 0.5]
+    assert dict(timer.step_operators.by_name) == {"neg": 3}
+    assert dict(timer.between_operators.by_name) == {"exp": 1}
+
+
 def test_perf_prints_every_method_against_supervised_and_its_minimum(synthetic_cache, capsys):
     overrides = [f"data.cache_dir={synthetic_cache}", *TINY]
     assert main(["--data", "synthetic", "--methods", "supervised,mean_teacher", "--steps", "2", "--warmup", "1",
                  *overrides]) == 0
     out = capsys.readouterr().out
     assert "stack / bare" in out and "own overhead" in out
+    stack_operators, bare_operators = (int(n) for n in re.findall(r"stack (\d+), bare (\d+)", out)[0])
+    assert stack_operators > bare_operators > 0, "the stack makes its batches and logs; the bare loop does neither"
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip().startswith(("supervised ", "mean_teacher "))}
     supervised, mean_teacher = lines["supervised"].split(), lines["mean_teacher"].split()
     # Which timings come out is the machine's business (on tiny networks under load the method's timed minimum
@@ -94,25 +121,32 @@ def test_perf_prints_every_method_against_supervised_and_its_minimum(synthetic_c
     forward, backward, data = (float(v) for v in mean_teacher[6:9])
     assert forward > 0 and backward > 0 and data > 0, "the profiler split the step"
     assert "teacher:" in lines["mean_teacher"], "the recorded passes include the teacher's forward"
+    # Operator counts do not depend on the machine: the step does more than its minimum, and mean_teacher's minimum
+    # (a teacher pass and a second student pass) more than supervised's.
+    (sup_step, sup_min), (mt_step, mt_min) = ((int(n) for n in row[10].split("/")) for row in (supervised, mean_teacher))
+    assert sup_step > sup_min > 0 and mt_step > mt_min > sup_min
 
 
 def test_method_table_puts_each_method_against_supervised():
     """Regression: the smoke run asserted an own overhead for mean_teacher, which timings under load can deny."""
     passes = [("student", (4,), True)]
-    supervised = ("supervised", _step(0.25, data=0.02, forward=0.10, backward=0.11), 0.20, passes)
-    mean_teacher = ("mean_teacher", _step(0.65, data=0.05, forward=0.33, backward=0.22), 0.50,
-                    passes + [("teacher", (4,), False)])
+    supervised = ("supervised", _step(0.25, data=0.02, forward=0.10, backward=0.11), 0.20, passes, 300)
+    counted = _step(0.65, data=0.05, forward=0.33, backward=0.22)
+    counted.operators = 500
+    mean_teacher = ("mean_teacher", counted, 0.50, passes + [("teacher", (4,), False)], 430)
     split = ["0.330", "0.220", "0.050", "0.050"]
-    for rows, expected in [([supervised, mean_teacher], ["2.60", "0.500", "30%", "23%", *split]),
+    for rows, expected in [([supervised, mean_teacher], ["2.60", "0.500", "30%", "23%", *split, "500/430"]),
                            # a timed minimum not above supervised's: no own overhead
                            ([supervised, mean_teacher[:2] + (0.20,) + mean_teacher[3:]],
-                            ["2.60", "0.200", "225%", "-", *split])]:
+                            ["2.60", "0.200", "225%", "-", *split, "500/430"]),
+                           # operators not counted (a compiled network)
+                           ([supervised, mean_teacher[:4] + (None,)], ["2.60", "0.500", "30%", "23%", *split, "-"])]:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             print_method_table(rows, warmup=1, steps=2)
         line = next(l.split() for l in out.getvalue().splitlines() if l.strip().startswith("mean_teacher "))
-        assert line[2:10] == expected
-        assert line[10:] == ["student:4g,", "teacher:4"]
+        assert line[2:11] == expected
+        assert line[11:] == ["student:4g,", "teacher:4"]
 
 
 def test_method_prefixed_overrides_apply_to_that_method_only():

@@ -320,11 +320,16 @@ def _signal_at(step, signum, monkeypatch):
     # image a step, since the cost of 150 steps is all this case adds.
     ("supervised", 150, 50, [70], signal.SIGTERM)])
 def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_to_the_weights_of_the_uninterrupted_run(
-        tmp_path, synthetic_cache, monkeypatch, capsys, uninterrupted, method, max_steps, val_every, stops, signum):
+        tmp_path, synthetic_cache, monkeypatch, capsys, request, uninterrupted, method, max_steps, val_every, stops, signum):
     """SIGTERM (a cluster's preemption or time limit, `kill`) or Ctrl-C during a step: `ssl-bench train` finishes the
     step, saves it (or, when a validation follows it and the stop cuts that short, keeps the previous checkpoint),
     exits with 143 or 130 and no result; the same command resumes there, and after any number of stops the run ends
     with the weights of the run never stopped, bit for bit."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # pytest started in the background (`cmd &`) ignores Ctrl-C, and so, by design, does a run it starts: give the
+        # runs of this test a terminal's Ctrl-C.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        request.addfinalizer(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     common = ("data.fraction=0.5", f"trainer.max_steps={max_steps}", f"trainer.val_every_n_steps={val_every}")
     if max_steps > 100:
         common += ("data.labeled_batch_size=1",)
