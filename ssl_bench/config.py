@@ -69,7 +69,9 @@ class DataConfig:
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     # Loader processes. With augment_on_device the loader only draws each item's augmentation parameters (no voxel
-    # work), which takes microseconds: 0 workers costs nothing and avoids their start-up and memory.
+    # work; 0.2-0.4 ms a step on a CPU core) into batches without tensors, which a worker hands over in 0.16 ms: on a
+    # 2-core CPU a worker is on par with none, and 0 avoids their start-up and memory (results/README.md, "Loader
+    # workers").
     num_workers: int = 0
     # Training batches cropped, flipped and intensity-changed as batched tensor operations on the training device
     # from volumes held in memory (ssl_bench/data/device_augment.py); exactly the batches of the MONAI chain (False),

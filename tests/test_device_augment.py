@@ -47,6 +47,34 @@ def test_device_batches_come_from_a_loader_with_workers_too(synthetic_cache):
         assert torch.equal(a["labeled"]["label"], b["labeled"]["label"])
 
 
+@pytest.mark.parametrize("method,overrides", [("mean_teacher", []), ("smiler", ["data.partial.alpha=0.5"])])
+def test_the_loader_hands_over_plain_data_not_tensors(synthetic_cache, method, overrides):
+    """A loader worker puts every tensor of a batch in a shared-memory file of its own, which both processes pay for:
+    with each item's spacing and annotation flags as tensors, a worker's batch of 4 parameters reached the training
+    process 4 ms after it was asked for, against 0.2 ms to make it in the process (stack / bare 0.49 with one worker,
+    0.75 without, on a tiny network). The loader's batches hold Python values and numpy arrays only; the training
+    process makes their tensors (equal to the MONAI chain's batches: the test above)."""
+    import numpy as np
+    cfg = load_config(method, "synthetic", [f"data.cache_dir={synthetic_cache}", *TINY, *overrides])
+    method_cls = get_method(method)
+    dm = prepare_data(cfg, method_cls).datamodule(cfg, method_cls)
+    dm.setup("fit")
+    raw, _, _ = next(iter(dm.train_dataloader()))
+
+    def leaves(value):
+        if isinstance(value, dict):
+            return [leaf for v in value.values() for leaf in leaves(v)]
+        if isinstance(value, (list, tuple)):
+            return [leaf for v in value for leaf in leaves(v)]
+        return [value]
+
+    found = {type(leaf) for leaf in leaves(raw)}
+    assert not any(issubclass(kind, torch.Tensor) for kind in found), found
+    assert np.ndarray in found and int in found and float in found
+    if method == "smiler":
+        assert "annotated" in raw["labeled"], "the partial-annotation flags travel too"
+
+
 @pytest.mark.parametrize("on_device", [True, False])
 def test_a_training_step_reads_no_number_from_the_device(synthetic_cache, on_device):
     """What a step reads as Python numbers (HOST_KEYS: crop case, start, slice, stream position) stays on the host when

@@ -25,7 +25,8 @@ from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate, set
 from torch.utils.data import DistributedSampler
 
 from ssl_bench.config import ConfigError, run_seed
-from ssl_bench.data.device_augment import HOST_KEYS, AugmentationParameters, DeviceBatches, collate_parameters
+from ssl_bench.data.device_augment import (HOST_KEYS, AugmentationParameters, DeviceBatches, collate_parameters,
+                                          parameters_to_tensors)
 from ssl_bench.data.manifest import Manifest
 from ssl_bench.data.partial import RemoveUnannotatedOrgans
 from ssl_bench.data.splits import PoolSplit
@@ -219,9 +220,12 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         """A training batch moves to the device except its HOST_KEYS, which a step reads as Python numbers: read on
-        the device, each would make the host wait for the device's queue, every step."""
+        the device, each would make the host wait for the device's queue, every step. With data.augment_on_device its
+        augmentation parameters, plain Python from the loader, become tensors here."""
         if not _is_training_batch(batch):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if self._augment_on_device:
+            return {name: parameters_to_tensors(params, device) for name, params in batch.items()}
         return {name: {key: value if key in HOST_KEYS else move_data_to_device(value, device)
                        for key, value in part.items()}
                 for name, part in batch.items()}

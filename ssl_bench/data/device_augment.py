@@ -23,6 +23,7 @@ from typing import Dict, List, Sequence
 import torch
 from monai import transforms as T
 from torch.utils.data import Dataset
+from lightning.pytorch.utilities import move_data_to_device
 from torch.utils.data._utils.collate import default_collate
 
 from ssl_bench.data.stream import PositionSeeded
@@ -76,7 +77,8 @@ def plan_of(transforms: Sequence, spatial_dims: int) -> Plan:
 class AugmentationParameters(Dataset):
     """``dataset[(position, index)]``: item ``index``'s augmentation parameters at stream ``position``, drawn by
     the chain's own MONAI transforms from the random states ``PositionSeeded`` gives them, plus its passengers
-    (case index, spacing, annotation flags), as Python values; ``collate_parameters`` makes a batch of them.
+    (case index, spacing, annotation flags), as Python values and numpy arrays; ``collate_parameters`` makes a batch
+    of them.
     ``shapes[index]`` is the item's volume shape after padding."""
 
     def __init__(self, chain: T.Compose, records: List[dict], shapes: List[Sequence[int]], seed: int,
@@ -84,6 +86,10 @@ class AugmentationParameters(Dataset):
         self._seeded = PositionSeeded(_NoData(chain), seed)
         self.plan = plan_of(chain.transforms, spatial_dims)
         self.records, self.shapes = records, [list(s) for s in shapes]
+        # Tensors as numpy arrays: an item is plain data, which a loader worker hands over without a shared-memory
+        # file per tensor (0.4 ms each); the default collation makes the same tensors of them.
+        self._passengers = [{k: r[k].numpy() if isinstance(r[k], torch.Tensor) else r[k] for k in PASSENGER_KEYS if k in r}
+                            for r in records]
         self.spatial_dims, self.slice_axis = spatial_dims, slice_axis
 
     def __len__(self) -> int:
@@ -94,7 +100,7 @@ class AugmentationParameters(Dataset):
         self._seeded.seed_transforms(position)
         p, shape = self.plan, list(self.shapes[index])
         item = {"index": index, "position": position}
-        item.update({k: self.records[index][k] for k in PASSENGER_KEYS if k in self.records[index]})
+        item.update(self._passengers[index])
         if p.slice_crop is not None:
             item["slice"] = _crop_start(p.slice_crop, shape)[self.slice_axis]
             del shape[self.slice_axis]
@@ -109,20 +115,27 @@ class AugmentationParameters(Dataset):
 
 
 def collate_parameters(items: List[dict]) -> dict:
-    """A batch of ``AugmentationParameters`` items, one tensor per parameter: ``index``, ``position``, ``slice`` (B,),
-    ``start`` and ``flip`` (B, spatial dims), ``intensity`` (B, 2: the scale 1 + f and the offset o, float32, one
-    transfer to the device), and the passengers as torch's default collation makes them. Built from Python values
-    in one go: a tensor per item and value, collated by the generic default, cost more than the parameters' draw."""
-    batch = {"index": torch.tensor([item["index"] for item in items]),
-             "position": torch.tensor([item["position"] for item in items]),
-             "start": torch.tensor([item["start"] for item in items]),
-             "flip": torch.tensor([item["flip"] for item in items], dtype=torch.bool),
-             "intensity": torch.tensor([item["intensity"] for item in items], dtype=torch.float32)}
-    if "slice" in items[0]:
-        batch["slice"] = torch.tensor([item["slice"] for item in items])
-    passengers = [{k: item[k] for k in PASSENGER_KEYS if k in item} for item in items]
-    if passengers[0]:
-        batch.update(default_collate(passengers))
+    """A batch of ``AugmentationParameters`` items as plain Python lists, one per key (passengers included): what a
+    loader worker hands to the training process pickled in microseconds, where each tensor in it would cost a
+    shared-memory file on both sides. ``parameters_to_tensors`` makes the tensors, in the training process."""
+    return {key: [item[key] for item in items] for key in items[0]}
+
+
+def parameters_to_tensors(params: dict, device: torch.device) -> dict:
+    """A ``collate_parameters`` batch as ``materialize`` takes it: ``index``, ``position``, ``slice`` (B,), ``start``
+    and ``flip`` (B, spatial dims) on the host (HOST_KEYS: read as Python numbers), ``intensity`` (B, 2: the scale
+    1 + f and the offset o, float32) on ``device`` in one transfer, and the passengers as torch's default collation
+    makes them, on ``device`` but for those a step reads on the host. Built from Python values in one go: a tensor per
+    item and value, collated by the generic default, cost more than the parameters' draw."""
+    batch = {"index": torch.tensor(params["index"]), "position": torch.tensor(params["position"]),
+             "start": torch.tensor(params["start"]), "flip": torch.tensor(params["flip"], dtype=torch.bool),
+             "intensity": torch.tensor(params["intensity"], dtype=torch.float32, device=device)}
+    if "slice" in params:
+        batch["slice"] = torch.tensor(params["slice"])
+    for key in PASSENGER_KEYS:
+        if key in params:
+            value = default_collate(params[key])
+            batch[key] = value if key in HOST_KEYS else move_data_to_device(value, device)
     return batch
 
 
@@ -182,7 +195,7 @@ class DeviceBatches:
 
     def materialize(self, params: dict) -> dict:
         """The training batch part (``{"image": (B, 1, *patch), "label": ..., "position": ..., passengers}``) from a
-        batch of parameters (``collate_parameters``), on the device of its ``intensity`` (its HOST_KEYS may stay on
+        batch of parameters (``parameters_to_tensors``), on the device of its ``intensity`` (its HOST_KEYS stay on
         the host)."""
         intensity = params["intensity"]
         self.to(intensity.device)
