@@ -14,6 +14,10 @@ data (loading and augmenting the batches; with ``data.num_workers=0`` in the tra
 (optimizer, EMA and other step-end work, Lightning). The minimum is timed between the timed steps (after each,
 outside its time), on the trained networks: a machine whose speed drifts within seconds (this project's shared
 VM drifts by more than the 15% target) slows a step and its minimum alike, so their ratio holds.
+
+Both parts also count the tensor operators of one step, after the timed ones, and of its bare step or minimum
+(ssl_bench/utils/operators.py): on a GPU where a small network's step is bound by the host queueing kernels, the count
+its time follows, and the same on every machine.
 """
 
 from __future__ import annotations

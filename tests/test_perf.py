@@ -123,7 +123,8 @@ def test_perf_prints_every_method_against_supervised_and_its_minimum(synthetic_c
     assert "teacher:" in lines["mean_teacher"], "the recorded passes include the teacher's forward"
     # Operator counts do not depend on the machine: the step does more than its minimum, and mean_teacher's minimum
     # (a teacher pass and a second student pass) more than supervised's.
-    (sup_step, sup_min), (mt_step, mt_min) = ((int(n) for n in row[10].split("/")) for row in (supervised, mean_teacher))
+    sup_step, sup_min = (int(n) for n in supervised[10].split("/"))
+    mt_step, mt_min = (int(n) for n in mean_teacher[10].split("/"))
     assert sup_step > sup_min > 0 and mt_step > mt_min > sup_min
 
 
