@@ -320,7 +320,8 @@ def _signal_at(step, signum, monkeypatch):
     # image a step, since the cost of 150 steps is all this case adds.
     ("supervised", 150, 50, [70], signal.SIGTERM)])
 def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_to_the_weights_of_the_uninterrupted_run(
-        tmp_path, synthetic_cache, monkeypatch, capsys, request, uninterrupted, method, max_steps, val_every, stops, signum):
+        tmp_path, synthetic_cache, monkeypatch, capsys, request, uninterrupted, method, max_steps, val_every, stops,
+        signum):
     """SIGTERM (a cluster's preemption or time limit, `kill`) or Ctrl-C during a step: `ssl-bench train` finishes the
     step, saves it (or, when a validation follows it and the stop cuts that short, keeps the previous checkpoint),
     exits with 143 or 130 and no result; the same command resumes there, and after any number of stops the run ends
