@@ -67,7 +67,7 @@ class _StepClock(pl.Callback):
         self.between_seconds: List[float] = []
         self.step_operators: Optional[OperatorCount] = None
         self.between_operators: Optional[OperatorCount] = None
-        self._calls, self._resumed = 0, None
+        self._calls, self._resumed, self._counting = 0, None, False
 
     def on_train_start(self, trainer, pl_module):
         self._resumed = self.clock()  # without warm-up the first step holds the loader's start too
@@ -78,7 +78,7 @@ class _StepClock(pl.Callback):
         timed = self._calls >= self.warmup and (self.timed is None or self._calls < self.warmup + self.timed)
         counted = self.count_operators and self._calls == self.warmup + self.timed
         if counted:
-            self.step_operators.__exit__(None, None, None)
+            self._stop_counting()
         if timed:
             self.step_seconds.append(end - self._resumed)
         self._calls += 1
@@ -93,7 +93,19 @@ class _StepClock(pl.Callback):
                     self.between_seconds.append(seconds)
         if self.count_operators and self._calls == self.warmup + self.timed:
             self.step_operators = OperatorCount().__enter__()  # the next step, after the last timed one
+            self._counting = True
         self._resumed = self.clock()
+
+    def _stop_counting(self) -> None:
+        if self._counting:
+            self.step_operators.__exit__(None, None, None)
+            self._counting = False
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._stop_counting()  # a dispatch mode left on would watch everything the process does next
+
+    def teardown(self, trainer, pl_module, stage):
+        self._stop_counting()
 
 
 Pass = Tuple[str, Tuple[int, ...], bool]  # (network, input shape, with gradients)

@@ -102,6 +102,13 @@ def test_step_clock_counts_the_operators_of_the_step_after_the_timed_ones_and_of
     assert timer.between_seconds == [0.5, 0.5]
     assert dict(timer.step_operators.by_name) == {"neg": 3}
     assert dict(timer.between_operators.by_name) == {"exp": 1}
+    # A run that fails inside the counted step leaves no dispatch mode on.
+    failing = _StepClock(warmup=0, clock=clock, timed=1, count_operators=True)
+    failing.on_train_start(None, module)
+    failing.on_train_batch_end(None, module, None, None, 0)
+    failing.on_exception(None, module, RuntimeError("in the counted step"))
+    x.neg()
+    assert failing.step_operators.total == 0
 
 
 def test_perf_prints_every_method_against_supervised_and_its_minimum(synthetic_cache, capsys):
