@@ -10,7 +10,8 @@ stack step (outside its time), so a machine whose speed drifts hits both sides a
 Part 2, every method: seconds per step through the same stack, relative to supervised and to the
 method's analytic minimum (its network passes and one step of each optimizer), and where the step's time goes,
 from Lightning's SimpleProfiler over the same timed steps: training_step (forward passes and losses), backward,
-data (loading and augmenting the batches; with ``data.num_workers=0`` in the training process) and the rest
+data (loading the batches, moving them to the device and augmenting them there; with ``data.num_workers=0`` the
+loading too is in the training process) and the rest
 (optimizer, EMA and other step-end work, Lightning). The minimum is timed between the timed steps (after each,
 outside its time), on the trained networks: a machine whose speed drifts within seconds (this project's shared
 VM drifts by more than the 15% target) slows a step and its minimum alike, so their ratio holds.
@@ -151,7 +152,10 @@ def breakdown_from_profile(durations: Dict[str, List[float]], per_step: float, s
     forward = mean_of(lambda n: n.startswith("[Strategy]") and n.endswith(".training_step"))
     backward = (mean_of(lambda n: n.startswith("[Strategy]") and n.endswith(".backward")) if automatic_optimization
                 else math.nan)
-    return StepBreakdown(per_step, forward, backward, mean_of(lambda n: n.endswith("train_dataloader_next")))
+    # Data: the loader's batch, then its move to the device, where data.augment_on_device makes the patches.
+    data = mean_of(lambda n: n.endswith("train_dataloader_next") or (n.startswith("[Strategy]")
+                                                                     and n.endswith(".batch_to_device")))
+    return StepBreakdown(per_step, forward, backward, data)
 
 
 def stack_step_breakdown(cfg, warmup: int, steps: int, between_steps=None, profile: bool = True,
