@@ -225,7 +225,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         if not _is_training_batch(batch):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
         if self._augment_on_device:
-            return {name: parameters_to_tensors(params, device) for name, params in batch.items()}
+            batch = {name: parameters_to_tensors(params) for name, params in batch.items()}
         return {name: {key: value if key in HOST_KEYS else move_data_to_device(value, device)
                        for key, value in part.items()}
                 for name, part in batch.items()}

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
 import torch
-from lightning.pytorch.utilities import move_data_to_device
 from monai import transforms as T
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
@@ -122,21 +121,17 @@ def collate_parameters(items: List[dict]) -> dict:
     return {key: [item[key] for item in items] for key in items[0]}
 
 
-def parameters_to_tensors(params: dict, device: torch.device) -> dict:
-    """A ``collate_parameters`` batch as ``materialize`` takes it: ``index``, ``position``, ``slice`` (B,), ``start``
-    and ``flip`` (B, spatial dims) on the host (HOST_KEYS: read as Python numbers), ``intensity`` (B, 2: the scale
-    1 + f and the offset o, float32) on ``device`` in one transfer, and the passengers as torch's default collation
-    makes them, on ``device`` but for those a step reads on the host. Built from Python values in one go: a tensor per
-    item and value, collated by the generic default, cost more than the parameters' draw."""
+def parameters_to_tensors(params: dict) -> dict:
+    """A ``collate_parameters`` batch as tensors, in the training process: ``index``, ``position``, ``slice`` (B,),
+    ``start`` and ``flip`` (B, spatial dims), ``intensity`` (B, 2: the scale 1 + f and the offset o, float32, one
+    transfer to the device), and the passengers as torch's default collation makes them. Built from Python values
+    in one go: a tensor per item and value, collated by the generic default, cost more than the parameters' draw."""
     batch = {"index": torch.tensor(params["index"]), "position": torch.tensor(params["position"]),
              "start": torch.tensor(params["start"]), "flip": torch.tensor(params["flip"], dtype=torch.bool),
-             "intensity": torch.tensor(params["intensity"], dtype=torch.float32, device=device)}
+             "intensity": torch.tensor(params["intensity"], dtype=torch.float32)}
     if "slice" in params:
         batch["slice"] = torch.tensor(params["slice"])
-    for key in PASSENGER_KEYS:
-        if key in params:
-            value = default_collate(params[key])
-            batch[key] = value if key in HOST_KEYS else move_data_to_device(value, device)
+    batch.update({key: default_collate(params[key]) for key in PASSENGER_KEYS if key in params})
     return batch
 
 
