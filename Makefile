@@ -19,12 +19,19 @@ RUNS ?=
 # Sweep cells at once on this machine (empty: the sweep file's local.jobs).
 JOBS ?=
 
-# On development and CI machines the data lives beside the checkout; elsewhere set SSL_BENCH_DATA_ROOT.
+# Data roots, the first holding a dataset's folder wins: data/ (what `make data-la` converts) and, on development and
+# CI machines, the shared copy beside the checkout; elsewhere set SSL_BENCH_DATA_ROOT.
 ifneq ($(wildcard ../shared/data),)
-export SSL_BENCH_DATA_ROOT ?= $(abspath ../shared/data)
+export SSL_BENCH_DATA_ROOT ?= $(abspath data):$(abspath ../shared/data)
+else
+export SSL_BENCH_DATA_ROOT ?= $(abspath data)
 endif
+# The Left Atrium folder in UA-MT's layout (make data-la): half resolution here; a full-resolution folder with
+# LA_ARGS="--name la --downsample 2" gives the same files.
+LA_DIR ?= ../shared/data/LA_half
+LA_ARGS ?= --name la_half
 
-.PHONY: setup bench sweep report predict test perf gpu-check methods verify clean
+.PHONY: setup data-la bench sweep report predict test perf gpu-check methods verify clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +42,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
+
+data-la: setup
+	$(SSL_BENCH) data import-uamt $(LA_DIR) --root data $(LA_ARGS)
 
 bench: setup
 	$(SSL_BENCH) train --method $(METHOD) --data $(DATA) data.fraction=$(FRAC) data.draw=$(DRAW) \

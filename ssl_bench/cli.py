@@ -87,19 +87,36 @@ def _cmd_import_msd(args) -> int:
 
 
 def _cmd_import_ssl4mis(args) -> int:
-    from ssl_bench.config import ConfigError
     from ssl_bench.data.data_config import SSL4MIS_DATA_SETTINGS, ssl4mis_comment
     from ssl_bench.data.ssl4mis import convert_ssl4mis, ssl4mis_manifest
-    root = args.root or os.environ.get(DATA_ROOT_ENV, "")
-    if not root:
-        raise ConfigError(f"import-ssl4mis converts the volumes into a data root: pass --root DIR or set "
-                          f"{DATA_ROOT_ENV}")
+    root = _import_root(args, "import-ssl4mis")
     manifest = ssl4mis_manifest(args.dataset_dir, name=args.name, patient_pattern=args.patient_regex)
-    return _write_import(args, manifest, SSL4MIS_DATA_SETTINGS, ssl4mis_comment(manifest), Path(root).resolve(),
+    return _write_import(args, manifest, SSL4MIS_DATA_SETTINGS, ssl4mis_comment(manifest), root,
                          convert=lambda: convert_ssl4mis(args.dataset_dir, manifest, root))
 
 
-def _write_import(args, manifest, settings: dict, comment: str, data_root: Path, convert=None) -> int:
+def _cmd_import_uamt(args) -> int:
+    from ssl_bench.data.data_config import uamt_comment, uamt_data_settings
+    from ssl_bench.data.uamt import convert_uamt, uamt_manifest
+    root = _import_root(args, "import-uamt")
+    manifest = uamt_manifest(args.dataset_dir, name=args.name, val_cases=args.val_cases, seed=args.seed,
+                             downsample=args.downsample, spacing=args.spacing)
+    settings, top = uamt_data_settings(manifest)
+    return _write_import(args, manifest, settings, uamt_comment(manifest), root, top=top,
+                         convert=lambda: convert_uamt(args.dataset_dir, manifest, root, downsample=args.downsample))
+
+
+def _import_root(args, command: str) -> Path:
+    """The data root an import converts into: --root, else the first folder of $SSL_BENCH_DATA_ROOT."""
+    from ssl_bench.config import ConfigError, data_roots
+    roots = [Path(args.root)] if args.root else data_roots("")
+    if not roots:
+        raise ConfigError(f"{command} converts the volumes into a data root: pass --root DIR or set {DATA_ROOT_ENV}")
+    return roots[0].resolve()
+
+
+def _write_import(args, manifest, settings: dict, comment: str, data_root: Path, convert=None,
+                  top: Optional[dict] = None) -> int:
     """Writes the manifest and experiments/data/<name>.yaml (neither replacing other content without --overwrite),
     after ``convert`` (the files' conversion, if the import has one), which runs only once both may be written."""
     from ssl_bench.data.data_config import conflicts, data_config_text, default_paths, write_outputs
@@ -107,7 +124,7 @@ def _write_import(args, manifest, settings: dict, comment: str, data_root: Path,
     manifest_path = Path(args.out or paths["manifest"])
     config_path = Path(args.data_config or paths["data_config"])
     outputs = {manifest_path: manifest.to_json(),
-               config_path: data_config_text(manifest, manifest_path, settings, comment)}
+               config_path: data_config_text(manifest, manifest_path, settings, comment, top)}
     taken = conflicts(outputs, args.overwrite)
     if taken:
         print("\n".join(taken), file=sys.stderr)
@@ -244,6 +261,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_import_ssl4mis)
+    p = dsub.add_parser("import-uamt", help="convert the Left Atrium folder in UA-MT's layout (2018LA_Seg_Training "
+                        "Set/<case>/mri_norm2.h5, train.list, test.list) into NIfTI under the data root, with a "
+                        "manifest of the papers' split")
+    p.add_argument("dataset_dir", help="the folder holding '2018LA_Seg_Training Set/', train.list and test.list")
+    p.add_argument("--name", default="la", help="dataset name: data_manifests/<name>.json, experiments/data/<name>.yaml, "
+                   "<data root>/<name>/ (default: %(default)s)")
+    p.add_argument("--root", default=None, help=f"data root to convert into (default: the first folder of "
+                   f"${DATA_ROOT_ENV})")
+    p.add_argument("--out", default=None, help="manifest path (default data_manifests/<name>.json)")
+    p.add_argument("--data-config", default=None, help="data config path (default experiments/data/<name>.yaml)")
+    p.add_argument("--downsample", type=int, default=1, help="integer factor: 2 turns the full-resolution folder "
+                   "(0.625 mm) into the half-resolution copy (1.25 mm) (default: %(default)s)")
+    p.add_argument("--spacing", type=float, default=None, help="voxel side in mm of the files as they are (default: "
+                   "from their depth, 88 slices 0.625 mm, 44 slices 1.25 mm)")
+    p.add_argument("--val-cases", type=int, default=8, help="validation cases, drawn from train.list after its "
+                   "first 16 (the papers' labeled sets) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation draw (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_import_uamt)
     p = dsub.add_parser("download", help="download a public MSD dataset and check its hash")
     p.add_argument("dataset", choices=["hippocampus"])
     p.add_argument("--root", default=os.environ.get(DATA_ROOT_ENV, "data"), help=f"data root (default "

@@ -15,6 +15,8 @@ from typing import List, Optional, Tuple
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ssl_bench.data.manifest import DATA_ROOT_ENV
+from ssl_bench.data.splits import SELECTIONS
 from ssl_bench.registry import get_method
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -47,14 +49,16 @@ class DataConfig:
     name: str = "hippocampus"
     # Manifest JSON, relative to the project root or absolute; "" for synthetic (it is generated).
     manifest: str = "data_manifests/hippocampus.json"
-    # Folder holding the dataset folders; empty means $SSL_BENCH_DATA_ROOT.
+    # Folder holding the dataset folders, or several separated by ':' (the first that holds the dataset's folder is
+    # used); empty means $SSL_BENCH_DATA_ROOT.
     root: str = ""
     # The labeled share of the training pool's patients (ceil(fraction x patients)), or a number of labeled patients
     # (n_labeled, e.g. 3 or 7 of ACDC's 70 as the SSL4MIS papers): one of the two; setting one clears the other.
     fraction: Optional[float] = 0.1
     n_labeled: Optional[int] = None
     # draw: the first patients of a permutation seeded by data.draw; first: the first patients in manifest order (for
-    # an SSL4MIS import, the first of its train list: SSL4MIS's own labeled set). Nested across amounts either way.
+    # an SSL4MIS import, the first of its train list: SSL4MIS's own labeled set); first_then_draw: first at draw 0,
+    # draw at later draws (a UA-MT import: the papers' labeled set, then seeded others). Nested across amounts.
     labeled_selection: str = "draw"
     draw: int = 0
     # 3: 3D patches; 2: 2D slices of the same case-level split, evaluated as 3D volumes.
@@ -85,7 +89,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     # unet: MONAI UNet (Kerfoot et al. 2018 residual units); basic_unet: MONAI BasicUNet (Falk et al. 2019);
-    # fcn: the U-Net's encoder with FCN's summing decoder (Long et al. 2015; ssl_bench/nets/fcn.py).
+    # fcn: the U-Net's encoder with FCN's summing decoder (Long et al. 2015; ssl_bench/nets/fcn.py); vnet: UA-MT's
+    # V-Net (Yu et al. 2019; ssl_bench/nets/vnet.py), channels one entry a level, dropout its channel dropout.
     arch: str = "unet"
     channels: List[int] = field(default_factory=lambda: [16, 32, 64, 128])
     strides: List[int] = field(default_factory=lambda: [2, 2, 2])
@@ -311,9 +316,12 @@ class OptimConfig:
     name: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    # poly (nnU-Net: (1 - t/T)^0.9), cosine, or constant.
+    # poly (nnU-Net: (1 - t/T)^0.9), cosine, constant, or step: lr x step_gamma every step_fraction of
+    # trainer.max_steps (UA-MT: x 0.1 every 2500 of 6000 iterations).
     schedule: str = "poly"
     poly_power: float = 0.9
+    step_fraction: float = 2500 / 6000
+    step_gamma: float = 0.1
     warmup_steps: int = 50
     # SGD's momentum (unused by AdamW).
     momentum: float = 0.9
@@ -346,6 +354,9 @@ class TrainerConfig:
 class EvalConfig:
     sw_batch_size: int = 4
     sw_overlap: float = 0.5
+    # The windows' stride in voxels, one entry per axis (UA-MT's test: 18 x 18 x 4 of a 112 x 112 x 80 window),
+    # instead of sw_overlap; None: sw_overlap.
+    sw_stride: Optional[List[int]] = None
     hd_percentile: float = 95.0
     save_predictions: bool = False
     # The test-selection audit (ssl_bench/audit.py): also score the test cases at every validation and evaluate the
@@ -453,10 +464,7 @@ def load_config(method: str, data: str = "hippocampus", overrides: Optional[List
     schema = OmegaConf.structured(Config(method=method_cls.config_class(name=method)))
     OmegaConf.set_struct(schema, True)
     cfg = _merge_layer(schema, load_yaml(experiments_dir / "base.yaml"), str(experiments_dir / "base.yaml"))
-    data_yaml = experiments_dir / "data" / f"{data}.yaml"
-    if not data_yaml.is_file():
-        known = sorted(p.stem for p in (experiments_dir / "data").glob("*.yaml"))
-        raise ConfigError(f"unknown dataset '{data}': no {data_yaml} (known: {', '.join(known)})")
+    data_yaml = data_config_path(data, experiments_dir)
     cfg = _merge_layer(cfg, load_yaml(data_yaml), str(data_yaml))
     cfg = _merge_protocol(cfg, overrides or [], experiments_dir)
     method_yaml = experiments_dir / "method" / f"{method}.yaml"
@@ -477,6 +485,20 @@ def load_config(method: str, data: str = "hippocampus", overrides: Optional[List
         raise ConfigError(f"method.name is '{cfg.method.name}' but the method is '{method}': remove the override")
     validate(cfg)
     return cfg
+
+
+def data_config_path(data: str, experiments_dir: Path = EXPERIMENTS_DIR) -> Path:
+    """The data config of ``--data``: a dataset name (experiments/data/<name>.yaml) or the path of a data YAML."""
+    if data.endswith((".yaml", ".yml")) or os.sep in data:
+        path = Path(data).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--data {data}: no such data config file")
+        return path
+    path = experiments_dir / "data" / f"{data}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (experiments_dir / "data").glob("*.yaml"))
+        raise ConfigError(f"unknown dataset '{data}': no {path} (known: {', '.join(known)}), nor a data YAML path")
+    return path
 
 
 # What a protocol preset may not set: which dataset and method run, and the preset itself.
@@ -545,8 +567,8 @@ def validate(cfg: DictConfig) -> None:
         need(0.0 < d.fraction <= 1.0, "data.fraction", f"labeled fraction must be in (0, 1], got {d.fraction}")
     if d.n_labeled is not None:
         need(d.n_labeled >= 1, "data.n_labeled", f"must be >= 1 labeled patient, got {d.n_labeled}")
-    need(d.labeled_selection in ("draw", "first"), "data.labeled_selection",
-         f"must be draw or first, got '{d.labeled_selection}'")
+    need(d.labeled_selection in SELECTIONS, "data.labeled_selection",
+         f"must be one of {', '.join(SELECTIONS)}, got '{d.labeled_selection}'")
     need(d.draw >= 0, "data.draw", f"must be >= 0, got {d.draw}")
     need(d.spatial_dims in (2, 3), "data.spatial_dims", f"must be 2 or 3, got {d.spatial_dims}")
     need(len(d.patch_size) == d.spatial_dims, "data.patch_size",
@@ -556,13 +578,21 @@ def validate(cfg: DictConfig) -> None:
     need(0.0 <= d.flip_prob <= 1.0, "data.flip_prob", "must be in [0, 1]")
     need(0.0 <= d.partial.alpha <= 1.0, "data.partial.alpha",
          f"fraction of cases whose annotation of each class is removed must be in [0, 1], got {d.partial.alpha}")
-    need(cfg.model.arch in ("unet", "basic_unet", "fcn"), "model.arch", f"unknown architecture '{cfg.model.arch}'")
+    need(cfg.model.arch in ("unet", "basic_unet", "fcn", "vnet"), "model.arch",
+         f"unknown architecture '{cfg.model.arch}'")
+    if cfg.model.arch == "vnet":
+        divisor = 2 ** (len(cfg.model.channels) - 1)
+        need(all(s % divisor == 0 for s in d.patch_size), "data.patch_size",
+             f"vnet with {len(cfg.model.channels)} levels needs sides that are multiples of {divisor}, got "
+             f"{list(d.patch_size)}")
     if cfg.model.arch in ("unet", "fcn"):
         need(len(cfg.model.strides) == len(cfg.model.channels) - 1, "model.strides",
              "needs one entry fewer than model.channels")
     need(0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)")
-    need(cfg.optim.schedule in ("poly", "cosine", "constant"), "optim.schedule",
-         f"must be poly, cosine or constant, got '{cfg.optim.schedule}'")
+    need(cfg.optim.schedule in ("poly", "cosine", "constant", "step"), "optim.schedule",
+         f"must be poly, cosine, constant or step, got '{cfg.optim.schedule}'")
+    need(0.0 < cfg.optim.step_fraction <= 1.0, "optim.step_fraction", "must be in (0, 1]")
+    need(0.0 < cfg.optim.step_gamma <= 1.0, "optim.step_gamma", "must be in (0, 1]")
     need(cfg.optim.lr > 0, "optim.lr", "must be > 0")
     need(cfg.optim.name in ("adamw", "sgd"), "optim.name", f"must be adamw or sgd, got '{cfg.optim.name}'")
     need(0.0 <= cfg.optim.momentum < 1.0, "optim.momentum", "must be in [0, 1)")
@@ -571,6 +601,11 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.trainer.compile in COMPILE_MODES, "trainer.compile",
          f"must be one of {', '.join(COMPILE_MODES)}, got '{cfg.trainer.compile}'")
     need(0.0 <= cfg.eval.sw_overlap < 1.0, "eval.sw_overlap", "must be in [0, 1)")
+    if cfg.eval.sw_stride is not None:
+        need(len(cfg.eval.sw_stride) == d.spatial_dims and all(1 <= s <= p for s, p in
+                                                               zip(cfg.eval.sw_stride, d.patch_size)),
+             "eval.sw_stride", f"needs {d.spatial_dims} strides between 1 and the patch side, got "
+             f"{list(cfg.eval.sw_stride)}")
     need(cfg.logging.wandb_mode in ("offline", "online", "disabled"), "logging.wandb_mode",
          "must be offline, online or disabled")
     _validate_method(cfg.method, need)
@@ -660,11 +695,17 @@ def run_seed(cfg: DictConfig) -> int:
     return cfg.trainer.seed if cfg.trainer.seed is not None else cfg.data.draw
 
 
-def data_root(cfg: DictConfig) -> Optional[Path]:
-    """data.root, else $SSL_BENCH_DATA_ROOT, else None."""
-    from ssl_bench.data.manifest import DATA_ROOT_ENV
-    root = cfg.data.root or os.environ.get(DATA_ROOT_ENV, "")
-    return Path(root).expanduser() if root else None
+def data_roots(root: str) -> List[Path]:
+    """The folders of ``root`` (several separated by ':'), else of $SSL_BENCH_DATA_ROOT; [] if neither is set."""
+    root = root or os.environ.get(DATA_ROOT_ENV, "")
+    return [Path(part).expanduser() for part in root.split(os.pathsep) if part]
+
+
+def data_root(cfg: DictConfig, directory: str = "") -> Optional[Path]:
+    """The data root of data.root (else $SSL_BENCH_DATA_ROOT) that holds ``directory``, else its first; None if
+    neither is set."""
+    roots = data_roots(cfg.data.root)
+    return next((r for r in roots if directory and (r / directory).is_dir()), roots[0] if roots else None)
 
 
 def resolve_project_path(path: str) -> Path:

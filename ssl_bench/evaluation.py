@@ -1,10 +1,13 @@
-"""Per-case, per-class Dice and HD95 with the protocol's empty-mask rules (METHODS.md, nnU-Net).
+"""Per-case, per-class Dice, Jaccard, HD95 and ASD with the protocol's empty-mask rules (METHODS.md, nnU-Net): the
+four numbers the left-atrium papers report (UA-MT's test_LA.py, with medpy).
 
-- Dice: a class absent from both ground truth and prediction is NaN (skipped by nanmean); absent in
+- Dice and Jaccard: a class absent from both ground truth and prediction is NaN (skipped by nanmean); absent in
   the ground truth but predicted is 0 (MONAI's compute_dice would give 1 or NaN, so we set it here).
-- HD95 in millimetres with the image spacing (MONAI's compute_hausdorff_distance, percentile 95).
-  Both empty: NaN. Exactly one empty: the distance is undefined, so the worst possible value, the
-  image diagonal in mm, is used (as the BraTS evaluation does), rather than silently dropping a miss.
+- HD95 in millimetres with the image spacing (MONAI's compute_hausdorff_distance, percentile 95, both directions);
+  ASD, the mean distance from the prediction's surface to the ground truth's (MONAI's
+  compute_average_surface_distance, not symmetric, as medpy's asd that the papers call). Both empty: NaN. Exactly
+  one empty: the distance is undefined, so the worst possible value, the image diagonal in mm, is used (as the
+  BraTS evaluation does), rather than silently dropping a miss.
 """
 
 from __future__ import annotations
@@ -15,17 +18,22 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
+from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
 from monai.networks.utils import one_hot
+
+# What validation scores (model selection) and what a test scores, each one value per foreground class.
+VALIDATION_METRICS = ("dice",)
+TEST_METRICS = ("dice", "jaccard", "hd95", "asd")
 
 
 def case_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int, spacing: Sequence[float],
                  percentile: float = 95.0, with_hd: bool = True) -> Dict[str, List[float]]:
-    """Dice and HD for each foreground class of one case.
+    """TEST_METRICS for each foreground class of one case.
 
     ``pred`` and ``target`` are integer label maps of the same spatial shape (no channel axis).
-    Returns ``{"dice": [...], "hd95": [...]}`` with one value per foreground class (1..num_classes-1);
-    without ``with_hd`` (validation, where only Dice selects the checkpoint) just ``{"dice": [...]}``.
+    Returns ``{"dice": [...], "jaccard": [...], "hd95": [...], "asd": [...]}`` with one value per foreground class
+    (1..num_classes-1); without ``with_hd`` (validation, where only Dice selects the checkpoint) just
+    ``{"dice": [...]}``.
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(target.shape)}")
@@ -37,21 +45,34 @@ def case_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int, spa
     p_present = p[0, 1:].flatten(1).any(dim=1)
     t_present = t[0, 1:].flatten(1).any(dim=1)
     both_empty = ~p_present & ~t_present
-    dice = torch.where(both_empty, torch.full_like(dice, float("nan")), dice)
+    nan = float("nan")
+    dice = torch.where(both_empty, torch.full_like(dice, nan), dice)
     if not with_hd:
         return {"dice": dice.tolist()}
+    jaccard = compute_iou(p, t, include_background=False, ignore_empty=False)[0]
+    jaccard = torch.where(both_empty, torch.full_like(jaccard, nan), jaccard)
 
     diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing)))
-    hd = torch.full((num_classes - 1,), float("nan"))
+    hd = asd = torch.full((num_classes - 1,), nan)
     both_present = p_present & t_present
     if both_present.any():
+        mm = [float(s) for s in spacing]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MONAI warns about the empty classes we overwrite below
-            hd = compute_hausdorff_distance(p, t, include_background=False, percentile=percentile,
-                                            spacing=[float(s) for s in spacing])[0].float()
-    hd = torch.where(both_present, hd, torch.full_like(hd, diagonal))
-    hd = torch.where(both_empty, torch.full_like(hd, float("nan")), hd)
-    return {"dice": dice.tolist(), "hd95": hd.tolist()}
+            hd = compute_hausdorff_distance(p, t, include_background=False, percentile=percentile, spacing=mm)[0]
+            asd = compute_average_surface_distance(p, t, include_background=False, symmetric=False, spacing=mm)[0]
+
+    def distance(d: torch.Tensor) -> List[float]:
+        d = torch.where(both_present, d.float(), torch.full_like(d.float(), diagonal))
+        return torch.where(both_empty, torch.full_like(d, nan), d).tolist()
+    return {"dice": dice.tolist(), "jaccard": jaccard.tolist(), "hd95": distance(hd), "asd": distance(asd)}
+
+
+def window_overlap(roi: Sequence[int], stride: Sequence[int]) -> List[float]:
+    """The per-axis overlap fractions that make MONAI's sliding window step ``stride`` voxels over windows of ``roi``
+    (it steps int(roi x (1 - overlap))): a hair below (roi - stride) / roi, so that rounding cannot take a voxel
+    off the stride."""
+    return [max(0.0, (r - s - 1e-6) / r) for r, s in zip(roi, stride)]
 
 
 def nanmean(values) -> float:
@@ -62,13 +83,14 @@ def nanmean(values) -> float:
 
 
 def summarize(rows: List[dict], class_names: Sequence[str]) -> Dict[str, float]:
-    """Mean over cases of the per-case values (each row has dice_<class>, hd95_<class>, *_mean).
+    """Mean over cases of the per-case values (each row has dice_<class>, hd95_<class>, *_mean, and jaccard / asd
+    where it was scored with them).
 
     Per class: nanmean over cases. ``dice_mean``/``hd95_mean``: per case the nanmean over classes,
     then the nanmean over cases, as METHODS.md says.
     """
     out = {"n_cases": len(rows)}
-    for metric in ("dice", "hd95"):
+    for metric in (m for m in TEST_METRICS if rows and f"{m}_mean" in rows[0]):
         for name in class_names:
             out[f"{metric}_{name}"] = nanmean(r[f"{metric}_{name}"] for r in rows)
         out[f"{metric}_mean"] = nanmean(r[f"{metric}_mean"] for r in rows)
@@ -76,9 +98,10 @@ def summarize(rows: List[dict], class_names: Sequence[str]) -> Dict[str, float]:
 
 
 def case_row(case_id: str, metrics: Dict[str, List[float]], class_names: Sequence[str]) -> dict:
-    """One row of per_case.csv: the case id, each class's Dice and HD95, and their means over classes."""
+    """One row of per_case.csv: the case id, each class's value of each metric in ``metrics``, and their means over
+    classes."""
     row = {"case_id": case_id}
-    for metric in ("dice", "hd95"):
+    for metric in metrics:
         for name, value in zip(class_names, metrics[metric]):
             row[f"{metric}_{name}"] = float(value)
         row[f"{metric}_mean"] = nanmean(metrics[metric])

@@ -72,7 +72,7 @@ def resolve_dataset(cfg: DictConfig) -> Tuple[Manifest, Path]:
         raise ConfigError(f"{manifest_path}: manifest of '{cfg.data.name}' not found; an import writes it "
                           "(`ssl-bench data import-msd DIR` or `ssl-bench data import-ssl4mis DIR`, README \"Data\")")
     manifest = load_manifest(manifest_path)
-    root = data_root(cfg)
+    root = data_root(cfg, manifest.directory)
     if root is None:
         raise ConfigError(
             f"no data root for '{cfg.data.name}': the folder that holds {manifest.directory}/. Pass data.root=/path "
@@ -224,11 +224,14 @@ def _save_predictions(module, dm: SegmentationDataModule, out_dir: Path) -> None
 
 
 def _with_data_root(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with data.root set to the data root it resolves to (from $SSL_BENCH_DATA_ROOT when data.root is empty),
+    """``cfg`` with data.root set to the data root it resolves to (from $SSL_BENCH_DATA_ROOT when data.root is empty,
+    the one that holds the dataset where several are given),
     so that config.yaml says which files the run read. data.root is an execution key (EXECUTION_KEYS): the same run
     on another machine's copy of the data is still the same run."""
-    root = data_root(cfg) if cfg.data.manifest and not cfg.data.root else None
-    return OmegaConf.merge(cfg, {"data": {"root": str(root.resolve())}}) if root is not None else cfg
+    if not cfg.data.manifest or (cfg.data.root and os.pathsep not in cfg.data.root):
+        return cfg
+    _, root = resolve_dataset(cfg)
+    return OmegaConf.merge(cfg, {"data": {"root": str(root.resolve())}})
 
 
 def train(cfg: DictConfig, force: bool = False, resume_from: Optional[str] = None) -> dict:
@@ -322,12 +325,16 @@ def _train(cfg: DictConfig, force: bool, resume_from: Optional[str]) -> dict:
     if audit is not None and audit.best_path:
         evaluated.append((AUDIT_TAG, audit.best_path))
     rows: List[dict] = []
+    scored: Dict[int, List[dict]] = {}  # the rows of each training step scored: two selections of one step share them
     for tag, path in evaluated:
-        module.checkpoint_tag = tag
-        trainer.test(module, datamodule=dm, ckpt_path=path, verbose=False)
-        rows += module.test_rows
-        if tag == "last" and cfg.eval.save_predictions and trainer.is_global_zero:
-            _save_predictions(module, dm, run / "predictions")
+        step = checkpoint_step(Path(path))
+        if step not in scored:
+            module.checkpoint_tag = tag
+            trainer.test(module, datamodule=dm, ckpt_path=path, verbose=False)
+            scored[step] = module.test_rows
+            if tag == "last" and cfg.eval.save_predictions and trainer.is_global_zero:
+                _save_predictions(module, dm, run / "predictions")
+        rows += [{**row, "checkpoint": tag} for row in scored[step]]
 
     foreground = manifest.foreground_labels
     metrics = {

@@ -52,7 +52,7 @@ def test_dropout_makes_passes_stochastic_in_train_mode():
 
 def test_unknown_architecture_and_bad_basic_unet_channels():
     with pytest.raises(ValueError, match="unknown model.arch"):
-        build_backbone(_cfg(arch="vnet"), 3, 1, 2)
+        build_backbone(_cfg(arch="resnet"), 3, 1, 2)
     with pytest.raises(ValueError, match="6 entries"):
         build_backbone(_cfg(arch="basic_unet"), 3, 1, 2)
     assert count_parameters(build_backbone(_cfg(), 3, 1, 2)) > 0

@@ -29,8 +29,8 @@ def test_wrong_type_is_an_error_naming_the_key():
 
 @pytest.mark.parametrize("override, key", [
     ("data.fraction=0", "data.fraction"), ("data.fraction=1.5", "data.fraction"),
-    ("data.spatial_dims=4", "data.spatial_dims"), ("optim.schedule=step", "optim.schedule"),
-    ("model.arch=vnet", "model.arch"), ("data.patch_size=[32,32]", "data.patch_size"),
+    ("data.spatial_dims=4", "data.spatial_dims"), ("optim.schedule=linear", "optim.schedule"),
+    ("model.arch=resnet", "model.arch"), ("data.patch_size=[32,32]", "data.patch_size"),
 ])
 def test_semantic_errors(override, key):
     with pytest.raises(ConfigError, match=key):
@@ -105,7 +105,7 @@ def test_a_config_file_setting_both_labeled_amounts_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("data.n_labeled=0", "data.n_labeled: must be >= 1"),
-    ("data.labeled_selection=random", "data.labeled_selection: must be draw or first"),
+    ("data.labeled_selection=random", "data.labeled_selection: must be one of draw, first, first_then_draw"),
     ("data.fraction=null", "give exactly one of data.fraction and data.n_labeled")])
 def test_bad_labeled_amounts_are_errors_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -131,7 +131,7 @@ def test_the_ssl4mis_protocol_is_one_override_with_its_own_run_folders():
 
 def test_protocol_errors_name_the_file(tmp_path):
     import shutil
-    with pytest.raises(ConfigError, match="unknown protocol 'nnunet'.*known: ssl4mis"):
+    with pytest.raises(ConfigError, match="unknown protocol 'nnunet'.*known: la_cpu, ssl4mis, uamt"):
         load_config("supervised", "acdc", ["protocol=nnunet"])
     experiments = tmp_path / "experiments"
     shutil.copytree(PROJECT_ROOT / "experiments", experiments)

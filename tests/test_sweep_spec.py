@@ -90,7 +90,7 @@ def test_extra_axis_cells_get_their_own_run_folders(tmp_path):
     ({"overrides": ["data.fraction=0.2"]}, "overrides", "sets a key the grid sets"),
     ({"overrides": ["data.n_labeled=3"]}, "overrides", "sets a key the grid sets"),
     ({"fractions": [], "n_labeled": [0]}, "n_labeled", "must be >= 1"),
-    ({"labeled_selections": ["random"]}, "labeled_selections", "must list draw and/or first"),
+    ({"labeled_selections": ["random"]}, "labeled_selections", "must list some of draw, first, first_then_draw"),
     ({"fractions": [], "n_labeled": [2], "methods": ["nope"]}, "methods", "unknown method 'nope'"),
 ])
 def test_invalid_sweep_files_name_the_file_and_key(tmp_path, spec, key, message):

@@ -5,7 +5,7 @@ existing file unless asked to."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
@@ -24,9 +24,9 @@ def default_paths(name: str) -> Dict[str, Path]:
 
 
 def data_config_text(manifest: Manifest, manifest_path: Path, settings: Optional[dict] = None,
-                     comment: str = "") -> str:
+                     comment: str = "", top: Optional[dict] = None) -> str:
     """The YAML of experiments/data/<name>.yaml: the dataset's name and manifest (relative to the project when it
-    is inside it) and any settings the data needs (e.g. 2D slices)."""
+    is inside it), any settings the data needs (e.g. 2D slices) and top-level keys (e.g. its default protocol)."""
     manifest_path = Path(manifest_path).resolve()
     try:
         shown = str(manifest_path.relative_to(PROJECT_ROOT))
@@ -34,7 +34,7 @@ def data_config_text(manifest: Manifest, manifest_path: Path, settings: Optional
         shown = str(manifest_path)
     data = {"name": manifest.name, "manifest": shown, **(settings or {})}
     lines = [f"# {line}" if line else "#" for line in comment.splitlines()]
-    return "\n".join(lines + [OmegaConf.to_yaml(OmegaConf.create({"data": data})).rstrip()]) + "\n"
+    return "\n".join(lines + [OmegaConf.to_yaml(OmegaConf.create({**(top or {}), "data": data})).rstrip()]) + "\n"
 
 
 def conflicts(outputs: Dict[Path, str], overwrite: bool) -> List[str]:
@@ -53,3 +53,25 @@ def ssl4mis_comment(manifest: Manifest) -> str:
     return (f"{manifest.source}.\nImported by `ssl-bench data import-ssl4mis` into <data root>/{manifest.directory}/: "
             "SSL4MIS's split by patient;\nno voxel spacing (HD95 in voxels). The papers' training setting: "
             "protocol=ssl4mis.")
+
+
+# The papers' labeled sets are the first N cases of UA-MT's train list: draw 0 takes them, later draws are seeded.
+UAMT_DATA_SETTINGS = {"labeled_selection": "first_then_draw"}
+# The protocol preset of each resolution (experiments/protocol/): the papers' setting at full resolution, the same
+# recipe at half resolution on a CPU budget.
+UAMT_PROTOCOL_BY_SPACING = {0.625: "uamt", 1.25: "la_cpu"}
+
+
+def uamt_data_settings(manifest: Manifest) -> Tuple[dict, dict]:
+    """(data settings, top-level keys) of a UA-MT import's data config: the labeled selection, and the protocol of
+    its resolution where one fits it."""
+    protocol = UAMT_PROTOCOL_BY_SPACING.get(round(manifest.spacing[0], 4))
+    return dict(UAMT_DATA_SETTINGS), ({"protocol": protocol} if protocol else {})
+
+
+def uamt_comment(manifest: Manifest) -> str:
+    """The header of a UA-MT import's data config."""
+    return (f"{manifest.source}.\nImported by `ssl-bench data import-uamt` into <data root>/{manifest.directory}/ at "
+            f"{manifest.spacing[0]:g} mm: test = test.list; {len(manifest.validation)} validation cases drawn from "
+            f"train.list after its first 16;\nthe pool in train.list order, so that draw 0 labels the papers' first N "
+            "cases (data.n_labeled=4, 8, 16).")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional
 
 # How the labeled patients are chosen (data.labeled_selection).
-SELECTIONS = ("draw", "first")
+SELECTIONS = ("draw", "first", "first_then_draw")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ def split_pool(pool: List[str], fraction: Optional[float] = None, draw: int = 0,
     k is ceil(fraction x patients) or ``n_labeled`` (exactly one of them). The order is, for ``selection="draw"``, a
     permutation seeded by ``draw`` of the sorted patient ids (so it does not depend on manifest order), and for
     ``"first"`` the manifest's own order (an SSL4MIS import: its train list, whose first N patients are SSL4MIS's
-    labeled set). Either way the labeled sets of one draw are nested: 5% ⊂ 10% ⊂ 20%, 3 ⊂ 7 patients.
+    labeled set); ``"first_then_draw"`` is "first" at draw 0 and "draw" at later draws (a UA-MT import: the papers'
+    labeled set, then seeded others). Either way the labeled sets of one draw are nested: 5% ⊂ 10% ⊂ 20%, 3 ⊂ 7 patients.
     """
     if (fraction is None) == (n_labeled is None):
         raise ValueError("give exactly one of a labeled fraction and a number of labeled patients")
@@ -62,7 +63,7 @@ def split_pool(pool: List[str], fraction: Optional[float] = None, draw: int = 0,
     if len(set(pool)) != len(pool):
         raise ValueError("the training pool lists a case more than once")
     groups = patients_of(pool, patient_of)
-    if selection == "draw":
+    if selection == "draw" or (selection == "first_then_draw" and draw > 0):
         order = sorted(groups)
         random.Random(draw).shuffle(order)
     else:

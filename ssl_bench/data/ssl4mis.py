@@ -100,11 +100,16 @@ def _read_volume(path: Path, n_classes: int) -> Tuple[Optional[Tuple[np.ndarray,
     return (None if problems else (image, label)), problems
 
 
+def write_nifti(volume: np.ndarray, path: Path, spacing=(1.0, 1.0, 1.0)) -> None:
+    """A 3D array as a gzipped NIfTI volume with voxel ``spacing`` (a diagonal affine), written atomically."""
+    affine = np.diag([float(s) for s in spacing] + [1.0])
+    data = gzip.compress(nib.Nifti1Image(np.ascontiguousarray(volume), affine).to_bytes(), compresslevel=1)
+    atomic_write_bytes(path, data)
+
+
 def _save_nifti(array: np.ndarray, path: Path) -> None:
     """(slices, H, W) as a NIfTI volume (H, W, slices) with unit spacing, written atomically."""
-    volume = np.ascontiguousarray(np.transpose(array, (1, 2, 0)))
-    data = gzip.compress(nib.Nifti1Image(volume, np.eye(4)).to_bytes(), compresslevel=1)
-    atomic_write_bytes(path, data)
+    write_nifti(np.transpose(array, (1, 2, 0)), path)
 
 
 def ssl4mis_manifest(src: str | os.PathLike, name: str = "acdc", labels: Optional[List[str]] = None,

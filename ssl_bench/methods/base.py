@@ -40,7 +40,8 @@ from torchmetrics import CatMetric
 
 from ssl_bench.config import MethodConfig, config_from_container, run_seed
 from ssl_bench.data.stream import position_generator
-from ssl_bench.evaluation import case_metrics, case_row, nanmean
+from ssl_bench.evaluation import (TEST_METRICS, VALIDATION_METRICS, case_metrics, case_row, nanmean,
+                                  window_overlap)
 from ssl_bench.nets.backbone import Backbone, build_backbone
 from ssl_bench.nets.pretrained import architecture, load_backbone
 from ssl_bench.utils.ramps import learning_rate_factor, sigmoid_rampup
@@ -209,10 +210,10 @@ class SegmentationMethod(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_schedule(optimizer), "interval": "step"}}
 
     def lr_schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-        """Linear warm-up, then poly / cosine / constant decay over trainer.max_steps (optim section)."""
+        """Linear warm-up, then poly / cosine / constant / step decay over trainer.max_steps (optim section)."""
         o, total = self.cfg.optim, self.cfg.trainer.max_steps
         factor = partial(learning_rate_factor, total_steps=total, warmup_steps=o.warmup_steps, schedule=o.schedule,
-                         poly_power=o.poly_power)
+                         poly_power=o.poly_power, step_fraction=o.step_fraction, step_gamma=o.step_gamma)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     # ---- inference -------------------------------------------------------------------------------
@@ -223,11 +224,12 @@ class SegmentationMethod(pl.LightningModule):
         evaluated on the same 3D volumes and metrics as 3D ones.
         """
         e, roi = self.cfg.eval, list(self.cfg.data.patch_size)
+        overlap = window_overlap(roi, e.sw_stride) if e.sw_stride is not None else e.sw_overlap
         if self.cfg.data.spatial_dims == 3:
-            return sliding_window_inference(image, roi, e.sw_batch_size, net, overlap=e.sw_overlap)
+            return sliding_window_inference(image, roi, e.sw_batch_size, net, overlap=overlap)
         axis = 2 + self.cfg.data.slice_axis
         slices = image.movedim(axis, 0).squeeze(1)
-        logits = sliding_window_inference(slices, roi, e.sw_batch_size, net, overlap=e.sw_overlap)
+        logits = sliding_window_inference(slices, roi, e.sw_batch_size, net, overlap=overlap)
         return logits.unsqueeze(1).movedim(0, axis)
 
     def predict_labels(self, model_name: str, image: torch.Tensor) -> torch.Tensor:
@@ -250,7 +252,7 @@ class SegmentationMethod(pl.LightningModule):
             pred = self.predict_labels(name, image)[0]
             m = case_metrics(pred.cpu(), label[0, 0].cpu(), self.num_classes, spacing,
                              self.cfg.eval.hd_percentile, with_hd=with_hd)
-            values = [float(batch["case_index"][0])] + m["dice"] + m.get("hd95", [])
+            values = [float(batch["case_index"][0])] + [v for metric in m.values() for v in metric]
             self._scored_with_hd[stage] = with_hd
             self._store(f"{stage}/{name}").update(torch.tensor([values], dtype=torch.float64, device=self.device))
             outputs[name] = pred
@@ -264,7 +266,8 @@ class SegmentationMethod(pl.LightningModule):
         out = {}
         for name in models or self.evaluation_networks():
             store = self._store(f"{stage}/{name}")
-            width = 1 + (2 * k if self._scored_with_hd.get(stage) else k)
+            names = TEST_METRICS if self._scored_with_hd.get(stage) else VALIDATION_METRICS
+            width = 1 + len(names) * k
             values = store.compute().reshape(-1, width).cpu().tolist() if store.update_count else []
             store.reset()
             rows, seen = [], set()
@@ -272,7 +275,8 @@ class SegmentationMethod(pl.LightningModule):
                 idx = int(v[0])
                 if idx not in seen:
                     seen.add(idx)
-                    metrics = {"dice": v[1:1 + k], "hd95": v[1 + k:] or [float("nan")] * k}
+                    metrics = {n: v[1 + i * k:1 + (i + 1) * k] for i, n in enumerate(names)}
+                    metrics.setdefault("hd95", [float("nan")] * k)
                     rows.append(case_row(self.case_ids[idx], metrics, self.foreground))
             out[name] = rows
         return out

@@ -1,5 +1,5 @@
-"""The one backbone every method uses: a MONAI U-Net (2D or 3D; or MONAI's BasicUNet, or an FCN,
-ssl_bench/nets/fcn.py) that also exposes its features.
+"""The one backbone every method uses: a MONAI U-Net (2D or 3D; or MONAI's BasicUNet, an FCN, ssl_bench/nets/fcn.py,
+or UA-MT's V-Net, ssl_bench/nets/vnet.py) that also exposes its features.
 
 Methods that need features (contrastive pretraining, feature-level consistency) call
 ``forward_features`` and get the encoder bottleneck and a decoder feature map besides the logits; the
@@ -17,6 +17,7 @@ from monai.networks.nets import BasicUNet, UNet
 from torch import nn
 
 from ssl_bench.nets.fcn import FCN
+from ssl_bench.nets.vnet import VNet
 
 
 class Features(NamedTuple):
@@ -122,7 +123,12 @@ def build_backbone(model_cfg, spatial_dims: int, in_channels: int, out_channels:
                   dropout=model_cfg.dropout)
         return Backbone(net, f"encoder.{len(net.encoder) - 1}", "head", spatial_dims=spatial_dims,
                         out_channels=out_channels, bottleneck_channels=model_cfg.channels[-1])
-    raise ValueError(f"unknown model.arch '{model_cfg.arch}' (known: unet, basic_unet, fcn)")
+    if model_cfg.arch == "vnet":
+        net = VNet(spatial_dims, in_channels, out_channels, channels=tuple(model_cfg.channels),
+                   dropout=model_cfg.dropout, norm=model_cfg.norm)
+        return Backbone(net, "bottleneck", "out_conv", spatial_dims=spatial_dims, out_channels=out_channels,
+                        bottleneck_channels=model_cfg.channels[-1])
+    raise ValueError(f"unknown model.arch '{model_cfg.arch}' (known: unet, basic_unet, fcn, vnet)")
 
 
 def count_parameters(module: nn.Module) -> int:

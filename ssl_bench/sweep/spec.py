@@ -9,8 +9,9 @@ A sweep file (``experiments/sweeps/<name>.yaml``) is validated against ``SweepCo
     n_labeled: [3, 7]                    # and/or numbers of labeled patients (folders labeled<n>)
     labeled_selections: [draw, first]    # data.labeled_selection of every cell (default [draw])
     draws: [0, 1, 2]                     # split draws
-    extra_cells:                         # (method, fraction) cells outside the grid, for every draw and axis value
-      - {method: supervised, fraction: 1.0}
+    extra_cells:                         # (method, fraction or n_labeled) cells outside the grid, for every draw
+      - {method: supervised, fraction: 1.0}  # and axis value, with the first of labeled_selections
+      - {method: ua_mt, n_labeled: 16}
     axes:                                # extra axes crossed with everything: dotted config key -> values
       optim.lr: [0.001, 0.002]           # e.g. trainer.seed: [100, 101] for training-seed replicates
     overrides: [trainer.max_steps=500]   # config overrides applied to every cell
@@ -48,6 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ssl_bench.config import ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir
+from ssl_bench.data.splits import SELECTIONS
 from ssl_bench.identity import (CONFIG_FILE, METRICS_FILE, UnreadableResult, config_differences, finished_result,
                                 read_metrics)
 from ssl_bench.registry import get_method, method_names
@@ -69,7 +71,13 @@ class SweepError(ConfigError):
 @dataclass
 class ExtraCell:
     method: str
-    fraction: float
+    # One of the two: a labeled fraction or a number of labeled patients.
+    fraction: Optional[float] = None
+    n_labeled: Optional[int] = None
+
+    @property
+    def amount(self) -> Tuple[str, Any]:
+        return ("fraction", self.fraction) if self.n_labeled is None else ("n_labeled", self.n_labeled)
 
 
 @dataclass
@@ -302,11 +310,14 @@ def _validate(spec: SweepConfig, path: Path) -> None:
          "must list at least one labeled fraction (or n_labeled: numbers of labeled patients)")
     need(all(n >= 1 for n in spec.n_labeled), "n_labeled",
          f"numbers of labeled patients must be >= 1, got {spec.n_labeled}")
-    need(bool(spec.labeled_selections) and set(spec.labeled_selections) <= {"draw", "first"}, "labeled_selections",
-         f"must list draw and/or first, got {spec.labeled_selections}")
+    need(bool(spec.labeled_selections) and set(spec.labeled_selections) <= set(SELECTIONS), "labeled_selections",
+         f"must list some of {', '.join(SELECTIONS)}, got {spec.labeled_selections}")
     cells = [("methods", "fractions", name, fraction) for name in _methods(spec)
              for fraction in spec.fractions or [1.0]]  # n_labeled only: the methods are checked all the same
-    cells += [(f"extra_cells[{i}].method", f"extra_cells[{i}].fraction", c.method, c.fraction)
+    for i, c in enumerate(spec.extra_cells):
+        need((c.fraction is None) != (c.n_labeled is None), f"extra_cells[{i}]", "give one of fraction and n_labeled")
+        need(c.n_labeled is None or c.n_labeled >= 1, f"extra_cells[{i}].n_labeled", "must be >= 1")
+    cells += [(f"extra_cells[{i}].method", f"extra_cells[{i}].fraction", c.method, c.fraction or 1.0)
               for i, c in enumerate(spec.extra_cells)]
     for method_key, fraction_key, name, fraction in cells:
         need(name in registered, method_key, f"unknown method '{name}' (registered: {', '.join(registered)})")
@@ -336,7 +347,7 @@ def _expand(spec: SweepConfig, path: Path) -> List[Tuple[Cell, DictConfig]]:
     cells after each draw's grid)."""
     amounts = [("fraction", f) for f in spec.fractions] + [("n_labeled", n) for n in spec.n_labeled]
     triples = [(amount, m, selection) for selection in spec.labeled_selections for amount in amounts
-               for m in _methods(spec)] + [(("fraction", c.fraction), c.method, "draw") for c in spec.extra_cells]
+               for m in _methods(spec)] + [(c.amount, c.method, spec.labeled_selections[0]) for c in spec.extra_cells]
     axis_keys = list(spec.axes)
     cells: Dict[Path, Tuple[Cell, DictConfig]] = {}
     for draw, axis_combo in product(spec.draws, product(*spec.axes.values())):
