@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train and evaluate one method at one labeled fraction and draw")
     p.add_argument("--method", default="supervised", help="registered method name (see `ssl-bench methods`)")
-    p.add_argument("--data", default="hippocampus", help="experiments/data/<name>.yaml (hippocampus, synthetic, synthetic_multiorgan)")
+    p.add_argument("--data", default="hippocampus", help="a dataset name, experiments/data/<name>.yaml (hippocampus, "
+                   "la_half, synthetic, synthetic_multiorgan, ...), or the path of a data YAML")
     p.add_argument("--force", action="store_true", help="start over even if the run folder holds a finished run")
     p.add_argument("--resume-from", metavar="CKPT", help="when last.ckpt cannot be read: resume from 'newest' (the "
                    "newest intact checkpoint of the run) or from one of the run's checkpoints, e.g. its best-<step>.ckpt")

@@ -31,21 +31,29 @@ def hd95(dice: float) -> float:
     return 10.0 * (1.0 - dice)
 
 
-def _case_row(checkpoint, model, case_id, per_class):
+def _case_row(checkpoint, model, case_id, per_class, surfaces=False):
+    """A per_case.csv row; ``surfaces``: with Jaccard (D / (2 - D)) and ASD (HD95 / 4), as LA's records have them."""
     hd = [hd95(d) for d in per_class]
-    return {"checkpoint": checkpoint, "model": model, "case_id": case_id,
-            **{f"dice_{c}": d for c, d in zip(CLASSES, per_class)}, "dice_mean": float(np.nanmean(per_class)),
-            **{f"hd95_{c}": h for c, h in zip(CLASSES, hd)}, "hd95_mean": float(np.nanmean(hd))}
+    row = {"checkpoint": checkpoint, "model": model, "case_id": case_id,
+           **{f"dice_{c}": d for c, d in zip(CLASSES, per_class)}, "dice_mean": float(np.nanmean(per_class))}
+    if surfaces:
+        jaccard = [d / (2 - d) for d in per_class]
+        row.update({**{f"jaccard_{c}": j for c, j in zip(CLASSES, jaccard)}, "jaccard_mean": float(np.nanmean(jaccard))})
+    row.update({**{f"hd95_{c}": h for c, h in zip(CLASSES, hd)}, "hd95_mean": float(np.nanmean(hd))})
+    if surfaces:
+        row.update({**{f"asd_{c}": h / 4 for c, h in zip(CLASSES, hd)}, "asd_mean": float(np.nanmean(hd)) / 4})
+    return row
 
 
 def _summary(rows):
     return {"n_cases": len(rows), **{k: float(np.nanmean([r[k] for r in rows]))
-                                     for k in rows[0] if k.startswith(("dice_", "hd95_"))}}
+                                     for k in rows[0] if k.startswith(("dice_", "jaccard_", "hd95_", "asd_"))}}
 
 
 def write_fake_run(runs: Path, method: str, fraction: float, draw: int, cases: dict, folder_name: Optional[str] = None,
                    alpha=None, dataset: str = "toy", provenance: Optional[dict] = None, test_best: bool = False,
-                   draw_folder: Optional[str] = None, seconds_per_step: Optional[float] = None) -> dict:
+                   draw_folder: Optional[str] = None, seconds_per_step: Optional[float] = None,
+                   surfaces: bool = False) -> dict:
     """A run folder as train() leaves it: per_case.csv and metrics.json, in the layout of run_dir()
     (method folder ``folder_name``, e.g. smile-alpha0.5, when the run has a tag)."""
     folder = runs / dataset / (folder_name or method) / f"frac{fraction}" / (draw_folder or f"draw{draw}")
@@ -56,7 +64,8 @@ def write_fake_run(runs: Path, method: str, fraction: float, draw: int, cases: d
         for model in dict.fromkeys((PRIMARY[method], "student")):
             # The student of a teacher method is off by 0.1: the report must read only the primary model.
             shift = offset + (0.0 if model == PRIMARY[method] else -0.1)
-            rows += [_case_row(checkpoint, model, case_id, [d + shift for d in dice]) for case_id, dice in cases.items()]
+            rows += [_case_row(checkpoint, model, case_id, [d + shift for d in dice], surfaces)
+                     for case_id, dice in cases.items()]
     with open(folder / "per_case.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

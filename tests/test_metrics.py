@@ -23,6 +23,26 @@ def test_dice_hand_computed_overlap():
     assert m["hd95"][0] == pytest.approx(1.0)   # the shifted slab is 1 voxel away
 
 
+def test_jaccard_and_asd_beside_dice_and_hd95():
+    target, pred = _vol(), _vol()
+    target[0:2, 0:2, 0:2] = 1
+    pred[0:2, 0:2, 1:3] = 1            # Dice 0.5: Jaccard 4 / 12 = D / (2 - D)
+    target[5:7, 5:7, 5:7] = 2
+    pred[5:7, 5:7, 5:7] = 2
+    m = case_metrics(pred, target, num_classes=3, spacing=(1, 1, 1))
+    assert list(m) == ["dice", "jaccard", "hd95", "asd"]
+    assert m["jaccard"] == pytest.approx([1 / 3, 1.0])
+    assert m["asd"][1] == pytest.approx(0.0)
+    # the prediction's surface voxels: half lie on the ground truth's surface (0), half one voxel beyond it (1)
+    assert m["asd"][0] == pytest.approx(0.5)
+    twice = case_metrics(pred, target, num_classes=3, spacing=(2, 2, 2))
+    assert twice["asd"][0] == pytest.approx(1.0) and twice["jaccard"] == m["jaccard"]
+    missed = case_metrics(_vol(), target, num_classes=3, spacing=(1, 1, 1))
+    assert missed["jaccard"] == [0.0, 0.0] and missed["asd"] == pytest.approx([math.sqrt(3 * 64)] * 2)
+    row = case_row("c", m, ["a", "b"])
+    assert row["jaccard_mean"] == pytest.approx(2 / 3) and row["asd_mean"] == pytest.approx(0.25)
+
+
 def test_hd95_uses_spacing_in_mm():
     target, pred = _vol(), _vol()
     target[1, 1, 1] = 1

@@ -82,3 +82,22 @@ def test_without_test_selected_rows_the_column_is_omitted(runs_with_a_variant):
 def test_without_replicates_the_noise_floor_says_how_to_get_them(runs_with_a_variant):
     floor = _table(markdown(summarize(read_runs(runs_with_a_variant))), "Noise floor")
     assert "| 0.5 | 0 (0) | — |" in floor and "No replicates yet" in floor and "trainer.seed" in floor
+
+
+def test_jaccard_and_asd_columns_where_the_records_have_them(tmp_path):
+    runs = tmp_path / "runs"
+    for (method, fraction, draw), cases in DICE.items():
+        write_fake_run(runs, method, fraction, draw, cases, surfaces=method == "mean_teacher")
+    summary = summarize(read_runs(runs))
+    table = _table(markdown(summary), "Every method and fraction")
+    assert "| Jaccard | HD95 | ASD |" in table
+    mt = next(g for g in summary.groups if g.method == "mean_teacher")
+    sup = next(g for g in summary.groups if g.method == "supervised" and g.fraction == 0.5)
+    assert sup.jaccard is None and mt.jaccard.n == 2
+    by_draw = [np.mean([np.nanmean([d / (2 - d) for d in dice]) for dice in DICE["mean_teacher", 0.5, draw].values()])
+               for draw in (0, 1)]
+    assert mt.jaccard.mean == pytest.approx(np.mean(by_draw))
+    assert f"| {mt.jaccard.mean:.3f} ± {mt.jaccard.std:.3f} | " in table
+    plain = tmp_path / "plain"
+    write_fake_run(plain, "supervised", 0.5, 0, DICE["supervised", 0.5, 0])
+    assert "Jaccard" not in markdown(summarize(read_runs(plain)))

@@ -514,3 +514,23 @@ def test_real_data_smoke(tmp_path, monkeypatch):
     assert main(args) == 0
     metrics = json.loads((tmp_path / "hippocampus" / "supervised" / "frac0.05" / "draw0" / "metrics.json").read_text())
     assert metrics["n_labeled"] == 10 and metrics["n_test"] == 52 and metrics["classes"] == ["anterior", "posterior"]
+
+
+def test_a_checkpoint_two_selections_share_is_scored_once(tmp_path, synthetic_cache, monkeypatch):
+    calls = []
+    original = pl.Trainer.test
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("ckpt_path"))
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(pl.Trainer, "test", counted)
+    # one validation, at the last step: last, best and test_best are the same step's weights
+    assert main(_args(tmp_path, synthetic_cache, "data.fraction=0.5", "trainer.max_steps=3",
+                      "trainer.val_every_n_steps=3")) == 0
+    assert len(calls) == 1
+    run = _run_dir(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["results"]["best"] == metrics["results"]["last"] == metrics["results"]["test_best"]
+    rows = list(csv.DictReader((run / "per_case.csv").open()))
+    assert {r["checkpoint"] for r in rows} == {"last", "best", "test_best"}
+    assert {"jaccard_mean", "asd_mean"} <= set(rows[0])

@@ -104,6 +104,10 @@ class Group:
     pairs: List[RunPair] = field(default_factory=list)
     # The checkpoint best on the test cases, over the runs that have it (None when none has).
     test_selection: Optional["SelectionAudit"] = None
+    # Jaccard and ASD (the left-atrium papers' other two numbers), over the runs whose records have them (None when
+    # none has: older records scored Dice and HD95 only).
+    jaccard: Optional[Estimate] = None
+    asd: Optional[Estimate] = None
 
     @property
     def difference(self) -> Optional[Estimate]:
@@ -255,6 +259,12 @@ def per_draw(runs: List[Run], value: Callable[[Run], float]) -> Estimate:
     return estimate(sum(v) / len(v) for _, v in sorted(by_draw.items()))
 
 
+def per_draw_where_scored(runs: List[Run], metric: str) -> Optional[Estimate]:
+    """per_draw of the last checkpoint's ``metric`` over the runs whose results have it; None if none has."""
+    scored = [r for r in runs if metric in r.result("last")]
+    return per_draw(scored, lambda r: r.result("last")[metric]) if scored else None
+
+
 def summarize_groups(runs: List[Run]) -> List[Group]:
     by_key: Dict[GroupKey, List[Run]] = {}
     for run in runs:
@@ -273,7 +283,8 @@ def summarize_groups(runs: List[Run]) -> List[Group]:
             vs_reference=paired_test(members, references) if comparable else None,
             protocol_differences=protocol_differences(members[0], references[0]) if comparable else [],
             pairs=run_pairs(members, references) if comparable else [],
-            test_selection=selection_audit_of(members)))
+            test_selection=selection_audit_of(members),
+            jaccard=per_draw_where_scored(members, "jaccard_mean"), asd=per_draw_where_scored(members, "asd_mean")))
     return sorted(groups, key=lambda g: (g.dataset, g.fraction, g.method))
 
 

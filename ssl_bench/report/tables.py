@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ssl_bench.config import PROJECT_ROOT
+from ssl_bench.evaluation import TEST_METRICS
 from ssl_bench.report.coverage import NOT_RUN, SweepCoverage
 from ssl_bench.report.groups import CHECKPOINTS, TEST_SELECTED, AlphaGroup, Group, alpha_reference
 from ssl_bench.report.noise import TARGET_EFFECT, NoiseFloor, ReplicateSet, floor_of
@@ -28,8 +29,10 @@ WITHIN_NOISE = "°"
 
 # ----------------------------------------------------------------------------------------------- summary.csv
 
-def _metric_keys(classes: List[str]) -> List[str]:
-    return [f"{metric}_{name}" for metric in ("dice", "hd95") for name in [*classes, "mean"]]
+def _metric_keys(classes: List[str], result: dict) -> List[str]:
+    """The summary.csv keys of a result: Dice and HD95, and Jaccard and ASD where it was scored with them."""
+    metrics = [m for m in TEST_METRICS if m in ("dice", "hd95") or f"{m}_mean" in result]
+    return [f"{metric}_{name}" for metric in metrics for name in [*classes, "mean"]]
 
 
 def summary_row(run: Run) -> dict:
@@ -41,7 +44,8 @@ def summary_row(run: Run) -> dict:
            "seed": run.seed, "primary_model": m["primary"]["model"], "run_dir": str(run.folder)}
     for checkpoint in CHECKPOINTS + (TEST_SELECTED,):
         if checkpoint in CHECKPOINTS or run.has_checkpoint(checkpoint):
-            row.update({f"{checkpoint}_{key}": run.result(checkpoint).get(key) for key in _metric_keys(m["classes"])})
+            result = run.result(checkpoint)
+            row.update({f"{checkpoint}_{key}": result.get(key) for key in _metric_keys(m["classes"], result)})
     provenance = run.provenance
     row.update({"hardware": provenance.hardware, "commit": provenance.commit or "", "torch": provenance.torch or "",
                 "precision": provenance.precision or ""})
@@ -211,8 +215,9 @@ def full_table_markdown(summary: Summary, dataset: str) -> List[str]:
     members = [g for g in summary.groups if g.dataset == dataset]
     classes = members[0].classes
     audited = any(g.test_selection is not None for g in members)
+    surfaces = any(g.jaccard is not None for g in members)  # Jaccard and ASD, where records have them
     header = ["method", "fraction", "draws", "runs", "Dice", f"{CONFIDENCE:.0%} CI", *(f"Dice {c}" for c in classes),
-              "HD95", "Dice best on val", *(["Dice best on test"] if audited else []), f"vs {REFERENCE_METHOD}", "ran on"]
+              *(["Jaccard"] if surfaces else []), "HD95", *(["ASD"] if surfaces else []), "Dice best on val", *(["Dice best on test"] if audited else []), f"vs {REFERENCE_METHOD}", "ran on"]
     lines = ["", "### Every method and fraction", "",
              f"Mean ± std over draws; {CONFIDENCE:.0%} CI: t-interval of the mean over draws. \"best on val\": the "
              "checkpoint with the best validation Dice" + ("; \"best on test\": the checkpoint best on the test cases, "
@@ -222,12 +227,14 @@ def full_table_markdown(summary: Summary, dataset: str) -> List[str]:
              "(scipy.stats.wilcoxon) and the number of (run pair, test case) pairs: each run matched with the "
              f"`{REFERENCE_METHOD}` run of the same draw and training seed on the same hardware (across hardware, marked, "
              "only for a draw and seed without a same-hardware pair), pooled over draws, seeds and hardware; a case "
-             "counts once per run pair. HD95 in the data's spacing "
+             "counts once per run pair. HD95" + (" and ASD (mean distance from the prediction's surface to the ground "
+                                                 "truth's)" if surfaces else "") + " in the data's spacing "
              "(mm where the images carry it).", "", *_header(header)]
     for g in members:
         marks = (CROSS_HARDWARE if g.cross_hardware_pairs else "") + (PROTOCOL_DIFFERS if g.protocol_differences else "")
         cells = [g.method, f"{g.fraction:g}", str(g.dice.n), str(g.n_runs), mean_std(g.dice), interval(g.dice),
-                 *(mean_std(g.class_dice[c]) for c in classes), mean_std(g.hd95, 2), mean_std(g.best_dice),
+                 *(mean_std(g.class_dice[c]) for c in classes), *([mean_std(g.jaccard)] if surfaces else []),
+                 mean_std(g.hd95, 2), *([mean_std(g.asd, 2)] if surfaces else []), mean_std(g.best_dice),
                  *([mean_std(g.test_selection.best_on_test if g.test_selection else None)] if audited else []),
                  versus(g.vs_reference) + (f" {marks}" if marks else ""), ", ".join(g.hardware)]
         lines.append(_row(cells))
