@@ -84,3 +84,11 @@ def test_runs_and_sweep_cells_with_a_number_of_labeled_patients_are_reported(tmp
     out = tmp_path / "results"
     assert main(["report", str(runs), "--out", str(out), "--no-wandb", "--sweeps-dir", str(sweeps)]) == 0
     assert "mean_teacher: labeled2 draw 0" in (out / "summary.md").read_text()
+
+
+def test_a_fraction_folder_with_a_labeled_selection_is_worded():
+    """Regression: a missing cell at a fraction with a labeled selection (LA's frac1.0-first_then_draw) stopped the
+    report with a ValueError."""
+    from ssl_bench.report.coverage import _labeled
+    assert _labeled("frac1.0-first_then_draw") == "1-first_then_draw"
+    assert _labeled("frac0.05") == "0.05" and _labeled("labeled7-first") == "labeled7-first"

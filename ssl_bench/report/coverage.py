@@ -84,5 +84,7 @@ def sweep_coverage(runs: List[Run], sweeps_dir: Path, runs_dir: Optional[Path] =
 
 
 def _labeled(folder: str) -> str:
-    """A cell's labeled setting from its folder name: frac0.05 -> "0.05"; labeled7-first stays as it is."""
-    return f"{float(folder[len('frac'):]):g}" if folder.startswith("frac") else folder
+    """A cell's labeled setting from its folder name: frac0.05 -> "0.05", frac1.0-first_then_draw ->
+    "1-first_then_draw"; labeled7-first stays as it is."""
+    amount, dash, selection = folder.partition("-")
+    return f"{float(amount[len('frac'):]):g}{dash}{selection}" if amount.startswith("frac") else folder
