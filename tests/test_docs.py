@@ -48,10 +48,18 @@ def _dice_over_draws(run: str, fraction: str):
     return dice.mean, dice.std, dice.n
 
 
-def test_the_readme_summary_table_is_the_records():
-    """Each Dice of the README's table is the report's mean ± std over the draws recorded in results/records."""
-    top = (PROJECT_ROOT / "README.md").read_text().split("## Quick start")[0]
-    rows = list(TABLE_ROW.finditer(top))
+def _summary_tables():
+    """The README's first-screen table and the full one of results/README.md's summary section."""
+    readme = (PROJECT_ROOT / "README.md").read_text().split("## Quick start")[0]
+    results = (PROJECT_ROOT / "results" / "README.md").read_text()
+    section = results.split("## What the benchmark says")[1].split("\n## ")[0]
+    return [readme, section]
+
+
+@pytest.mark.parametrize("table", _summary_tables(), ids=["README", "results/README"])
+def test_the_summary_tables_are_the_records(table):
+    """Each Dice of the summary tables is the report's mean ± std over the draws recorded in results/records."""
+    rows = list(TABLE_ROW.finditer(table))
     assert len(rows) >= 6
     for row in rows:
         run = row["method"] + ("-lambda_max0.0" if row["control"] else "")
