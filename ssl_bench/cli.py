@@ -136,7 +136,7 @@ def _write_import(args, manifest, settings: dict, comment: str, data_root: Path,
     print(f"wrote {manifest_path}: {len(manifest.cases)} cases of {n_patients} patients, {len(manifest.test)} test, "
           f"{len(manifest.validation)} validation, {len(manifest.pool)} in the training pool (split by patient); "
           f"labels {', '.join(manifest.labels)}")
-    if n_patients == len(manifest.cases):
+    if n_patients == len(manifest.cases) and hasattr(args, "patient_regex"):  # an import that can group images
         print("each image is its own patient: if a patient has several images, import again with --patient-regex "
               "(e.g. 'patient\\d+') so that they stay in one set")
     print(f"wrote {config_path}: train with --data {manifest.name} (set {DATA_ROOT_ENV}={data_root})")

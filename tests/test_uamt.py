@@ -53,10 +53,11 @@ def _import(tmp_path, src, *extra):
     return code, outputs
 
 
-def test_import_keeps_the_papers_split_and_writes_the_volumes_with_their_spacing(tmp_path):
+def test_import_keeps_the_papers_split_and_writes_the_volumes_with_their_spacing(tmp_path, capsys):
     src, train, test, volumes = _folder(tmp_path)
     code, out = _import(tmp_path, src)
     assert code == 0
+    assert "--patient-regex" not in capsys.readouterr().out  # one scan per patient: no hint to group images
     m = json.loads(out["manifest"].read_text())
     assert m["test"] == test  # test.list exactly
     assert len(m["validation"]) == 8 and set(m["validation"]) <= set(train[PAPERS_LABELED_MAX:])
