@@ -70,20 +70,29 @@ def split_lists(src: Path) -> Dict[str, List[str]]:
     return lists
 
 
-def _read_volume(path: Path, n_classes: int) -> Tuple[Optional[Tuple[np.ndarray, np.ndarray]], List[str]]:
-    """(image, label) of one h5 volume, each (slices, H, W), or the problems that make it unusable."""
+def read_h5_image_label(path: Path, not_found: str = "not found") -> Tuple[Optional[Tuple[np.ndarray, np.ndarray]],
+                                                                           List[str]]:
+    """The datasets "image" and "label" of an h5 file, or the problem that keeps them from being read."""
     import h5py
     if not path.is_file():
-        return None, [f"{path}: not found (the importer reads the volumes in data/, not the training slices)"]
+        return None, [f"{path}: {not_found}"]
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in ("image", "label") if k not in f]
             if missing:
                 return None, [f"{path}: no dataset {' or '.join(repr(k) for k in missing)} (has {sorted(f.keys())})"]
-            image, label = np.asarray(f["image"]), np.asarray(f["label"])
+            return (np.asarray(f["image"]), np.asarray(f["label"])), []
     except OSError as err:
         return None, [f"{path}: cannot be read as HDF5 ({err})"]
-    problems = []
+
+
+def _read_volume(path: Path, n_classes: int) -> Tuple[Optional[Tuple[np.ndarray, np.ndarray]], List[str]]:
+    """(image, label) of one h5 volume, each (slices, H, W), or the problems that make it unusable."""
+    read, problems = read_h5_image_label(path, "not found (the importer reads the volumes in data/, not the "
+                                               "training slices)")
+    if read is None:
+        return None, problems
+    image, label = read
     if image.ndim != 3:
         problems.append(f"{path}: image has shape {image.shape}; expected (slices, height, width)")
     if label.shape != image.shape:

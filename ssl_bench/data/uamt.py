@@ -31,7 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ssl_bench.data.manifest import Case, Manifest, ManifestError, check_manifest
-from ssl_bench.data.ssl4mis import read_list, write_nifti
+from ssl_bench.data.ssl4mis import read_h5_image_label, read_list, write_nifti
 
 CASES_DIR = "2018LA_Seg_Training Set"
 VOLUME_FILE = "mri_norm2.h5"
@@ -69,18 +69,10 @@ def downsample_volume(image: np.ndarray, label: np.ndarray, factor: int) -> Tupl
 
 def _read_case(path: Path) -> Tuple[Optional[Tuple[np.ndarray, np.ndarray]], List[str]]:
     """(image, label) of one case, or the problems that make it unusable."""
-    import h5py
-    if not path.is_file():
-        return None, [f"{path}: not found"]
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in ("image", "label") if k not in f]
-            if missing:
-                return None, [f"{path}: no dataset {' or '.join(repr(k) for k in missing)} (has {sorted(f.keys())})"]
-            image, label = np.asarray(f["image"]), np.asarray(f["label"])
-    except OSError as err:
-        return None, [f"{path}: cannot be read as HDF5 ({err})"]
-    problems = []
+    read, problems = read_h5_image_label(path)
+    if read is None:
+        return None, problems
+    image, label = read
     if image.ndim != 3:
         problems.append(f"{path}: image has shape {image.shape}; expected a 3D volume (x, y, z)")
     if label.shape != image.shape:
