@@ -36,6 +36,25 @@ def test_hippocampus_sweep_is_every_semi_supervised_method_by_fraction_by_draw_p
     assert (cfg.data.name, cfg.data.fraction, cfg.data.draw) == ("hippocampus", 0.05, 0)
     assert sweep.config.name == "hippocampus" and sweep.config.launcher == "local"
 
+def test_la_sweep_is_the_issue_grid_with_extra_cells_by_number_of_labeled_cases():
+    sweep = _shipped_sweep(SWEEPS / "la.yaml")
+    cells = {(c.method, c.n_labeled if c.n_labeled is not None else c.fraction, c.draw) for c in sweep.cells}
+    methods = ["supervised", "mean_teacher", "ua_mt", "unimatch", "bcp", "cps"]
+    expected = {(m, n, d) for m in methods for n in (4, 8) for d in (0, 1)}
+    expected |= {(m, 16, d) for m in ("supervised", "ua_mt") for d in (0, 1)} | {("supervised", 1.0, d) for d in (0, 1)}
+    assert cells == expected and len(sweep.cells) == len(expected)
+    assert {c.labeled_selection for c in sweep.cells} == {"first_then_draw"}
+    cfg = next(c for c in sweep.cells if c.method == "ua_mt" and c.n_labeled == 16).config()
+    assert (cfg.protocol, cfg.data.n_labeled, cfg.data.labeled_selection) == ("la_cpu", 16, "first_then_draw")
+
+
+def test_an_extra_cell_gives_one_labeled_amount(tmp_path):
+    path = write_sweep(tmp_path / "both.yaml", draws=[0],
+                       extra_cells=[{"method": "supervised", "fraction": 0.5, "n_labeled": 2}])
+    with pytest.raises(SweepError, match="extra_cells\\[0\\]: give one of fraction and n_labeled"):
+        load_sweep(path, states=False)
+
+
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_sweep_loads_and_each_cell_config_resolves(path):
     sweep = _shipped_sweep(path)
