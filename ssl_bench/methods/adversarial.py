@@ -18,18 +18,50 @@ gradients to the segmenter only, then L + U detached predictions and L ground tr
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from dataclasses import dataclass, field
+from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ssl_bench.config import AdversarialConfig
+from ssl_bench.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MethodConfig, Range
 from ssl_bench.losses.adversarial import (confidence_mask, discriminator_accuracy, discriminator_loss, fool_loss,
                                           masked_self_training_loss)
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.nets.discriminator import Discriminator
 from ssl_bench.registry import register_method
+
+
+@dataclass
+class AdversarialConfig(MethodConfig):
+    """Adversarial learning on probability maps (Zhang et al. 2017 DAN; Hung et al. 2018): defaults are Hung
+    et al.'s semi-supervised setting, as METHODS.md lists them. The weights are constant (no λ(t) ramp):
+    Hung et al. delay the self-training term instead (semi_start_fraction)."""
+    # Segmenter's BCE(D(p), 1) on labeled and on unlabeled images (Hung et al.: λ_adv = 0.001).
+    lambda_adv_labeled: float = 0.001
+    lambda_adv_unlabeled: float = 0.001
+    # Confidence-masked self-training CE on unlabeled images (Hung et al.: λ_semi = 0.1, T_semi = 0.2).
+    lambda_semi: float = 0.1
+    semi_threshold: float = 0.2
+    # Self-training starts after this fraction of trainer.max_steps (METHODS.md: 5% of the run).
+    semi_start_fraction: float = 0.05
+    # D: Adam, lr 1e-4, betas (0.9, 0.99); four stride-2 convolutions of 64-512 channels (Hung et al.).
+    discriminator_lr: float = 1e-4
+    discriminator_betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    discriminator_channels: List[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    # Hung et al. feed D the probability map only; Zhang et al.'s DAN concatenates the image.
+    discriminator_with_image: bool = False
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        self.check(NON_NEGATIVE, "lambda_adv_labeled", "lambda_adv_unlabeled", "lambda_semi")
+        self.check(UNIT_INTERVAL, "semi_threshold", "semi_start_fraction")
+        self.check(POSITIVE, "discriminator_lr")
+        self.check(Range(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two values in [0, 1)"),
+                   "discriminator_betas")
+        self.check(Range(lambda v: len(v) >= 1 and all(c >= 1 for c in v), "must be >= 1 channel counts"),
+                   "discriminator_channels")
 
 
 class AdversarialLosses(NamedTuple):

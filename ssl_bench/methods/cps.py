@@ -16,13 +16,29 @@ with gradients; twice a supervised step's L plus 2U. The control runs the L pass
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ssl_bench.config import CPSConfig
 from ssl_bench.losses.pseudo_label import cross_pseudo_supervision
 from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.methods.base_config import SemiSupervisedConfig
 from ssl_bench.nets.multiview import ViewEnsemble
 from ssl_bench.registry import register_method
+
+
+@dataclass
+class CPSConfig(SemiSupervisedConfig):
+    """Cross pseudo supervision (Chen et al., CVPR 2021): two networks, each trained on the other's hard
+    pseudo-labels, L = L_sup + λ(t)·L_cps, with SSL4MIS's medical weight and ramp as METHODS.md asks."""
+    # SSL4MIS (train_cross_pseudo_supervision_2D.py / _3D.py): consistency 0.1 with the sigmoid ramp over 200 "epochs"
+    # of 150 iterations, i.e. over its whole 30000-iteration run. Chen et al.'s code (TorchSemiSeg): a constant
+    # λ = 1.5 on PASCAL VOC and 6 on Cityscapes.
+    lambda_max: float = 0.1
+    rampup_fraction: float = 1.0
+    # L_cps on the labeled images too, L_cps = L_cps^l + L_cps^u (Chen et al. 2021, METHODS.md); SSL4MIS applies it
+    # to the unlabeled images only (false).
+    on_labeled: bool = True
 
 
 @register_method("cps")

@@ -13,14 +13,27 @@ supervised pass, then the noisy unlabeled pass), teacher U without; that is the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ssl_bench.config import MeanTeacherConfig
+from ssl_bench.config import BELOW_ONE
 from ssl_bench.losses.consistency import probability_mse
 from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.methods.base_config import NoisyConsistencyConfig
 from ssl_bench.registry import register_method
 from ssl_bench.utils.ema import ema_update, frozen_copy
 from ssl_bench.utils.noise import add_clipped_noise
+
+
+@dataclass
+class MeanTeacherConfig(NoisyConsistencyConfig):
+    # EMA decay α of the teacher's weights (Tarvainen & Valpola 2017; Yu et al. 2019: 0.99).
+    ema_decay: float = 0.99
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        self.check(BELOW_ONE, "ema_decay")
 
 
 @register_method("mean_teacher")

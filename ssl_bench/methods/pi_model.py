@@ -16,9 +16,9 @@ from typing import Tuple
 
 import torch
 
-from ssl_bench.config import NoisyConsistencyConfig
 from ssl_bench.losses.consistency import probability_mse
 from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.methods.base_config import NoisyConsistencyConfig
 from ssl_bench.registry import register_method
 from ssl_bench.utils.noise import add_clipped_noise
 

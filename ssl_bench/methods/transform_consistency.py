@@ -12,13 +12,26 @@ with gradients: the minimum.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ssl_bench.config import TransformConsistencyConfig
+from ssl_bench.config import UNIT_INTERVAL
 from ssl_bench.losses.consistency import probability_mse
 from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.methods.base_config import SemiSupervisedConfig
 from ssl_bench.registry import register_method
 from ssl_bench.utils.transforms import apply_each, random_flip_rotation
+
+
+@dataclass
+class TransformConsistencyConfig(SemiSupervisedConfig):
+    # Probability of flipping each spatial axis; 0.5 makes every combination of flips equally likely.
+    flip_prob: float = 0.5
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        self.check(UNIT_INTERVAL, "flip_prob")
 
 
 @register_method("transform_consistency")

@@ -16,12 +16,27 @@ batched forward over K·U images rather than K forwards of U, which is the analy
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ssl_bench.config import UAMTConfig
+from ssl_bench.config import AT_LEAST_ONE, Range
 from ssl_bench.losses.consistency import predictive_entropy, probability_mse, uncertainty_threshold
-from ssl_bench.methods.mean_teacher import MeanTeacher
+from ssl_bench.methods.mean_teacher import MeanTeacher, MeanTeacherConfig
 from ssl_bench.registry import register_method
+
+
+@dataclass
+class UAMTConfig(MeanTeacherConfig):
+    # Yu et al. 2019: K = 8 stochastic teacher passes; entropy threshold from 0.75 to 1.0 of ln C.
+    mc_passes: int = 8
+    threshold_start: float = 0.75
+    threshold_end: float = 1.0
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        self.check(AT_LEAST_ONE, "mc_passes")
+        self.check(Range(lambda v: self.threshold_start <= v, "must be >= method.threshold_start"), "threshold_end")
 
 
 @register_method("ua_mt")
