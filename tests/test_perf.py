@@ -208,3 +208,15 @@ def test_the_stack_steps_with_a_runs_per_step_callbacks_its_csv_log_and_its_prog
     kinds = {type(c) for c in trainer.callbacks}
     assert {type(c) for c in step_callbacks(StepTimer())} | {StepProgressBar, perf._StepClock} <= kinds
     assert isinstance(trainer.logger, RunCSVLogger)
+
+
+def test_timed_steps_whose_passes_are_not_the_declared_ones_are_flagged():
+    from ssl_bench.config import load_config
+    from ssl_bench.perf import undeclared_steps
+    cfg = load_config("mean_teacher", "synthetic")  # L = U = 2: student L then U, teacher U
+    shape = (2, 1, 8, 8, 8)
+    declared = (("student", shape, True), ("student", shape, True), ("teacher", shape, False))
+    extra = declared + (("teacher", shape, False),)
+    round_ = SimpleNamespace(history=[declared, declared, extra, declared], live=True)
+    assert undeclared_steps(cfg, round_, range(1, 4)) == [2]
+

@@ -86,6 +86,11 @@ class Adversarial(SegmentationMethod):
     config_class = AdversarialConfig
     uses_unlabeled = True
 
+    @classmethod
+    def forward_passes(cls, cfg, step=0):
+        labeled, images = cfg.data.labeled_batch_size, cfg.data.labeled_batch_size + cfg.data.unlabeled_batch_size
+        return {"student": [images], "discriminator": [images, images + labeled]}
+
     def __init__(self, cfg, class_names, case_ids):
         super().__init__(cfg, class_names, case_ids)
         self.automatic_optimization = False

@@ -46,6 +46,9 @@ from ssl_bench.nets.backbone import Backbone, build_backbone
 from ssl_bench.nets.pretrained import architecture, load_backbone
 from ssl_bench.utils.ramps import learning_rate_factor, sigmoid_rampup
 
+# Forward calls of a training step: {training network: images of each call, in order}.
+Passes = Dict[str, List[int]]
+
 
 class SegmentationMethod(pl.LightningModule):
     config_class = MethodConfig
@@ -143,6 +146,29 @@ class SegmentationMethod(pl.LightningModule):
     def training_networks(self) -> Dict[str, nn.Module]:
         """The networks a training step runs (what ``make perf`` and the forward-count tests record)."""
         return self.evaluation_networks()
+
+    @classmethod
+    def supervised_passes(cls, cfg) -> Passes:
+        """The forward calls of the supervised term: {training network: images of each call, in order}."""
+        return {"student": [cfg.data.labeled_batch_size]}
+
+    @classmethod
+    def unsupervised_passes(cls, cfg, step: int) -> Passes:
+        """The forward calls of the unsupervised term at ``step``, after the supervised ones (supervised_passes)."""
+        return {}
+
+    @classmethod
+    def forward_passes(cls, cfg, step: int = 0) -> Passes:
+        """The method's declared cost: the forward calls one training step at ``step`` makes, per network of
+        training_networks(), each call's images as a list (e.g. Mean Teacher: {"student": [L, U], "teacher": [U]}),
+        each group of passes batched into one call: its analytic minimum. tests/test_methods.py holds every step to
+        it and ``make perf`` flags a step that makes other passes. With method.lambda_max = 0 the unsupervised
+        passes are skipped, as training_step skips them."""
+        passes = {name: list(sizes) for name, sizes in cls.supervised_passes(cfg).items()}
+        if not ("lambda_max" in cfg.method and cfg.method.lambda_max == 0):
+            for name, sizes in cls.unsupervised_passes(cfg, step).items():
+                passes.setdefault(name, []).extend(sizes)
+        return passes
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (B, C, ...) to a label map (B, ...)."""

@@ -75,9 +75,20 @@ class BidirectionalCopyPaste(MeanTeacher):
     """Mean Teacher's teacher and its update; BCP's own losses (none of Mean Teacher's noise or consistency)."""
     config_class = BCPConfig
 
+    @staticmethod
+    def unlabeled_stage_at(cfg, step: int) -> bool:
+        m = cfg.method
+        return m.unlabeled_stage and step >= round(m.stage1_fraction * cfg.trainer.max_steps)
+
     def in_unlabeled_stage(self) -> bool:
-        m = self.cfg.method
-        return m.unlabeled_stage and self.global_step >= round(m.stage1_fraction * self.cfg.trainer.max_steps)
+        return self.unlabeled_stage_at(self.cfg, self.global_step)
+
+    @classmethod
+    def forward_passes(cls, cfg, step=0):
+        labeled = cfg.data.labeled_batch_size
+        if cls.unlabeled_stage_at(cfg, step):
+            return {"teacher": [cfg.data.unlabeled_batch_size], "student": [labeled]}
+        return {"student": [labeled // 2]}
 
     def box_masks(self, labeled: dict, count: int) -> torch.Tensor:
         spatial = labeled["image"].shape[2:]

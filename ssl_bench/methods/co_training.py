@@ -59,6 +59,16 @@ class CoTraining(SegmentationMethod):
     config_class = CoTrainingConfig
     uses_unlabeled = True
 
+    @classmethod
+    def supervised_passes(cls, cfg):
+        views = cfg.method.views or cfg.data.spatial_dims
+        return {f"view{k}": [cfg.data.labeled_batch_size] for k in range(views)}
+
+    @classmethod
+    def unsupervised_passes(cls, cfg, step):
+        unlabeled, more = cfg.data.unlabeled_batch_size, cfg.method.mc_passes - 1
+        return {view: [unlabeled] + ([more * unlabeled] if more else []) for view in cls.supervised_passes(cfg)}
+
     def build_network(self) -> ViewEnsemble:
         dims = self.cfg.data.spatial_dims
         permutations = view_permutations(dims, self.cfg.method.views or dims)

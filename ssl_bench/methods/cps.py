@@ -46,6 +46,14 @@ class CrossPseudoSupervision(SegmentationMethod):
     config_class = CPSConfig
     uses_unlabeled = True
 
+    @classmethod
+    def supervised_passes(cls, cfg):
+        return {"net1": [cfg.data.labeled_batch_size], "net2": [cfg.data.labeled_batch_size]}
+
+    @classmethod
+    def unsupervised_passes(cls, cfg, step):
+        return {"net1": [cfg.data.unlabeled_batch_size], "net2": [cfg.data.unlabeled_batch_size]}
+
     def __init__(self, cfg, class_names, case_ids):
         super().__init__(cfg, class_names, case_ids)
         # The second network's draws follow the first's in the seeded generator: a different initialisation.

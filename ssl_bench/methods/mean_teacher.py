@@ -41,6 +41,10 @@ class MeanTeacher(SegmentationMethod):
     config_class = MeanTeacherConfig
     uses_unlabeled = True
 
+    @classmethod
+    def unsupervised_passes(cls, cfg, step):
+        return {"student": [cfg.data.unlabeled_batch_size], "teacher": [cfg.data.unlabeled_batch_size]}
+
     def __init__(self, cfg, class_names, case_ids):
         super().__init__(cfg, class_names, case_ids)
         self.teacher = frozen_copy(self.net)

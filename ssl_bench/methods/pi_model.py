@@ -28,6 +28,14 @@ class PiModel(SegmentationMethod):
     config_class = NoisyConsistencyConfig
     uses_unlabeled = True
 
+    @classmethod
+    def supervised_passes(cls, cfg):
+        return {"student": [2 * cfg.data.labeled_batch_size]}
+
+    @classmethod
+    def unsupervised_passes(cls, cfg, step):
+        return {"student": [2 * cfg.data.unlabeled_batch_size]}
+
     def two_stochastic_passes(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Logits of two noisy passes, as one forward over both copies (each copy draws its own noise and masks)."""
         m = self.cfg.method

@@ -39,6 +39,10 @@ class TransformConsistency(SegmentationMethod):
     config_class = TransformConsistencyConfig
     uses_unlabeled = True
 
+    @classmethod
+    def unsupervised_passes(cls, cfg, step):
+        return {"student": [2 * cfg.data.unlabeled_batch_size]}
+
     def unsupervised_loss(self, batch, cache):
         images = batch["unlabeled"]["image"]
         transforms = [random_flip_rotation(images.shape[2:], self.cfg.method.flip_prob) for _ in images]

@@ -43,6 +43,11 @@ class UAMTConfig(MeanTeacherConfig):
 class UAMT(MeanTeacher):
     config_class = UAMTConfig
 
+    @classmethod
+    def unsupervised_passes(cls, cfg, step):
+        unlabeled = cfg.data.unlabeled_batch_size
+        return {"student": [unlabeled], "teacher": [cfg.method.mc_passes * unlabeled]}
+
     def threshold(self) -> float:
         m = self.cfg.method
         return uncertainty_threshold(self.rampup(), self.num_classes, m.threshold_start, m.threshold_end)

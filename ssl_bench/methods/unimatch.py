@@ -92,6 +92,11 @@ class UniMatch(SegmentationMethod):
     config_class = UniMatchConfig
     uses_unlabeled = True
 
+    @classmethod
+    def unsupervised_passes(cls, cfg, step):
+        m, unlabeled = cfg.method, cfg.data.unlabeled_batch_size
+        return {"student": [unlabeled, (m.strong_views + int(m.feature_perturbation)) * unlabeled]}
+
     def strong_views(self, weak: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor,
                      generator: torch.Generator):
         """method.strong_views strong views of ``weak``, each with its CutMix box, and the pseudo-labels and
