@@ -14,8 +14,9 @@ data (loading the batches, moving them to the device and augmenting them there; 
 loading too is in the training process) and the rest
 (optimizer, EMA and other step-end work, Lightning). The minimum is timed between the timed steps (after each,
 outside its time), on the trained networks: a machine whose speed drifts within seconds (this project's shared
-VM drifts by more than the 15% target) slows a step and its minimum alike, so their ratio holds. A timed
-step whose passes are not the method's declared ones (forward_passes) is flagged.
+VM drifts by more than the 15% target) slows a step and its minimum alike, so their ratio holds. A method whose
+step changes over its run is timed in the phase that holds most of its budget (its perf_overrides: bcp's second
+stage), and a timed step whose passes are not the method's declared ones (forward_passes) is flagged.
 
 Both parts also count the tensor operators of one step, after the timed ones, and of its bare step or minimum
 (ssl_bench/utils/operators.py): on a GPU where a small network's step is bound by the host queueing kernels, the count
@@ -324,7 +325,7 @@ class MinimumRound:
 
 def split_overrides(overrides: List[str]) -> Tuple[List[str], Dict[str, List[str]]]:
     """Overrides for every run, and those written ``METHOD:key=value`` for that method's run only (e.g.
-    ``bcp:method.stage1_fraction=0`` times bcp's second stage from its first step)."""
+    ``bcp:method.stage1_fraction=0.5`` times bcp's first stage, which by default it is not: method_config)."""
     common, per_method = [], {}
     for item in overrides:
         name, sep, rest = item.partition(":")
@@ -333,6 +334,17 @@ def split_overrides(overrides: List[str]) -> Tuple[List[str], Dict[str, List[str
         else:
             common.append(item)
     return common, per_method
+
+
+def method_config(name: str, data: str, given: List[str]) -> Tuple[object, List[str]]:
+    """The config ``name`` is timed with: the ``given`` overrides, after the method's perf_overrides (the phase that
+    dominates its budget, e.g. bcp's stage 2) for the keys not given; and those perf_overrides applied."""
+    cfg = load_config(name, data, ["logging.wandb=false", *given])
+    keys = {item.split("=", 1)[0] for item in given}
+    dominant = [o for o in get_method(name).perf_overrides(cfg) if o.split("=", 1)[0] not in keys]
+    if dominant:
+        cfg = load_config(name, data, ["logging.wandb=false", *dominant, *given])
+    return cfg, dominant
 
 
 def undeclared_steps(cfg, round_: "MinimumRound", timed: range) -> List[int]:
@@ -354,7 +366,10 @@ def compare_methods(methods: List[str], data: str, overrides: List[str], warmup:
     common, per_method = split_overrides(overrides)
     rows, notes = [], []
     for name in methods:
-        cfg = load_config(name, data, ["logging.wandb=false", *common, *per_method.get(name, [])])
+        cfg, dominant = method_config(name, data, [*common, *per_method.get(name, [])])
+        if dominant:
+            notes.append(f"  {name}: timed with {' '.join(dominant)}, the phase of most of its budget "
+                         f"({name}:<key>=<value> overrides it)")
         step, minimum, round_ = stack_step_breakdown(cfg, warmup, steps, MinimumRound)
         rows.append((name, step, minimum, round_.passes, round_.operators))
         timed = range(warmup, warmup + steps)

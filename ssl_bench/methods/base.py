@@ -148,6 +148,12 @@ class SegmentationMethod(pl.LightningModule):
         return self.evaluation_networks()
 
     @classmethod
+    def perf_overrides(cls, cfg) -> List[str]:
+        """Overrides under which ``make perf`` times the method unless told otherwise: those that put its timed steps
+        in the phase that dominates its budget (bcp: its second stage). None where every step costs the same."""
+        return []
+
+    @classmethod
     def supervised_passes(cls, cfg) -> Passes:
         """The forward calls of the supervised term: {training network: images of each call, in order}."""
         return {"student": [cfg.data.labeled_batch_size]}

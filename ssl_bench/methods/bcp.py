@@ -84,6 +84,12 @@ class BidirectionalCopyPaste(MeanTeacher):
         return self.unlabeled_stage_at(self.cfg, self.global_step)
 
     @classmethod
+    def perf_overrides(cls, cfg):
+        # Stage 2 holds 1 - stage1_fraction of the budget (3/4 by default): timed from step 0 when it dominates.
+        m = cfg.method
+        return ["method.stage1_fraction=0"] if m.unlabeled_stage and m.stage1_fraction < 0.5 else []
+
+    @classmethod
     def forward_passes(cls, cfg, step=0):
         labeled = cfg.data.labeled_batch_size
         if cls.unlabeled_stage_at(cfg, step):
