@@ -83,6 +83,7 @@ LOGGED = {"segmenter": "train/loss", "discriminator": "train/loss_discriminator"
 
 @register_method("adversarial")
 class Adversarial(SegmentationMethod):
+    plot_colour = "#8c564b"
     config_class = AdversarialConfig
     uses_unlabeled = True
 

@@ -57,6 +57,9 @@ class SegmentationMethod(pl.LightningModule):
     # Whether labeled patches carry ``voxel_index`` (each voxel's index in its volume; see data/partial.py).
     uses_voxel_index = False
     method_name = "base"
+    # Its colour in every figure of the report (ssl_bench/report/plots.py); None: a free colour of the report's
+    # palette, chosen by the method's name.
+    plot_colour: Optional[str] = None
 
     def __init__(self, cfg, class_names: List[str], case_ids: List[str]):
         """``cfg``: the run's config, or the plain data a checkpoint keeps of it (``load_from_checkpoint``)."""

@@ -73,6 +73,7 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
 @register_method("bcp")
 class BidirectionalCopyPaste(MeanTeacher):
     """Mean Teacher's teacher and its update; BCP's own losses (none of Mean Teacher's noise or consistency)."""
+    plot_colour = "#ffbb78"
     config_class = BCPConfig
 
     @staticmethod

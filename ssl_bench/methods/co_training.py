@@ -56,6 +56,7 @@ class CoTrainingConfig(SemiSupervisedConfig):
 
 @register_method("co_training")
 class CoTraining(SegmentationMethod):
+    plot_colour = "#9467bd"
     config_class = CoTrainingConfig
     uses_unlabeled = True
 

@@ -77,6 +77,7 @@ class ContrastiveConfig(MethodConfig):
 
 @register_method("contrastive")
 class Contrastive(SegmentationMethod):
+    plot_colour = "#e377c2"
     config_class = ContrastiveConfig
 
     @classmethod

@@ -43,6 +43,7 @@ class CPSConfig(SemiSupervisedConfig):
 
 @register_method("cps")
 class CrossPseudoSupervision(SegmentationMethod):
+    plot_colour = "#7f7f7f"
     config_class = CPSConfig
     uses_unlabeled = True
 

@@ -38,6 +38,7 @@ class MeanTeacherConfig(NoisyConsistencyConfig):
 
 @register_method("mean_teacher")
 class MeanTeacher(SegmentationMethod):
+    plot_colour = "#ff7f0e"
     config_class = MeanTeacherConfig
     uses_unlabeled = True
 

@@ -25,6 +25,7 @@ from ssl_bench.utils.noise import add_clipped_noise
 
 @register_method("pi_model")
 class PiModel(SegmentationMethod):
+    plot_colour = "#1f77b4"
     config_class = NoisyConsistencyConfig
     uses_unlabeled = True
 

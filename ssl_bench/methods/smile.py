@@ -41,6 +41,7 @@ class SmileConfig(MethodConfig):
 
 @register_method("smile")
 class Smile(SegmentationMethod):
+    plot_colour = "#17becf"
     config_class = SmileConfig
 
     @property

@@ -48,6 +48,7 @@ class SmilerConfig(SmileConfig):
 
 @register_method("smiler")
 class Smiler(Smile):
+    plot_colour = "#bcbd22"
     config_class = SmilerConfig
     uses_voxel_index = True
 

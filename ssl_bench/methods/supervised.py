@@ -10,4 +10,4 @@ from ssl_bench.registry import register_method
 
 @register_method("supervised")
 class Supervised(SegmentationMethod):
-    pass
+    plot_colour = "#000000"

@@ -36,6 +36,7 @@ class TransformConsistencyConfig(SemiSupervisedConfig):
 
 @register_method("transform_consistency")
 class TransformConsistency(SegmentationMethod):
+    plot_colour = "#d62728"
     config_class = TransformConsistencyConfig
     uses_unlabeled = True
 

@@ -41,6 +41,7 @@ class UAMTConfig(MeanTeacherConfig):
 
 @register_method("ua_mt")
 class UAMT(MeanTeacher):
+    plot_colour = "#2ca02c"
     config_class = UAMTConfig
 
     @classmethod

@@ -89,6 +89,7 @@ class UniMatchConfig(SemiSupervisedConfig):
 
 @register_method("unimatch")
 class UniMatch(SegmentationMethod):
+    plot_colour = "#aec7e8"
     config_class = UniMatchConfig
     uses_unlabeled = True
 
