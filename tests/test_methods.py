@@ -64,11 +64,18 @@ UNSUPERVISED_OFF_ON = {
     "adversarial": (["method.lambda_adv_unlabeled=0", "method.lambda_semi=0"],
                     ["method.lambda_adv_unlabeled=1", "method.lambda_semi=1", "method.semi_start_fraction=0",
                      "method.semi_threshold=0"]),
-    # Every pseudo-label kept: a random network is never 95% sure.
-    "unimatch": (DEFAULT_OFF_ON[0], [*DEFAULT_OFF_ON[1], "method.confidence_threshold=0"]),
     # The control (stage 1 only) against stage 2 from step 0.
     "bcp": (["method.unlabeled_stage=false"], ["method.stage1_fraction=0"]),
 }
+
+
+def unsupervised_off_on(name):
+    """UNSUPERVISED_OFF_ON's entry, else DEFAULT_OFF_ON, with every pseudo-label kept where a method has a confidence
+    threshold (a random network is never as sure as one asks, e.g. unimatch's 95%)."""
+    if name in UNSUPERVISED_OFF_ON:
+        return UNSUPERVISED_OFF_ON[name]
+    off, on = DEFAULT_OFF_ON
+    return off, on + (["method.confidence_threshold=0"] if "confidence_threshold" in build(name).cfg.method else [])
 
 
 def has_unsupervised_term(name) -> bool:
@@ -122,7 +129,7 @@ def test_unsupervised_term_changes_the_student_gradient(name):
         training_loss(module, make_batch()).backward()
         return parameters_to_vector(p.grad for p in module.net.parameters())
 
-    off, on = UNSUPERVISED_OFF_ON.get(name, DEFAULT_OFF_ON)
+    off, on = unsupervised_off_on(name)
     without, with_term = student_gradient(off), student_gradient(on)
     assert torch.isfinite(with_term).all()
     assert (with_term - without).abs().max() > 1e-6 * without.abs().max()
