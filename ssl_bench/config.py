@@ -40,7 +40,7 @@ class SyntheticConfig:
 
 @dataclass
 class PartialConfig:
-    """The partial-annotation protocol (METHODS.md; Petit et al. 2018): for each foreground class
+    """The partial-annotation protocol (docs/methods.md, "The protocol"; Petit et al. 2018): for each foreground class
     independently, the annotation is removed from ``alpha`` of the labeled training cases, seeded by the
     draw and nested as alpha grows (ssl_bench/data/partial.py). 0 keeps every annotation."""
     alpha: float = 0.0
@@ -98,9 +98,10 @@ class ModelConfig:
     strides: List[int] = field(default_factory=lambda: [2, 2, 2])
     num_res_units: int = 2
     norm: str = "instance"
-    # Dropout in every block, the same for every method (METHODS.md: same backbone). The Π-model's two passes need
-    # "different dropout masks" (Laine & Aila 2017), UA-MT's K teacher passes "noise + dropout" (Yu et al. 2019)
-    # and UMCT's confidence MC dropout (Xia et al. 2020); without it the first two are inert (README "Results").
+    # Dropout in every block, the same for every method (docs/methods.md, "The protocol": one budget). The Π-model's
+    # two passes need "different dropout masks" (Laine & Aila 2017), UA-MT's K teacher passes "noise + dropout" (Yu et
+    # al. 2019) and UMCT's confidence MC dropout (Xia et al. 2020); without it the first two are inert (README
+    # "Results").
     # 0.1 is UMCT's rate as this benchmark first used it for co_training.
     dropout: float = 0.1
     # A backbone checkpoint (ssl_bench/nets/pretrained.py) loaded into the network before training, e.g. a

@@ -251,7 +251,7 @@ def _assert_the_checkpoint_loads_and_predicts_as_evaluation(name, tmp_path):
     assert np.array_equal(np.asarray(predicted.dataobj), np.asarray(evaluated.dataobj))
 
 
-# ---- the protocol's backbone: the stochastic passes METHODS.md asks for come from its dropout ------------------
+# ---- the protocol's backbone: the stochastic passes docs/methods.md names come from its dropout ------------------
 def test_every_method_trains_the_same_backbone_with_dropout():
     reference = load_config("supervised", "hippocampus").model
     assert reference.dropout > 0

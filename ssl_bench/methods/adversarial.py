@@ -1,5 +1,5 @@
 """adversarial: a segmenter against a fully convolutional discriminator (Zhang et al. 2017 DAN; Hung et al.
-2018), as METHODS.md defines it.
+2018), as docs/methods.md ("adversarial") defines it.
 
 D (ssl_bench/nets/discriminator.py) learns one-hot ground truth (real) against the segmenter's probability
 maps of labeled and unlabeled images (fake, detached). The segmenter minimises
@@ -36,15 +36,15 @@ from ssl_bench.registry import register_method
 @dataclass
 class AdversarialConfig(MethodConfig):
     """Adversarial learning on probability maps (Zhang et al. 2017 DAN; Hung et al. 2018): defaults are Hung
-    et al.'s semi-supervised setting, as METHODS.md lists them. The weights are constant (no λ(t) ramp):
-    Hung et al. delay the self-training term instead (semi_start_fraction)."""
+    et al.'s semi-supervised setting, as docs/methods.md ("adversarial") lists them. The weights are constant (no
+    λ(t) ramp): Hung et al. delay the self-training term instead (semi_start_fraction)."""
     # Segmenter's BCE(D(p), 1) on labeled and on unlabeled images (Hung et al.: λ_adv = 0.001).
     lambda_adv_labeled: float = 0.001
     lambda_adv_unlabeled: float = 0.001
     # Confidence-masked self-training CE on unlabeled images (Hung et al.: λ_semi = 0.1, T_semi = 0.2).
     lambda_semi: float = 0.1
     semi_threshold: float = 0.2
-    # Self-training starts after this fraction of trainer.max_steps (METHODS.md: 5% of the run).
+    # Self-training starts after this fraction of trainer.max_steps (docs/methods.md: 5% of the run).
     semi_start_fraction: float = 0.05
     # D: Adam, lr 1e-4, betas (0.9, 0.99); four stride-2 convolutions of 64-512 channels (Hung et al.).
     discriminator_lr: float = 1e-4

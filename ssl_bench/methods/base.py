@@ -121,7 +121,8 @@ class SegmentationMethod(pl.LightningModule):
         return None
 
     def rampup(self) -> float:
-        """exp(-5 (1 - t/T_r)^2) at the current step, T_r = method.rampup_fraction · max_steps (METHODS.md).
+        """exp(-5 (1 - t/T_r)^2) at the current step, T_r = method.rampup_fraction · max_steps (docs/methods.md,
+        "The shared ramp").
 
         Needs a ``SemiSupervisedConfig``; the one ramp every schedule of a method follows.
         """

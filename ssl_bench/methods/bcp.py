@@ -1,4 +1,4 @@
-"""bcp: bidirectional copy-paste inside Mean Teacher (Bai et al., CVPR 2023), as METHODS.md defines it.
+"""bcp: bidirectional copy-paste inside Mean Teacher (Bai et al., CVPR 2023), as docs/methods.md ("bcp") defines it.
 
 M is 1 everywhere but a box of 2/3 of every patch side, placed at random (one per mixed image), where it is 0.
 Stage 1, the first method.stage1_fraction of the run: supervised copy-paste between the two halves of the labeled

@@ -1,4 +1,5 @@
-"""co_training: uncertainty-aware multi-view co-training (UMCT, Xia et al. 2020), as METHODS.md defines it.
+"""co_training: uncertainty-aware multi-view co-training (UMCT, Xia et al. 2020), as docs/methods.md
+("co_training") defines it.
 
 V views of each image by cyclic permutation of its spatial axes (3D: three orientations; 2D: the transpose;
 ssl_bench/utils/views.py), one network per view from the shared backbone factory, each wrapped to take and

@@ -1,5 +1,5 @@
 """contrastive: global and local contrastive pretraining, then fine-tuning (Chaitanya et al., NeurIPS 2020), as
-METHODS.md defines it.
+docs/methods.md ("contrastive") defines it.
 
 Stage 1 (ssl_bench/pretrain.py) pretrains the backbone without labels on every training-pool image, once per
 dataset and draw, in its own run folder ``runs/<dataset>/contrastive_pretrain/draw<d>/``. Stage 2 is this

@@ -1,4 +1,4 @@
-"""cps: cross pseudo supervision (Chen et al., CVPR 2021), as METHODS.md defines it.
+"""cps: cross pseudo supervision (Chen et al., CVPR 2021), as docs/methods.md ("cps") defines it.
 
 Two networks f1, f2 of the shared backbone, built one after the other from the seeded generator, so their
 initialisations differ and a run's seed fixes both. Supervised: DiceCE of each on the labeled images, averaged
@@ -30,13 +30,13 @@ from ssl_bench.registry import register_method
 @dataclass
 class CPSConfig(SemiSupervisedConfig):
     """Cross pseudo supervision (Chen et al., CVPR 2021): two networks, each trained on the other's hard
-    pseudo-labels, L = L_sup + λ(t)·L_cps, with SSL4MIS's medical weight and ramp as METHODS.md asks."""
+    pseudo-labels, L = L_sup + λ(t)·L_cps, with SSL4MIS's medical weight and ramp as docs/methods.md ("cps") says."""
     # SSL4MIS (train_cross_pseudo_supervision_2D.py / _3D.py): consistency 0.1 with the sigmoid ramp over 200 "epochs"
     # of 150 iterations, i.e. over its whole 30000-iteration run. Chen et al.'s code (TorchSemiSeg): a constant
     # λ = 1.5 on PASCAL VOC and 6 on Cityscapes.
     lambda_max: float = 0.1
     rampup_fraction: float = 1.0
-    # L_cps on the labeled images too, L_cps = L_cps^l + L_cps^u (Chen et al. 2021, METHODS.md); SSL4MIS applies it
+    # L_cps on the labeled images too, L_cps = L_cps^l + L_cps^u (Chen et al. 2021; docs/methods.md); SSL4MIS applies it
     # to the unlabeled images only (false).
     on_labeled: bool = True
 

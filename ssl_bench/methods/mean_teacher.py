@@ -1,5 +1,5 @@
 """mean_teacher: consistency with an exponential-moving-average teacher (Tarvainen & Valpola 2017;
-Perone & Cohen-Adad 2019), as METHODS.md defines it.
+Perone & Cohen-Adad 2019), as docs/methods.md ("mean_teacher") defines it.
 
 The teacher is a frozen copy of the student, θ' ← α θ' + (1 - α) θ after every optimizer step (buffers
 too). It is a submodule, so checkpoints hold it and a resumed run continues it, and it has no gradients,

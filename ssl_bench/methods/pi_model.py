@@ -1,4 +1,5 @@
-"""pi_model: consistency of two stochastic passes of one network (Laine & Aila 2017), as METHODS.md defines it.
+"""pi_model: consistency of two stochastic passes of one network (Laine & Aila 2017), as docs/methods.md
+("pi_model") defines it.
 
 Each image, labeled and unlabeled, goes through the student twice, with independent input noise and
 independent dropout masks (the protocol's backbone has model.dropout = 0.1); consistency = MSE between the

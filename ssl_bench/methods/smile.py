@@ -1,5 +1,5 @@
-"""smile: learning from partially annotated organs (Petit et al. 2018, the seed "SMILE"), as METHODS.md
-defines it.
+"""smile: learning from partially annotated organs (Petit et al. 2018, the seed "SMILE"), as docs/methods.md
+("smile and smiler") defines it.
 
 K = C - 1 sigmoid outputs on the shared backbone, one binary classifier per organ, no background channel.
 Loss = Σ_k w_k·BCE(ŷ_k, y*_k) / Σ w (ssl_bench/losses/partial_label.py): where organ k is annotated in the
@@ -28,7 +28,7 @@ from ssl_bench.registry import register_method
 @dataclass
 class SmileConfig(MethodConfig):
     """SMILE (Petit et al. 2018): K sigmoid binary classifiers, BCE weighted by the ambiguity map."""
-    # Soft Dice on the annotated (case, organ) pairs added to the BCE ("Dice may be added", METHODS.md).
+    # Soft Dice on the annotated (case, organ) pairs added to the BCE (docs/methods.md, "smile and smiler").
     dice_on_annotated: bool = True
     # Organ k is predicted where sigmoid(ŷ_k) > threshold (Petit et al. 2018: 0.5); also SMILEr's
     # "predicted positive".

@@ -1,4 +1,5 @@
-"""smiler: SMILE with curriculum relabeling (Petit et al. 2018, "SMILEr"), as METHODS.md defines it.
+"""smiler: SMILE with curriculum relabeling (Petit et al. 2018, "SMILEr"), as docs/methods.md ("smile and
+smiler") defines it.
 
 Plain SMILE for the first method.smile_phase_fraction of trainer.max_steps; then R rounds start evenly
 spaced over the rest of the same budget. At the start of round t the current network predicts every

@@ -1,5 +1,5 @@
 """transform_consistency: equivariance under flips and 90° rotations (Bortsova et al. 2019; the seed's
-"F-model"), as METHODS.md defines it.
+"F-model"), as docs/methods.md ("transform_consistency") defines it.
 
 For each unlabeled image u a random T (spatial flips, then quarter turns in a random plane, only those that
 keep the patch shape; see ssl_bench/utils/transforms.py) and ℓ = mean ||T(f(u)) - f(T(u))||² on softmax

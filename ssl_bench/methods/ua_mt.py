@@ -1,4 +1,4 @@
-"""ua_mt: uncertainty-aware Mean Teacher (Yu et al. 2019), as METHODS.md defines it.
+"""ua_mt: uncertainty-aware Mean Teacher (Yu et al. 2019), as docs/methods.md ("ua_mt") defines it.
 
 Mean Teacher whose teacher makes K stochastic passes over the unlabeled images, each with its own input
 noise and, in train mode, its own dropout masks. p̄ = their mean softmax, uncertainty = the entropy of p̄

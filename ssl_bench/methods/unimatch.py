@@ -1,5 +1,5 @@
 """unimatch: weak-to-strong consistency with a feature-perturbation stream (Yang et al., CVPR 2023), as
-METHODS.md defines it; FixMatch (Sohn et al. 2020) is its special case method.strong_views=1,
+docs/methods.md ("unimatch") defines it; FixMatch (Sohn et al. 2020) is its special case method.strong_views=1,
 method.feature_perturbation=false (experiments/sweeps/fixmatch.yaml).
 
 The weak view u_w is the unlabeled batch as the protocol augments it (flips, crop, mild intensity). Its prediction,
@@ -46,13 +46,14 @@ class UniMatchConfig(SemiSupervisedConfig):
     # The stream that decodes the weak view's bottleneck after channel dropout (UniMatch; false for FixMatch).
     feature_perturbation: bool = True
     # Its dropout rate: nn.Dropout2d(0.5) in the authors' code (there on every encoder level, here on the
-    # bottleneck as METHODS.md defines it).
+    # bottleneck as docs/methods.md ("unimatch") defines it).
     feature_dropout: float = 0.5
-    # L against a pseudo-label: "dice_ce", masked CE + Dice (METHODS.md); "dice", the medical code's masked Dice only.
+    # L against a pseudo-label: "dice_ce", masked CE + Dice (docs/methods.md); "dice", the medical code's masked Dice
+    # only.
     pseudo_label_loss: str = "dice_ce"
     # Strong intensity augmentation (ssl_bench/utils/strong_augment.py). Contrast: the medical code's
     # ColorJitter(0.5, 0.5, 0.5, 0.25) with p 0.8 (on a grey image its contrast term is this blend with the mean);
-    # blur: p 0.5, σ ~ U(0.1, 2.0) voxels (the code's PIL GaussianBlur radius); gamma and noise, which METHODS.md
+    # blur: p 0.5, σ ~ U(0.1, 2.0) voxels (the code's PIL GaussianBlur radius); gamma and noise, which docs/methods.md
     # adds, from nnU-Net (Isensee et al. 2021): gamma ~ U(0.7, 1.5) with p 0.3, Gaussian noise of std ~ U(0, 0.1)
     # with p 0.1 (batchgenerators draws its "variance" in (0, 0.1) and uses it as the std).
     contrast_prob: float = 0.8
