@@ -12,22 +12,22 @@ Two optimizers, manual optimization: the segmenter's is the protocol's AdamW + s
 Hung et al.'s lr and betas under the same schedule (Hung et al. decay both with the same poly rule).
 global_step counts segmenter steps only, so max_steps and the schedules mean what they mean elsewhere.
 
-Forwards per step: segmenter L + U (one batched call, with gradients); D 2 calls: L + U predictions with
-gradients to the segmenter only, then L + U detached predictions and L ground truths for its own loss.
+Forwards per step (forward_passes): the segmenter on L + U with gradients; D on those predictions (gradients to
+the segmenter only), then on them detached with the L ground truths, for its own loss.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, NamedTuple, Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from ssl_bench.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MethodConfig, Range
-from ssl_bench.losses.adversarial import (confidence_mask, discriminator_accuracy, discriminator_loss, fool_loss,
-                                          masked_self_training_loss)
+from ssl_bench.losses.adversarial import (AdversarialLosses, confidence_mask, discriminator_accuracy,
+                                          discriminator_loss, fool_loss, masked_self_training_loss)
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.nets.discriminator import Discriminator
 from ssl_bench.registry import register_method
@@ -62,17 +62,6 @@ class AdversarialConfig(MethodConfig):
                    "discriminator_betas")
         self.check(Range(lambda v: len(v) >= 1 and all(c >= 1 for c in v), "must be >= 1 channel counts"),
                    "discriminator_channels")
-
-
-class AdversarialLosses(NamedTuple):
-    segmenter: torch.Tensor       # what the segmenter's optimizer minimises
-    discriminator: torch.Tensor   # what D's optimizer minimises
-    supervised: torch.Tensor
-    adversarial: torch.Tensor     # λ-weighted sum of both fool terms
-    self_training: torch.Tensor   # unweighted masked CE (0 before the start)
-    confident_fraction: torch.Tensor
-    accuracy_real: torch.Tensor
-    accuracy_fake: torch.Tensor
 
 
 LOGGED = {"segmenter": "train/loss", "discriminator": "train/loss_discriminator", "supervised": "train/loss_sup",
