@@ -3,6 +3,8 @@
 Order of precedence (later wins): these dataclass defaults < experiments/base.yaml <
 experiments/data/<data>.yaml < experiments/method/<method>.yaml < command-line overrides.
 Every level is validated against the schema, so an unknown key or a wrong type is an error naming it.
+The method section's schema is the method's own config class, in its file (ssl_bench/methods/<name>.py), which the
+registry hands over as ``config_class``; its ranges are checked by that class's ``validate``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -38,7 +40,7 @@ class SyntheticConfig:
 
 @dataclass
 class PartialConfig:
-    """The partial-annotation protocol (METHODS.md; Petit et al. 2018): for each foreground class
+    """The partial-annotation protocol (docs/methods.md, "The protocol"; Petit et al. 2018): for each foreground class
     independently, the annotation is removed from ``alpha`` of the labeled training cases, seeded by the
     draw and nested as alpha grows (ssl_bench/data/partial.py). 0 keeps every annotation."""
     alpha: float = 0.0
@@ -96,9 +98,10 @@ class ModelConfig:
     strides: List[int] = field(default_factory=lambda: [2, 2, 2])
     num_res_units: int = 2
     norm: str = "instance"
-    # Dropout in every block, the same for every method (METHODS.md: same backbone). The Π-model's two passes need
-    # "different dropout masks" (Laine & Aila 2017), UA-MT's K teacher passes "noise + dropout" (Yu et al. 2019)
-    # and UMCT's confidence MC dropout (Xia et al. 2020); without it the first two are inert (README "Results").
+    # Dropout in every block, the same for every method (docs/methods.md, "The protocol": one budget). The Π-model's
+    # two passes need "different dropout masks" (Laine & Aila 2017), UA-MT's K teacher passes "noise + dropout" (Yu et
+    # al. 2019) and UMCT's confidence MC dropout (Xia et al. 2020); without it the first two are inert (README
+    # "Results").
     # 0.1 is UMCT's rate as this benchmark first used it for co_training.
     dropout: float = 0.1
     # A backbone checkpoint (ssl_bench/nets/pretrained.py) loaded into the network before training, e.g. a
@@ -106,208 +109,45 @@ class ModelConfig:
     init_from: Optional[str] = None
 
 
+def need(ok: bool, key: str, msg: str) -> None:
+    """A ConfigError naming ``key`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+class Range(NamedTuple):
+    """A range check of MethodConfig.check: what a value must satisfy, and the message saying so."""
+    ok: Callable[[Any], bool]
+    message: str
+
+
+NON_NEGATIVE = Range(lambda v: v >= 0, "must be >= 0")
+POSITIVE = Range(lambda v: v > 0, "must be > 0")
+AT_LEAST_ONE = Range(lambda v: v >= 1, "must be >= 1")
+UNIT_INTERVAL = Range(lambda v: 0 <= v <= 1, "must be in [0, 1]")
+BELOW_ONE = Range(lambda v: 0 <= v < 1, "must be in [0, 1)")
+OPEN_UNIT_INTERVAL = Range(lambda v: 0 < v < 1, "must be in (0, 1)")
+
+
 @dataclass
 class MethodConfig:
-    """Base of every method's config; each method subclasses it with its own typed hyperparameters."""
+    """Base of every method's config. A method's own config subclasses it (or a shared one in
+    ssl_bench/methods/base_config.py) in the method's file, with its typed hyperparameters and their ranges in
+    ``validate``; the registry hands load_config the method's ``config_class``."""
     name: str = "supervised"
     # Which evaluated network is the primary result (e.g. "teacher" for Mean Teacher).
     primary_model: str = "student"
 
+    def validate(self, cfg: DictConfig) -> None:
+        """What types alone cannot express about this method's hyperparameters, and about the run's other settings
+        it needs (``cfg``: the run's whole config): a ConfigError naming the key. A subclass checks its base's
+        first (super().validate(cfg)), then its own fields."""
 
-@dataclass
-class SemiSupervisedConfig(MethodConfig):
-    """Loss = L_sup + λ(t)·L_unsup with λ(t) = lambda_max·exp(-5(1 - t/T_r)^2) (Laine & Aila 2017)."""
-    lambda_max: float = 0.1
-    # T_r as a fraction of trainer.max_steps (METHODS.md: 40% of the run).
-    rampup_fraction: float = 0.4
-
-
-@dataclass
-class NoisyConsistencyConfig(SemiSupervisedConfig):
-    """Consistency under additive input noise η ~ N(0, noise_std²) clipped to ±noise_clip per voxel.
-
-    Defaults from Yu et al. 2019 (UA-MT code): std 0.1, clip 0.2, on z-scored images.
-    """
-    noise_std: float = 0.1
-    noise_clip: float = 0.2
-
-
-@dataclass
-class MeanTeacherConfig(NoisyConsistencyConfig):
-    # EMA decay α of the teacher's weights (Tarvainen & Valpola 2017; Yu et al. 2019: 0.99).
-    ema_decay: float = 0.99
-
-
-@dataclass
-class UAMTConfig(MeanTeacherConfig):
-    # Yu et al. 2019: K = 8 stochastic teacher passes; entropy threshold from 0.75 to 1.0 of ln C.
-    mc_passes: int = 8
-    threshold_start: float = 0.75
-    threshold_end: float = 1.0
-
-
-@dataclass
-class TransformConsistencyConfig(SemiSupervisedConfig):
-    # Probability of flipping each spatial axis; 0.5 makes every combination of flips equally likely.
-    flip_prob: float = 0.5
-
-
-@dataclass
-class SmileConfig(MethodConfig):
-    """SMILE (Petit et al. 2018): K sigmoid binary classifiers, BCE weighted by the ambiguity map."""
-    # Soft Dice on the annotated (case, organ) pairs added to the BCE ("Dice may be added", METHODS.md).
-    dice_on_annotated: bool = True
-    # Organ k is predicted where sigmoid(ŷ_k) > threshold (Petit et al. 2018: 0.5); also SMILEr's
-    # "predicted positive".
-    threshold: float = 0.5
-
-
-@dataclass
-class SmilerConfig(SmileConfig):
-    """SMILEr (Petit et al. 2018): SMILE, then R curriculum relabeling rounds with γ_t = (t/R)·γ_max."""
-    # R and γ_max of Petit et al. 2018.
-    relabel_rounds: int = 3
-    gamma_max: float = 1.0
-    # Plain SMILE for this fraction of trainer.max_steps; the R rounds then start evenly spaced over the rest,
-    # so SMILEr has the same total budget as every method. Petit et al. train SMILE first, then relabel.
-    smile_phase_fraction: float = 0.5
-
-
-@dataclass
-class AdversarialConfig(MethodConfig):
-    """Adversarial learning on probability maps (Zhang et al. 2017 DAN; Hung et al. 2018): defaults are Hung
-    et al.'s semi-supervised setting, as METHODS.md lists them. The weights are constant (no λ(t) ramp):
-    Hung et al. delay the self-training term instead (semi_start_fraction)."""
-    # Segmenter's BCE(D(p), 1) on labeled and on unlabeled images (Hung et al.: λ_adv = 0.001).
-    lambda_adv_labeled: float = 0.001
-    lambda_adv_unlabeled: float = 0.001
-    # Confidence-masked self-training CE on unlabeled images (Hung et al.: λ_semi = 0.1, T_semi = 0.2).
-    lambda_semi: float = 0.1
-    semi_threshold: float = 0.2
-    # Self-training starts after this fraction of trainer.max_steps (METHODS.md: 5% of the run).
-    semi_start_fraction: float = 0.05
-    # D: Adam, lr 1e-4, betas (0.9, 0.99); four stride-2 convolutions of 64-512 channels (Hung et al.).
-    discriminator_lr: float = 1e-4
-    discriminator_betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
-    discriminator_channels: List[int] = field(default_factory=lambda: [64, 128, 256, 512])
-    # Hung et al. feed D the probability map only; Zhang et al.'s DAN concatenates the image.
-    discriminator_with_image: bool = False
-
-
-@dataclass
-class CoTrainingConfig(SemiSupervisedConfig):
-    """Uncertainty-aware multi-view co-training (UMCT, Xia et al. 2020), with the protocol's λ(t) ramp."""
-    # Views = cyclic permutations of the spatial axes; None: one per spatial axis (3D: 3, 2D: 2), as UMCT.
-    views: Optional[int] = None
-    # MC-dropout passes per view for the confidence (UMCT: Bayesian via MC dropout; K = 8 as UA-MT here).
-    mc_passes: int = 8
-    # Keeps the confidence 1/(variance + ε) finite where all passes agree exactly.
-    variance_epsilon: float = 1e-6
-
-
-@dataclass
-class CPSConfig(SemiSupervisedConfig):
-    """Cross pseudo supervision (Chen et al., CVPR 2021): two networks, each trained on the other's hard
-    pseudo-labels, L = L_sup + λ(t)·L_cps, with SSL4MIS's medical weight and ramp as METHODS.md asks."""
-    # SSL4MIS (train_cross_pseudo_supervision_2D.py / _3D.py): consistency 0.1 with the sigmoid ramp over 200 "epochs"
-    # of 150 iterations, i.e. over its whole 30000-iteration run. Chen et al.'s code (TorchSemiSeg): a constant
-    # λ = 1.5 on PASCAL VOC and 6 on Cityscapes.
-    lambda_max: float = 0.1
-    rampup_fraction: float = 1.0
-    # L_cps on the labeled images too, L_cps = L_cps^l + L_cps^u (Chen et al. 2021, METHODS.md); SSL4MIS applies it
-    # to the unlabeled images only (false).
-    on_labeled: bool = True
-
-
-@dataclass
-class UniMatchConfig(SemiSupervisedConfig):
-    """Weak-to-strong consistency with a feature-perturbation stream (UniMatch, Yang et al., CVPR 2023); FixMatch
-    (Sohn et al. 2020) is strong_views=1 with feature_perturbation=false. Defaults: the authors' medical code
-    (LiheYoung/UniMatch, more-scenarios/medical) unless a comment says otherwise."""
-    # λ = 1 without ramp (Yang et al.: loss = (L_x + L_u) / 2, equal weights); a ramp only if the config asks.
-    lambda_max: float = 1.0
-    rampup_fraction: float = 0.0
-    # A pseudo-label counts where max p(u_w) >= τ (the medical code's conf_thresh 0.95, as in the paper).
-    confidence_threshold: float = 0.95
-    # Strong views per unlabeled image: 2 (UniMatch's dual stream) or 1 (FixMatch).
-    strong_views: int = 2
-    # The stream that decodes the weak view's bottleneck after channel dropout (UniMatch; false for FixMatch).
-    feature_perturbation: bool = True
-    # Its dropout rate: nn.Dropout2d(0.5) in the authors' code (there on every encoder level, here on the
-    # bottleneck as METHODS.md defines it).
-    feature_dropout: float = 0.5
-    # L against a pseudo-label: "dice_ce", masked CE + Dice (METHODS.md); "dice", the medical code's masked Dice only.
-    pseudo_label_loss: str = "dice_ce"
-    # Strong intensity augmentation (ssl_bench/utils/strong_augment.py). Contrast: the medical code's
-    # ColorJitter(0.5, 0.5, 0.5, 0.25) with p 0.8 (on a grey image its contrast term is this blend with the mean);
-    # blur: p 0.5, σ ~ U(0.1, 2.0) voxels (the code's PIL GaussianBlur radius); gamma and noise, which METHODS.md
-    # adds, from nnU-Net (Isensee et al. 2021): gamma ~ U(0.7, 1.5) with p 0.3, Gaussian noise of std ~ U(0, 0.1)
-    # with p 0.1 (batchgenerators draws its "variance" in (0, 0.1) and uses it as the std).
-    contrast_prob: float = 0.8
-    contrast_range: float = 0.5
-    gamma_prob: float = 0.3
-    gamma_range: List[float] = field(default_factory=lambda: [0.7, 1.5])
-    blur_prob: float = 0.5
-    blur_sigma: List[float] = field(default_factory=lambda: [0.1, 2.0])
-    noise_prob: float = 0.1
-    noise_std_max: float = 0.1
-    # CutMix box from another unlabeled image of the batch, with that image's pseudo-label and confidence
-    # (the medical code's obtain_cutmix_box: p 0.5, area U(0.02, 0.4) of the patch, side ratio U(0.3, 1/0.3)).
-    cutmix_prob: float = 0.5
-    cutmix_area: List[float] = field(default_factory=lambda: [0.02, 0.4])
-    cutmix_aspect: List[float] = field(default_factory=lambda: [0.3, 1 / 0.3])
-
-
-@dataclass
-class BCPConfig(MethodConfig):
-    """Bidirectional copy-paste inside Mean Teacher (Bai et al., CVPR 2023; DeepMed-Lab-ECNU/BCP code)."""
-    # Stage 1 (copy-paste between labeled images) for this fraction of trainer.max_steps, then stage 2. Bai et al.
-    # pre-train 10k of 40k iterations on ACDC (their LA script: 2k, then 15k).
-    stage1_fraction: float = 0.25
-    # false: stage 1 for the whole run, BCP's control (supervised copy-paste, no unlabeled image).
-    unlabeled_stage: bool = True
-    # EMA decay of the stage-2 teacher (Bai et al.'s code: 0.99).
-    ema_decay: float = 0.99
-    # α: weight of the voxels that come from an unlabeled image (Bai et al.: u_weight 0.5).
-    unlabeled_weight: float = 0.5
-    # Side of the pasted box as a fraction of each patch side (Bai et al.: mask_ratio 2/3).
-    box_fraction: float = 2 / 3
-    # Teacher pseudo-labels reduced to the largest connected component of each class (Bai et al.: nms=1).
-    largest_component: bool = True
-
-
-# The default 3D pretraining slab, in network strides: three (a bottleneck three voxels thick), chosen on
-# hippocampus validation Dice among one, two and three strides (README "Results on hippocampus"). One stride
-# (the patch over the 4 partitions, the default until session 11) lost to supervised; three was level with it.
-DEFAULT_SLAB_STRIDES = 3
-
-
-@dataclass
-class ContrastiveConfig(MethodConfig):
-    """Global and local contrastive pretraining (Chaitanya et al., NeurIPS 2020), then fine-tuning on the
-    labeled cases. The pretraining runs once per dataset and draw on every training-pool image, no labels."""
-    # Pretraining iterations, a budget of its own reported separately; None: trainer.max_steps, the same
-    # iterations as every method's training (Chaitanya et al. pretrain 10000).
-    pretrain_steps: Optional[int] = None
-    # Volumes per pretraining batch, each giving one crop per partition, each crop in two augmentations.
-    pretrain_volumes: int = 4
-    # Partitions of the volume's main axis (data.slice_axis); Chaitanya et al.: 4.
-    partitions: int = 4
-    # 3D: the crops' extent along the main axis (a slab, so that partitions differ: a hippocampus patch is as
-    # long as the volume); None: DEFAULT_SLAB_STRIDES network strides, at most patch_size along that axis
-    # rounded down to a multiple of the stride (at least one stride). 2D crops are slices of their partition.
-    slab_thickness: Optional[int] = None
-    # NT-Xent temperature of the global and of the local loss (Chaitanya et al.: 0.1 for both).
-    temperature: float = 0.1
-    local_temperature: float = 0.1
-    # Output size of the projection heads (Chaitanya et al.: 128).
-    projection_dim: int = 128
-    # Local regions: a local_grid^dims grid of cells over the decoder feature map, each its mean feature.
-    local_grid: int = 4
-    # Pretraining loss = global + local_weight · local.
-    local_weight: float = 1.0
-    # Probability of flipping each spatial axis in a pretraining augmentation (then a random 90° rotation).
-    flip_prob: float = 0.5
+    def check(self, rule: Range, *fields: str) -> None:
+        """``rule`` on each of ``fields``: a ConfigError naming method.<field> and the value found otherwise."""
+        for name in fields:
+            value = getattr(self, name)
+            need(rule.ok(value), f"method.{name}", f"{rule.message}, got {value}")
 
 
 @dataclass
@@ -555,11 +395,7 @@ def labeled_setting(cfg: DictConfig) -> str:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks that types alone cannot express."""
-    def need(ok: bool, key: str, msg: str):
-        if not ok:
-            raise ConfigError(f"{key}: {msg}")
-
+    """Checks that types alone cannot express; the method's own in its config's validate."""
     d = cfg.data
     need((d.fraction is None) != (d.n_labeled is None), "data.fraction",
          "give exactly one of data.fraction and data.n_labeled")
@@ -608,86 +444,7 @@ def validate(cfg: DictConfig) -> None:
              f"{list(cfg.eval.sw_stride)}")
     need(cfg.logging.wandb_mode in ("offline", "online", "disabled"), "logging.wandb_mode",
          "must be offline, online or disabled")
-    _validate_method(cfg.method, need)
-    _validate_views(cfg, need)
-    _validate_copy_paste(cfg, need)
-
-
-def _validate_method(m, need) -> None:
-    """Ranges of the method hyperparameters that exist in this method's config."""
-    def check(field: str, ok, msg: str):
-        if field in m:
-            need(ok(m[field]), f"method.{field}", f"{msg}, got {m[field]}")
-
-    check("lambda_max", lambda v: v >= 0, "must be >= 0")
-    check("rampup_fraction", lambda v: 0 <= v <= 1, "must be in [0, 1]")
-    check("ema_decay", lambda v: 0 <= v < 1, "must be in [0, 1)")
-    check("noise_std", lambda v: v >= 0, "must be >= 0")
-    check("noise_clip", lambda v: v >= 0, "must be >= 0")
-    check("mc_passes", lambda v: v >= 1, "must be >= 1")
-    check("flip_prob", lambda v: 0 <= v <= 1, "must be in [0, 1]")
-    check("threshold_end", lambda v: m.threshold_start <= v, "must be >= method.threshold_start")
-    check("threshold", lambda v: 0 < v < 1, "must be in (0, 1)")
-    check("relabel_rounds", lambda v: v >= 1, "must be >= 1")
-    check("gamma_max", lambda v: 0 < v <= 1, "must be in (0, 1]")
-    check("smile_phase_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)")
-    for weight in ("lambda_adv_labeled", "lambda_adv_unlabeled", "lambda_semi"):
-        check(weight, lambda v: v >= 0, "must be >= 0")
-    check("semi_threshold", lambda v: 0 <= v <= 1, "must be in [0, 1]")
-    check("semi_start_fraction", lambda v: 0 <= v <= 1, "must be in [0, 1]")
-    check("discriminator_lr", lambda v: v > 0, "must be > 0")
-    check("discriminator_betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two values in [0, 1)")
-    check("discriminator_channels", lambda v: len(v) >= 1 and all(c >= 1 for c in v), "must be >= 1 channel counts")
-    check("variance_epsilon", lambda v: v > 0, "must be > 0")
-    check("pretrain_steps", lambda v: v is None or v >= 1, "must be >= 1 (or null: trainer.max_steps)")
-    check("pretrain_volumes", lambda v: v >= 2, "must be >= 2 (positives across volumes, Chaitanya et al.)")
-    check("partitions", lambda v: v >= 1, "must be >= 1")
-    check("slab_thickness", lambda v: v is None or v >= 1, "must be >= 1 (or null: derived from the patch)")
-    check("temperature", lambda v: v > 0, "must be > 0")
-    check("local_temperature", lambda v: v > 0, "must be > 0")
-    check("projection_dim", lambda v: v >= 1, "must be >= 1")
-    check("local_grid", lambda v: v >= 2, "must be >= 2 (a region needs other regions as negatives)")
-    check("local_weight", lambda v: v >= 0, "must be >= 0")
-    check("confidence_threshold", lambda v: 0 <= v <= 1, "must be in [0, 1]")
-    check("strong_views", lambda v: v in (1, 2), "must be 1 (FixMatch) or 2 (UniMatch)")
-    check("feature_dropout", lambda v: 0 <= v < 1, "must be in [0, 1)")
-    check("pseudo_label_loss", lambda v: v in ("dice_ce", "dice"), "must be dice_ce or dice")
-    for prob in ("contrast_prob", "gamma_prob", "blur_prob", "noise_prob", "cutmix_prob"):
-        check(prob, lambda v: 0 <= v <= 1, "must be in [0, 1]")
-    check("contrast_range", lambda v: 0 <= v < 1, "must be in [0, 1)")
-    check("noise_std_max", lambda v: v >= 0, "must be >= 0")
-    check("gamma_range", lambda v: len(v) == 2 and 0 < v[0] <= v[1], "must be [low, high] with 0 < low <= high")
-    check("blur_sigma", lambda v: len(v) == 2 and 0 <= v[0] <= v[1], "must be [low, high] with 0 <= low <= high")
-    check("cutmix_area", lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1, "must be [low, high] in (0, 1]")
-    check("cutmix_aspect", lambda v: len(v) == 2 and 0 < v[0] <= v[1], "must be [low, high] with 0 < low <= high")
-    check("stage1_fraction", lambda v: 0 <= v <= 1, "must be in [0, 1]")
-    check("unlabeled_weight", lambda v: v >= 0, "must be >= 0")
-    check("box_fraction", lambda v: 0 < v < 1, "must be in (0, 1)")
-
-
-def _validate_views(cfg, need) -> None:
-    """co_training: the number of views, and the dropout its MC passes need."""
-    m, dims = cfg.method, cfg.data.spatial_dims
-    if "views" not in m:
-        return
-    if m.views is not None:
-        need(2 <= m.views <= dims, "method.views", f"must be in [2, data.spatial_dims={dims}], got {m.views}")
-    need(m.mc_passes == 1 or cfg.model.dropout > 0, "model.dropout",
-         "co_training's confidence is MC dropout (Xia et al. 2020): with method.mc_passes > 1 set model.dropout > 0 "
-         "(the protocol's backbone has 0.1), or method.mc_passes=1 for an unweighted average of views")
-
-
-def _validate_copy_paste(cfg, need) -> None:
-    """bcp mixes the two halves of the labeled batch (stage 1) and pairs labeled with unlabeled images (stage 2)."""
-    if "box_fraction" not in cfg.method:
-        return
-    d = cfg.data
-    need(d.labeled_batch_size % 2 == 0, "data.labeled_batch_size",
-         f"bcp pastes between the two halves of the labeled batch: must be even, got {d.labeled_batch_size}")
-    if cfg.method.unlabeled_stage:
-        need(d.unlabeled_batch_size == d.labeled_batch_size, "data.unlabeled_batch_size",
-             f"bcp pairs each labeled image with an unlabeled one: must equal data.labeled_batch_size "
-             f"({d.labeled_batch_size}), got {d.unlabeled_batch_size}")
+    OmegaConf.to_object(cfg.method).validate(cfg)
 
 
 def run_seed(cfg: DictConfig) -> int:

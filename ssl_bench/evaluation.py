@@ -1,5 +1,5 @@
-"""Per-case, per-class Dice, Jaccard, HD95 and ASD with the protocol's empty-mask rules (METHODS.md, nnU-Net): the
-four numbers the left-atrium papers report (UA-MT's test_LA.py, with medpy).
+"""Per-case, per-class Dice, Jaccard, HD95 and ASD with the protocol's empty-mask rules (docs/methods.md, "The
+protocol"; nnU-Net): the four numbers the left-atrium papers report (UA-MT's test_LA.py, with medpy).
 
 - Dice and Jaccard: a class absent from both ground truth and prediction is NaN (skipped by nanmean); absent in
   the ground truth but predicted is 0 (MONAI's compute_dice would give 1 or NaN, so we set it here).
@@ -87,7 +87,7 @@ def summarize(rows: List[dict], class_names: Sequence[str]) -> Dict[str, float]:
     where it was scored with them).
 
     Per class: nanmean over cases. ``dice_mean``/``hd95_mean``: per case the nanmean over classes,
-    then the nanmean over cases, as METHODS.md says.
+    then the nanmean over cases, as docs/methods.md ("The protocol") says.
     """
     out = {"n_cases": len(rows)}
     for metric in (m for m in TEST_METRICS if rows and f"{m}_mean" in rows[0]):

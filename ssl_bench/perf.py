@@ -14,7 +14,9 @@ data (loading the batches, moving them to the device and augmenting them there; 
 loading too is in the training process) and the rest
 (optimizer, EMA and other step-end work, Lightning). The minimum is timed between the timed steps (after each,
 outside its time), on the trained networks: a machine whose speed drifts within seconds (this project's shared
-VM drifts by more than the 15% target) slows a step and its minimum alike, so their ratio holds.
+VM drifts by more than the 15% target) slows a step and its minimum alike, so their ratio holds. A method whose
+step changes over its run is timed in the phase that holds most of its budget (its perf_overrides: bcp's second
+stage), and a timed step whose passes are not the method's declared ones (forward_passes) is flagged.
 
 Both parts also count the tensor operators of one step, after the timed ones, and of its bare step or minimum
 (ssl_bench/utils/operators.py): on a GPU where a small network's step is bound by the host queueing kernels, the count
@@ -269,8 +271,8 @@ class MinimumRound:
     are those of a step by a throwaway module at step 0. A round starts from no gradients, as a step does (its
     backward writes them instead of adding to the last round's, one more operator per parameter); its weight changes do
     not matter: a few odd updates do not change what a step costs.
-    The forward calls themselves are pinned to their analytic count by
-    tests/test_methods.py::test_forward_calls_per_training_step."""
+    The forward calls themselves are the method's declared ones (forward_passes), which
+    tests/test_methods.py holds every step to and compare_methods checks the timed steps against."""
     operators: Optional[int] = None  # of one round, where stack_step_breakdown counted them
 
     def __init__(self, cfg, manifest, method_cls, dm):
@@ -323,7 +325,7 @@ class MinimumRound:
 
 def split_overrides(overrides: List[str]) -> Tuple[List[str], Dict[str, List[str]]]:
     """Overrides for every run, and those written ``METHOD:key=value`` for that method's run only (e.g.
-    ``bcp:method.stage1_fraction=0`` times bcp's second stage from its first step)."""
+    ``bcp:method.stage1_fraction=0.5`` times bcp's first stage, which by default it is not: method_config)."""
     common, per_method = [], {}
     for item in overrides:
         name, sep, rest = item.partition(":")
@@ -334,21 +336,54 @@ def split_overrides(overrides: List[str]) -> Tuple[List[str], Dict[str, List[str
     return common, per_method
 
 
+def method_config(name: str, data: str, given: List[str]) -> Tuple[object, List[str]]:
+    """The config ``name`` is timed with: the ``given`` overrides, after the method's perf_overrides (the phase that
+    dominates its budget, e.g. bcp's stage 2) for the keys not given; and those perf_overrides applied."""
+    cfg = load_config(name, data, ["logging.wandb=false", *given])
+    keys = {item.split("=", 1)[0] for item in given}
+    dominant = [o for o in get_method(name).perf_overrides(cfg) if o.split("=", 1)[0] not in keys]
+    if dominant:
+        cfg = load_config(name, data, ["logging.wandb=false", *dominant, *given])
+    return cfg, dominant
+
+
+def undeclared_steps(cfg, round_: "MinimumRound", timed: range) -> List[int]:
+    """The timed steps whose recorded passes are not the method's declared ones (its forward_passes at that step;
+    a compiled network is not hooked, and then every round holds the passes of step 0, compared with step 0's)."""
+    method_cls = get_method(cfg.method.name)
+    out = []
+    for step in timed:
+        recorded: Dict[str, List[int]] = {}
+        for network, shape, _ in round_.history[step]:
+            recorded.setdefault(network, []).append(shape[0])
+        if recorded != method_cls.forward_passes(cfg, step if round_.live else 0):
+            out.append(step)
+    return out
+
+
 def compare_methods(methods: List[str], data: str, overrides: List[str], warmup: int, steps: int) -> None:
     """Seconds per step of each method through the stack, relative to supervised and to its analytic minimum."""
     common, per_method = split_overrides(overrides)
-    rows, varying = [], []
+    rows, notes = [], []
     for name in methods:
-        cfg = load_config(name, data, ["logging.wandb=false", *common, *per_method.get(name, [])])
+        cfg, dominant = method_config(name, data, [*common, *per_method.get(name, [])])
+        if dominant:
+            notes.append(f"  {name}: timed with {' '.join(dominant)}, the phase of most of its budget "
+                         f"({name}:<key>=<value> overrides it)")
         step, minimum, round_ = stack_step_breakdown(cfg, warmup, steps, MinimumRound)
         rows.append((name, step, minimum, round_.passes, round_.operators))
-        kinds = len(set(round_.history[warmup:warmup + steps]))
+        timed = range(warmup, warmup + steps)
+        kinds = len(set(round_.history[timed.start:timed.stop]))
         if kinds > 1:
-            varying.append(f"  {name}: its passes changed within the timed steps ({kinds} kinds; its minimum follows "
-                           "them step by step; the passes column shows the last step's)")
+            notes.append(f"  {name}: its passes changed within the timed steps ({kinds} kinds; its minimum follows "
+                         "them step by step; the passes column shows the last step's)")
+        undeclared = undeclared_steps(cfg, round_, timed)
+        if undeclared:
+            notes.append(f"  {name}: {len(undeclared)} timed step(s) made other passes than the method declares "
+                         f"(forward_passes), first at step {undeclared[0]}")
     print_method_table(rows, warmup, steps)
-    if varying:
-        print("\n".join(varying))
+    if notes:
+        print("\n".join(notes))
 
 
 def print_method_table(rows, warmup: int, steps: int) -> None:

@@ -152,3 +152,36 @@ def test_optim_name_sgd_builds_ssl4mis_optimizer_and_schedule():
         optimizer.step()
         schedule.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * (1 - 50 / 100) ** 0.9)  # SSL4MIS's poly
+
+
+def test_a_method_config_checks_its_own_ranges_through_load_config(tmp_path, monkeypatch):
+    """A method's range checks live in its config's validate(), found through the registry's config_class: a new
+    method brings its checks in its own file, and config.py names none of its fields."""
+    import shutil
+    from dataclasses import dataclass
+
+    from ssl_bench import registry
+    from ssl_bench.config import NON_NEGATIVE, MethodConfig
+    from ssl_bench.methods.base import SegmentationMethod
+
+    @dataclass
+    class WarmthConfig(MethodConfig):
+        warmth: float = 1.0
+
+        def validate(self, cfg):
+            super().validate(cfg)
+            self.check(NON_NEGATIVE, "warmth")
+
+    class Warm(SegmentationMethod):
+        config_class = WarmthConfig
+
+    registry.method_names()  # the real methods first, so that the discovery does not run inside the patch
+    monkeypatch.setitem(registry._METHODS, "warm", Warm)
+    experiments = tmp_path / "experiments"
+    shutil.copytree(PROJECT_ROOT / "experiments", experiments)
+    (experiments / "method" / "warm.yaml").write_text("method:\n  name: warm\n")
+    assert load_config("warm", "synthetic", experiments_dir=experiments).method.warmth == 1.0
+    with pytest.raises(ConfigError, match=r"method.warmth: must be >= 0, got -2.0"):
+        load_config("warm", "synthetic", ["method.warmth=-2"], experiments_dir=experiments)
+    source = (PROJECT_ROOT / "ssl_bench" / "config.py").read_text()
+    assert "lambda_max" not in source and "box_fraction" not in source and "mc_passes" not in source

@@ -44,7 +44,7 @@ def test_mean_teacher_gradients_and_their_ratio(tmp_path, synthetic_cache, capsy
 
 def _diagnosable():
     """Every registered method that adds λ(t)·L_unsup under automatic optimization (what diagnose measures)."""
-    from ssl_bench.config import SemiSupervisedConfig
+    from ssl_bench.methods.base_config import SemiSupervisedConfig
     return [name for name in method_names() if issubclass(get_method(name).config_class, SemiSupervisedConfig)
             and get_method(name).training_step is get_method("supervised").training_step]
 

@@ -69,3 +69,31 @@ def test_the_summary_tables_are_the_records(table):
             expected_mean, expected_std, draws = _dice_over_draws(run, fraction)
             assert draws >= 2, (run, fraction)
             assert (float(mean), float(std)) == (round(expected_mean, 3), round(expected_std, 3)), (run, fraction)
+
+
+METHOD_REFERENCE = PROJECT_ROOT / "docs" / "methods.md"
+# A citation of the method reference with its section: docs/methods.md ("ua_mt"), docs/methods.md, "The protocol".
+SECTION_CITATION = re.compile(r'docs/methods\.md,?\s*\(?\s*"([^"]+)"')
+
+
+def _reference_sections():
+    return {line.lstrip("#").strip() for line in METHOD_REFERENCE.read_text().splitlines() if line.startswith("##")}
+
+
+def test_every_registered_method_has_its_section_in_the_method_reference():
+    from ssl_bench.registry import method_names
+    sections = _reference_sections()
+    missing = [name for name in method_names() if not any(name in s.split(" and ") for s in sections)]
+    assert missing == []
+
+
+def test_the_code_cites_the_method_reference_and_sections_it_has():
+    sources = [p for folder in ("ssl_bench", "experiments", "tests") for p in (PROJECT_ROOT / folder).rglob("*")
+               if p.suffix in (".py", ".yaml")]
+    texts = {p: p.read_text() for p in sources}
+    assert [p for p, text in texts.items() if "METHODS" + ".md" in text] == []
+    cited = {(p.name, " ".join(section.split()))  # a section name may run over a line break
+             for p, text in texts.items() for section in SECTION_CITATION.findall(text)}
+    assert len(cited) > 10
+    sections = _reference_sections()
+    assert [c for c in cited if c[1] not in sections] == []

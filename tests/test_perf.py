@@ -208,3 +208,41 @@ def test_the_stack_steps_with_a_runs_per_step_callbacks_its_csv_log_and_its_prog
     kinds = {type(c) for c in trainer.callbacks}
     assert {type(c) for c in step_callbacks(StepTimer())} | {StepProgressBar, perf._StepClock} <= kinds
     assert isinstance(trainer.logger, RunCSVLogger)
+
+
+def test_bcp_is_timed_in_the_stage_that_dominates_its_budget_unless_told_otherwise():
+    """Stage 2 holds 3/4 of bcp's budget (method.stage1_fraction 0.25): make perf times it from step 0, as
+    method.stage1_fraction=0; a stage1_fraction given to perf (common or bcp:...) is kept, as is the control."""
+    from ssl_bench.config import load_config
+    from ssl_bench.perf import method_config
+    from ssl_bench.registry import get_method
+    stage_two = get_method("bcp").unlabeled_stage_at
+    cfg, dominant = method_config("bcp", "synthetic", TINY)
+    assert dominant == ["method.stage1_fraction=0"] and stage_two(cfg, 0) and cfg.method.stage1_fraction == 0
+    assert load_config("bcp", "synthetic").method.stage1_fraction == 0.25  # the run's own config is untouched
+    for given in (["method.stage1_fraction=0.5"], ["method.unlabeled_stage=false"], ["method.stage1_fraction=0.75"]):
+        cfg, dominant = method_config("bcp", "synthetic", [*TINY, *given])
+        assert dominant == [] and not stage_two(cfg, 0), given
+    cfg, dominant = method_config("mean_teacher", "synthetic", TINY)
+    assert dominant == [] and cfg == load_config("mean_teacher", "synthetic", ["logging.wandb=false", *TINY])
+
+
+def test_timed_steps_whose_passes_are_not_the_declared_ones_are_flagged():
+    from ssl_bench.config import load_config
+    from ssl_bench.perf import undeclared_steps
+    cfg = load_config("mean_teacher", "synthetic")  # L = U = 2: student L then U, teacher U
+    shape = (2, 1, 8, 8, 8)
+    declared = (("student", shape, True), ("student", shape, True), ("teacher", shape, False))
+    extra = declared + (("teacher", shape, False),)
+    round_ = SimpleNamespace(history=[declared, declared, extra, declared], live=True)
+    assert undeclared_steps(cfg, round_, range(1, 4)) == [2]
+
+
+def test_perf_times_bcp_in_its_second_stage(synthetic_cache, capsys):
+    overrides = [f"data.cache_dir={synthetic_cache}", *TINY]
+    assert main(["--data", "synthetic", "--methods", "bcp", "--steps", "2", "--warmup", "1", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "bcp: timed with method.stage1_fraction=0" in out
+    line = next(line for line in out.splitlines() if line.strip().startswith("bcp "))
+    assert "teacher:2" in line and "student:2g" in line, "stage 2: the teacher's pass, the student on L mixed images"
+    assert "declares" not in out

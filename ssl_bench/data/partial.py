@@ -1,5 +1,5 @@
-"""The partial-annotation protocol (METHODS.md; Petit et al. 2018): which organs of which labeled case
-keep their annotation, and the transform that removes the others from the label map.
+"""The partial-annotation protocol (docs/methods.md, "The protocol"; Petit et al. 2018): which organs of which
+labeled case keep their annotation, and the transform that removes the others from the label map.
 
 For each foreground class k independently, the labeled training cases are put in an order seeded by
 (draw, k) and the first round(alpha · n) of that order lose their annotation of k. The order does not

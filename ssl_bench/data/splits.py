@@ -1,4 +1,4 @@
-"""Labeled / unlabeled split of a training pool, exactly as METHODS.md ("The protocol") says: by patient.
+"""Labeled / unlabeled split of a training pool, exactly as docs/methods.md ("The protocol") says: by patient.
 
 A case is one image; a patient (subject) may have several (ACDC: end-diastole and end-systole frames). The pool is
 split by patient, so that both images of a patient are labeled or both unlabeled. Without patient ids every case is

@@ -1,4 +1,5 @@
-"""The adversarial method's losses (Hung et al. 2018), as pure functions of discriminator logits.
+"""The adversarial method's losses (Hung et al. 2018), as pure functions of discriminator logits, and the losses of
+one step as the method returns them (AdversarialLosses).
 
 D's output is a per-voxel logit of "this probability map is ground truth"; every function takes logits, so
 BCE is computed stably with ``binary_cross_entropy_with_logits``.
@@ -6,8 +7,22 @@ BCE is computed stably with ``binary_cross_entropy_with_logits``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
+
+
+class AdversarialLosses(NamedTuple):
+    """Both losses of one adversarial step and what it logs of them (the method's ``losses(batch)``)."""
+    segmenter: torch.Tensor       # what the segmenter's optimizer minimises
+    discriminator: torch.Tensor   # what D's optimizer minimises
+    supervised: torch.Tensor
+    adversarial: torch.Tensor     # λ-weighted sum of both fool terms
+    self_training: torch.Tensor   # unweighted masked CE (0 before the start)
+    confident_fraction: torch.Tensor
+    accuracy_real: torch.Tensor
+    accuracy_fake: torch.Tensor
 
 
 def fool_loss(fake_logits: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""SMILE's loss and SMILEr's relabeling (Petit et al. 2018), as METHODS.md ("smile / smiler") defines them.
+"""SMILE's loss and SMILEr's relabeling (Petit et al. 2018), as docs/methods.md ("smile and smiler") defines them.
 
 Pure functions on tensors. Shapes: ``logits`` (B, K, *spatial), one sigmoid output per organ (K = C - 1, no
 background channel); ``label`` (B, 1, *spatial) integers in 0..K, where a removed organ is already

@@ -1,5 +1,5 @@
 """adversarial: a segmenter against a fully convolutional discriminator (Zhang et al. 2017 DAN; Hung et al.
-2018), as METHODS.md defines it.
+2018), as docs/methods.md ("adversarial") defines it.
 
 D (ssl_bench/nets/discriminator.py) learns one-hot ground truth (real) against the segmenter's probability
 maps of labeled and unlabeled images (fake, detached). The segmenter minimises
@@ -12,35 +12,56 @@ Two optimizers, manual optimization: the segmenter's is the protocol's AdamW + s
 Hung et al.'s lr and betas under the same schedule (Hung et al. decay both with the same poly rule).
 global_step counts segmenter steps only, so max_steps and the schedules mean what they mean elsewhere.
 
-Forwards per step: segmenter L + U (one batched call, with gradients); D 2 calls: L + U predictions with
-gradients to the segmenter only, then L + U detached predictions and L ground truths for its own loss.
+Forwards per step (forward_passes): the segmenter on L + U with gradients; D on those predictions (gradients to
+the segmenter only), then on them detached with the L ground truths, for its own loss.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ssl_bench.config import AdversarialConfig
-from ssl_bench.losses.adversarial import (confidence_mask, discriminator_accuracy, discriminator_loss, fool_loss,
-                                          masked_self_training_loss)
+from ssl_bench.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MethodConfig, Range
+from ssl_bench.losses.adversarial import (AdversarialLosses, confidence_mask, discriminator_accuracy,
+                                          discriminator_loss, fool_loss, masked_self_training_loss)
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.nets.discriminator import Discriminator
 from ssl_bench.registry import register_method
 
 
-class AdversarialLosses(NamedTuple):
-    segmenter: torch.Tensor       # what the segmenter's optimizer minimises
-    discriminator: torch.Tensor   # what D's optimizer minimises
-    supervised: torch.Tensor
-    adversarial: torch.Tensor     # λ-weighted sum of both fool terms
-    self_training: torch.Tensor   # unweighted masked CE (0 before the start)
-    confident_fraction: torch.Tensor
-    accuracy_real: torch.Tensor
-    accuracy_fake: torch.Tensor
+@dataclass
+class AdversarialConfig(MethodConfig):
+    """Adversarial learning on probability maps (Zhang et al. 2017 DAN; Hung et al. 2018): defaults are Hung
+    et al.'s semi-supervised setting, as docs/methods.md ("adversarial") lists them. The weights are constant (no
+    λ(t) ramp): Hung et al. delay the self-training term instead (semi_start_fraction)."""
+    # Segmenter's BCE(D(p), 1) on labeled and on unlabeled images (Hung et al.: λ_adv = 0.001).
+    lambda_adv_labeled: float = 0.001
+    lambda_adv_unlabeled: float = 0.001
+    # Confidence-masked self-training CE on unlabeled images (Hung et al.: λ_semi = 0.1, T_semi = 0.2).
+    lambda_semi: float = 0.1
+    semi_threshold: float = 0.2
+    # Self-training starts after this fraction of trainer.max_steps (docs/methods.md: 5% of the run).
+    semi_start_fraction: float = 0.05
+    # D: Adam, lr 1e-4, betas (0.9, 0.99); four stride-2 convolutions of 64-512 channels (Hung et al.).
+    discriminator_lr: float = 1e-4
+    discriminator_betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    discriminator_channels: List[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    # Hung et al. feed D the probability map only; Zhang et al.'s DAN concatenates the image.
+    discriminator_with_image: bool = False
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        self.check(NON_NEGATIVE, "lambda_adv_labeled", "lambda_adv_unlabeled", "lambda_semi")
+        self.check(UNIT_INTERVAL, "semi_threshold", "semi_start_fraction")
+        self.check(POSITIVE, "discriminator_lr")
+        self.check(Range(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two values in [0, 1)"),
+                   "discriminator_betas")
+        self.check(Range(lambda v: len(v) >= 1 and all(c >= 1 for c in v), "must be >= 1 channel counts"),
+                   "discriminator_channels")
 
 
 LOGGED = {"segmenter": "train/loss", "discriminator": "train/loss_discriminator", "supervised": "train/loss_sup",
@@ -51,8 +72,14 @@ LOGGED = {"segmenter": "train/loss", "discriminator": "train/loss_discriminator"
 
 @register_method("adversarial")
 class Adversarial(SegmentationMethod):
+    plot_colour = "#8c564b"
     config_class = AdversarialConfig
     uses_unlabeled = True
+
+    @classmethod
+    def forward_passes(cls, cfg, step=0):
+        labeled, images = cfg.data.labeled_batch_size, cfg.data.labeled_batch_size + cfg.data.unlabeled_batch_size
+        return {"student": [images], "discriminator": [images, images + labeled]}
 
     def __init__(self, cfg, class_names, case_ids):
         super().__init__(cfg, class_names, case_ids)

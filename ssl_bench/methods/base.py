@@ -46,6 +46,9 @@ from ssl_bench.nets.backbone import Backbone, build_backbone
 from ssl_bench.nets.pretrained import architecture, load_backbone
 from ssl_bench.utils.ramps import learning_rate_factor, sigmoid_rampup
 
+# Forward calls of a training step: {training network: images of each call, in order}.
+Passes = Dict[str, List[int]]
+
 
 class SegmentationMethod(pl.LightningModule):
     config_class = MethodConfig
@@ -54,6 +57,9 @@ class SegmentationMethod(pl.LightningModule):
     # Whether labeled patches carry ``voxel_index`` (each voxel's index in its volume; see data/partial.py).
     uses_voxel_index = False
     method_name = "base"
+    # Its colour in every figure of the report (ssl_bench/report/plots.py); None: a free colour of the report's
+    # palette, chosen by the method's name.
+    plot_colour: Optional[str] = None
 
     def __init__(self, cfg, class_names: List[str], case_ids: List[str]):
         """``cfg``: the run's config, or the plain data a checkpoint keeps of it (``load_from_checkpoint``)."""
@@ -115,7 +121,8 @@ class SegmentationMethod(pl.LightningModule):
         return None
 
     def rampup(self) -> float:
-        """exp(-5 (1 - t/T_r)^2) at the current step, T_r = method.rampup_fraction · max_steps (METHODS.md).
+        """exp(-5 (1 - t/T_r)^2) at the current step, T_r = method.rampup_fraction · max_steps (docs/methods.md,
+        "The shared ramp").
 
         Needs a ``SemiSupervisedConfig``; the one ramp every schedule of a method follows.
         """
@@ -143,6 +150,35 @@ class SegmentationMethod(pl.LightningModule):
     def training_networks(self) -> Dict[str, nn.Module]:
         """The networks a training step runs (what ``make perf`` and the forward-count tests record)."""
         return self.evaluation_networks()
+
+    @classmethod
+    def perf_overrides(cls, cfg) -> List[str]:
+        """Overrides under which ``make perf`` times the method unless told otherwise: those that put its timed steps
+        in the phase that dominates its budget (bcp: its second stage). None where every step costs the same."""
+        return []
+
+    @classmethod
+    def supervised_passes(cls, cfg) -> Passes:
+        """The forward calls of the supervised term: {training network: images of each call, in order}."""
+        return {"student": [cfg.data.labeled_batch_size]}
+
+    @classmethod
+    def unsupervised_passes(cls, cfg, step: int) -> Passes:
+        """The forward calls of the unsupervised term at ``step``, after the supervised ones (supervised_passes)."""
+        return {}
+
+    @classmethod
+    def forward_passes(cls, cfg, step: int = 0) -> Passes:
+        """The method's declared cost: the forward calls one training step at ``step`` makes, per network of
+        training_networks(), each call's images as a list (e.g. Mean Teacher: {"student": [L, U], "teacher": [U]}),
+        each group of passes batched into one call: its analytic minimum. tests/test_methods.py holds every step to
+        it and ``make perf`` flags a step that makes other passes. With method.lambda_max = 0 the unsupervised
+        passes are skipped, as training_step skips them."""
+        passes = {name: list(sizes) for name, sizes in cls.supervised_passes(cfg).items()}
+        if not ("lambda_max" in cfg.method and cfg.method.lambda_max == 0):
+            for name, sizes in cls.unsupervised_passes(cfg, step).items():
+                passes.setdefault(name, []).extend(sizes)
+        return passes
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (B, C, ...) to a label map (B, ...)."""

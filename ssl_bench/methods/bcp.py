@@ -1,4 +1,4 @@
-"""bcp: bidirectional copy-paste inside Mean Teacher (Bai et al., CVPR 2023), as METHODS.md defines it.
+"""bcp: bidirectional copy-paste inside Mean Teacher (Bai et al., CVPR 2023), as docs/methods.md ("bcp") defines it.
 
 M is 1 everywhere but a box of 2/3 of every patch side, placed at random (one per mixed image), where it is 0.
 Stage 1, the first method.stage1_fraction of the run: supervised copy-paste between the two halves of the labeled
@@ -22,13 +22,48 @@ and the student on the L/2 + U/2 mixed images (L = U, one call) with gradients.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ssl_bench.config import BCPConfig
+from ssl_bench.config import BELOW_ONE, NON_NEGATIVE, OPEN_UNIT_INTERVAL, UNIT_INTERVAL, MethodConfig, need
 from ssl_bench.losses.mixing import bcp_outside_mask, bidirectional_copy_paste, paste
 from ssl_bench.losses.pseudo_label import hard_pseudo_labels, largest_component_per_class, source_dice_ce
 from ssl_bench.methods.mean_teacher import MeanTeacher
 from ssl_bench.registry import register_method
+
+
+@dataclass
+class BCPConfig(MethodConfig):
+    """Bidirectional copy-paste inside Mean Teacher (Bai et al., CVPR 2023; DeepMed-Lab-ECNU/BCP code)."""
+    # Stage 1 (copy-paste between labeled images) for this fraction of trainer.max_steps, then stage 2. Bai et al.
+    # pre-train 10k of 40k iterations on ACDC (their LA script: 2k, then 15k).
+    stage1_fraction: float = 0.25
+    # false: stage 1 for the whole run, BCP's control (supervised copy-paste, no unlabeled image).
+    unlabeled_stage: bool = True
+    # EMA decay of the stage-2 teacher (Bai et al.'s code: 0.99).
+    ema_decay: float = 0.99
+    # α: weight of the voxels that come from an unlabeled image (Bai et al.: u_weight 0.5).
+    unlabeled_weight: float = 0.5
+    # Side of the pasted box as a fraction of each patch side (Bai et al.: mask_ratio 2/3).
+    box_fraction: float = 2 / 3
+    # Teacher pseudo-labels reduced to the largest connected component of each class (Bai et al.: nms=1).
+    largest_component: bool = True
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        self.check(UNIT_INTERVAL, "stage1_fraction")
+        self.check(BELOW_ONE, "ema_decay")
+        self.check(NON_NEGATIVE, "unlabeled_weight")
+        self.check(OPEN_UNIT_INTERVAL, "box_fraction")
+        # Stage 1 mixes the two halves of the labeled batch; stage 2 pairs labeled with unlabeled images.
+        d = cfg.data
+        need(d.labeled_batch_size % 2 == 0, "data.labeled_batch_size",
+             f"bcp pastes between the two halves of the labeled batch: must be even, got {d.labeled_batch_size}")
+        if self.unlabeled_stage:
+            need(d.unlabeled_batch_size == d.labeled_batch_size, "data.unlabeled_batch_size",
+                 f"bcp pairs each labeled image with an unlabeled one: must equal data.labeled_batch_size "
+                 f"({d.labeled_batch_size}), got {d.unlabeled_batch_size}")
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
@@ -38,11 +73,29 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
 @register_method("bcp")
 class BidirectionalCopyPaste(MeanTeacher):
     """Mean Teacher's teacher and its update; BCP's own losses (none of Mean Teacher's noise or consistency)."""
+    plot_colour = "#ffbb78"
     config_class = BCPConfig
 
+    @staticmethod
+    def unlabeled_stage_at(cfg, step: int) -> bool:
+        m = cfg.method
+        return m.unlabeled_stage and step >= round(m.stage1_fraction * cfg.trainer.max_steps)
+
     def in_unlabeled_stage(self) -> bool:
-        m = self.cfg.method
-        return m.unlabeled_stage and self.global_step >= round(m.stage1_fraction * self.cfg.trainer.max_steps)
+        return self.unlabeled_stage_at(self.cfg, self.global_step)
+
+    @classmethod
+    def perf_overrides(cls, cfg):
+        # Stage 2 holds 1 - stage1_fraction of the budget (3/4 by default): timed from step 0 when it dominates.
+        m = cfg.method
+        return ["method.stage1_fraction=0"] if m.unlabeled_stage and m.stage1_fraction < 0.5 else []
+
+    @classmethod
+    def forward_passes(cls, cfg, step=0):
+        labeled = cfg.data.labeled_batch_size
+        if cls.unlabeled_stage_at(cfg, step):
+            return {"teacher": [cfg.data.unlabeled_batch_size], "student": [labeled]}
+        return {"student": [labeled // 2]}
 
     def box_masks(self, labeled: dict, count: int) -> torch.Tensor:
         spatial = labeled["image"].shape[2:]

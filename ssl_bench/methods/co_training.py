@@ -1,4 +1,5 @@
-"""co_training: uncertainty-aware multi-view co-training (UMCT, Xia et al. 2020), as METHODS.md defines it.
+"""co_training: uncertainty-aware multi-view co-training (UMCT, Xia et al. 2020), as docs/methods.md
+("co_training") defines it.
 
 V views of each image by cyclic permutation of its spatial axes (3D: three orientations; 2D: the transpose;
 ssl_bench/utils/views.py), one network per view from the shared backbone factory, each wrapped to take and
@@ -16,20 +17,59 @@ so it costs about V supervised steps plus V·(K - 1)·U forwards (make perf prin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
-from ssl_bench.config import CoTrainingConfig
+from ssl_bench.config import AT_LEAST_ONE, POSITIVE, need
 from ssl_bench.losses.co_training import leave_one_out_pseudo_labels, mc_mean_and_confidence, soft_cross_entropy
 from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.methods.base_config import SemiSupervisedConfig
 from ssl_bench.nets.multiview import OrientedNetwork, ViewEnsemble
 from ssl_bench.registry import register_method
 from ssl_bench.utils.views import view_permutations
 
 
+@dataclass
+class CoTrainingConfig(SemiSupervisedConfig):
+    """Uncertainty-aware multi-view co-training (UMCT, Xia et al. 2020), with the protocol's λ(t) ramp."""
+    # Views = cyclic permutations of the spatial axes; None: one per spatial axis (3D: 3, 2D: 2), as UMCT.
+    views: Optional[int] = None
+    # MC-dropout passes per view for the confidence (UMCT: Bayesian via MC dropout; K = 8 as UA-MT here).
+    mc_passes: int = 8
+    # Keeps the confidence 1/(variance + ε) finite where all passes agree exactly.
+    variance_epsilon: float = 1e-6
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        self.check(AT_LEAST_ONE, "mc_passes")
+        self.check(POSITIVE, "variance_epsilon")
+        dims = cfg.data.spatial_dims
+        if self.views is not None:
+            need(2 <= self.views <= dims, "method.views",
+                 f"must be in [2, data.spatial_dims={dims}], got {self.views}")
+        need(self.mc_passes == 1 or cfg.model.dropout > 0, "model.dropout",
+             "co_training's confidence is MC dropout (Xia et al. 2020): with method.mc_passes > 1 set "
+             "model.dropout > 0 (the protocol's backbone has 0.1), or method.mc_passes=1 for an unweighted average "
+             "of views")
+
+
 @register_method("co_training")
 class CoTraining(SegmentationMethod):
+    plot_colour = "#9467bd"
     config_class = CoTrainingConfig
     uses_unlabeled = True
+
+    @classmethod
+    def supervised_passes(cls, cfg):
+        views = cfg.method.views or cfg.data.spatial_dims
+        return {f"view{k}": [cfg.data.labeled_batch_size] for k in range(views)}
+
+    @classmethod
+    def unsupervised_passes(cls, cfg, step):
+        unlabeled, more = cfg.data.unlabeled_batch_size, cfg.method.mc_passes - 1
+        return {view: [unlabeled] + ([more * unlabeled] if more else []) for view in cls.supervised_passes(cfg)}
 
     def build_network(self) -> ViewEnsemble:
         dims = self.cfg.data.spatial_dims

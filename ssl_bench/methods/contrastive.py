@@ -1,5 +1,5 @@
 """contrastive: global and local contrastive pretraining, then fine-tuning (Chaitanya et al., NeurIPS 2020), as
-METHODS.md defines it.
+docs/methods.md ("contrastive") defines it.
 
 Stage 1 (ssl_bench/pretrain.py) pretrains the backbone without labels on every training-pool image, once per
 dataset and draw, in its own run folder ``runs/<dataset>/contrastive_pretrain/draw<d>/``. Stage 2 is this
@@ -18,11 +18,13 @@ fine-tuning is that of ``supervised``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import open_dict
 
-from ssl_bench.config import ContrastiveConfig
+from ssl_bench.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MethodConfig, Range
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.registry import register_method
 
@@ -31,8 +33,51 @@ PRETRAIN_COST = {"pretrain_seconds_per_step": "seconds_per_step", "pretrain_wall
                  "pretrain_steps": "steps", "pretrain_run_dir": "run_dir"}
 
 
+@dataclass
+class ContrastiveConfig(MethodConfig):
+    """Global and local contrastive pretraining (Chaitanya et al., NeurIPS 2020), then fine-tuning on the
+    labeled cases. The pretraining runs once per dataset and draw on every training-pool image, no labels."""
+    # Pretraining iterations, a budget of its own reported separately; None: trainer.max_steps, the same
+    # iterations as every method's training (Chaitanya et al. pretrain 10000).
+    pretrain_steps: Optional[int] = None
+    # Volumes per pretraining batch, each giving one crop per partition, each crop in two augmentations.
+    pretrain_volumes: int = 4
+    # Partitions of the volume's main axis (data.slice_axis); Chaitanya et al.: 4.
+    partitions: int = 4
+    # 3D: the crops' extent along the main axis (a slab, so that partitions differ: a hippocampus patch is as
+    # long as the volume); None: DEFAULT_SLAB_STRIDES (ssl_bench/pretrain.py) network strides, at most patch_size
+    # along that axis rounded down to a multiple of the stride (at least one stride). 2D crops are slices of their
+    # partition.
+    slab_thickness: Optional[int] = None
+    # NT-Xent temperature of the global and of the local loss (Chaitanya et al.: 0.1 for both).
+    temperature: float = 0.1
+    local_temperature: float = 0.1
+    # Output size of the projection heads (Chaitanya et al.: 128).
+    projection_dim: int = 128
+    # Local regions: a local_grid^dims grid of cells over the decoder feature map, each its mean feature.
+    local_grid: int = 4
+    # Pretraining loss = global + local_weight · local.
+    local_weight: float = 1.0
+    # Probability of flipping each spatial axis in a pretraining augmentation (then a random 90° rotation).
+    flip_prob: float = 0.5
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        self.check(Range(lambda v: v is None or v >= 1, "must be >= 1 (or null: trainer.max_steps)"), "pretrain_steps")
+        self.check(Range(lambda v: v >= 2, "must be >= 2 (positives across volumes, Chaitanya et al.)"),
+                   "pretrain_volumes")
+        self.check(AT_LEAST_ONE, "partitions", "projection_dim")
+        self.check(Range(lambda v: v is None or v >= 1, "must be >= 1 (or null: derived from the patch)"),
+                   "slab_thickness")
+        self.check(POSITIVE, "temperature", "local_temperature")
+        self.check(Range(lambda v: v >= 2, "must be >= 2 (a region needs other regions as negatives)"), "local_grid")
+        self.check(NON_NEGATIVE, "local_weight")
+        self.check(UNIT_INTERVAL, "flip_prob")
+
+
 @register_method("contrastive")
 class Contrastive(SegmentationMethod):
+    plot_colour = "#e377c2"
     config_class = ContrastiveConfig
 
     @classmethod

@@ -1,4 +1,4 @@
-"""cps: cross pseudo supervision (Chen et al., CVPR 2021), as METHODS.md defines it.
+"""cps: cross pseudo supervision (Chen et al., CVPR 2021), as docs/methods.md ("cps") defines it.
 
 Two networks f1, f2 of the shared backbone, built one after the other from the seeded generator, so their
 initialisations differ and a run's seed fixes both. Supervised: DiceCE of each on the labeled images, averaged
@@ -16,19 +16,44 @@ with gradients; twice a supervised step's L plus 2U. The control runs the L pass
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ssl_bench.config import CPSConfig
 from ssl_bench.losses.pseudo_label import cross_pseudo_supervision
 from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.methods.base_config import SemiSupervisedConfig
 from ssl_bench.nets.multiview import ViewEnsemble
 from ssl_bench.registry import register_method
 
 
+@dataclass
+class CPSConfig(SemiSupervisedConfig):
+    """Cross pseudo supervision (Chen et al., CVPR 2021): two networks, each trained on the other's hard
+    pseudo-labels, L = L_sup + λ(t)·L_cps, with SSL4MIS's medical weight and ramp as docs/methods.md ("cps") says."""
+    # SSL4MIS (train_cross_pseudo_supervision_2D.py / _3D.py): consistency 0.1 with the sigmoid ramp over 200 "epochs"
+    # of 150 iterations, i.e. over its whole 30000-iteration run. Chen et al.'s code (TorchSemiSeg): a constant
+    # λ = 1.5 on PASCAL VOC and 6 on Cityscapes.
+    lambda_max: float = 0.1
+    rampup_fraction: float = 1.0
+    # L_cps on the labeled images too, L_cps = L_cps^l + L_cps^u (Chen et al. 2021; docs/methods.md); SSL4MIS applies it
+    # to the unlabeled images only (false).
+    on_labeled: bool = True
+
+
 @register_method("cps")
 class CrossPseudoSupervision(SegmentationMethod):
+    plot_colour = "#7f7f7f"
     config_class = CPSConfig
     uses_unlabeled = True
+
+    @classmethod
+    def supervised_passes(cls, cfg):
+        return {"net1": [cfg.data.labeled_batch_size], "net2": [cfg.data.labeled_batch_size]}
+
+    @classmethod
+    def unsupervised_passes(cls, cfg, step):
+        return {"net1": [cfg.data.unlabeled_batch_size], "net2": [cfg.data.unlabeled_batch_size]}
 
     def __init__(self, cfg, class_names, case_ids):
         super().__init__(cfg, class_names, case_ids)

@@ -1,5 +1,5 @@
 """mean_teacher: consistency with an exponential-moving-average teacher (Tarvainen & Valpola 2017;
-Perone & Cohen-Adad 2019), as METHODS.md defines it.
+Perone & Cohen-Adad 2019), as docs/methods.md ("mean_teacher") defines it.
 
 The teacher is a frozen copy of the student, θ' ← α θ' + (1 - α) θ after every optimizer step (buffers
 too). It is a submodule, so checkpoints hold it and a resumed run continues it, and it has no gradients,
@@ -13,20 +13,38 @@ supervised pass, then the noisy unlabeled pass), teacher U without; that is the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ssl_bench.config import MeanTeacherConfig
+from ssl_bench.config import BELOW_ONE
 from ssl_bench.losses.consistency import probability_mse
 from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.methods.base_config import NoisyConsistencyConfig
 from ssl_bench.registry import register_method
 from ssl_bench.utils.ema import ema_update, frozen_copy
 from ssl_bench.utils.noise import add_clipped_noise
 
 
+@dataclass
+class MeanTeacherConfig(NoisyConsistencyConfig):
+    # EMA decay α of the teacher's weights (Tarvainen & Valpola 2017; Yu et al. 2019: 0.99).
+    ema_decay: float = 0.99
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        self.check(BELOW_ONE, "ema_decay")
+
+
 @register_method("mean_teacher")
 class MeanTeacher(SegmentationMethod):
+    plot_colour = "#ff7f0e"
     config_class = MeanTeacherConfig
     uses_unlabeled = True
+
+    @classmethod
+    def unsupervised_passes(cls, cfg, step):
+        return {"student": [cfg.data.unlabeled_batch_size], "teacher": [cfg.data.unlabeled_batch_size]}
 
     def __init__(self, cfg, class_names, case_ids):
         super().__init__(cfg, class_names, case_ids)

@@ -1,4 +1,5 @@
-"""pi_model: consistency of two stochastic passes of one network (Laine & Aila 2017), as METHODS.md defines it.
+"""pi_model: consistency of two stochastic passes of one network (Laine & Aila 2017), as docs/methods.md
+("pi_model") defines it.
 
 Each image, labeled and unlabeled, goes through the student twice, with independent input noise and
 independent dropout masks (the protocol's backbone has model.dropout = 0.1); consistency = MSE between the
@@ -16,17 +17,26 @@ from typing import Tuple
 
 import torch
 
-from ssl_bench.config import NoisyConsistencyConfig
 from ssl_bench.losses.consistency import probability_mse
 from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.methods.base_config import NoisyConsistencyConfig
 from ssl_bench.registry import register_method
 from ssl_bench.utils.noise import add_clipped_noise
 
 
 @register_method("pi_model")
 class PiModel(SegmentationMethod):
+    plot_colour = "#1f77b4"
     config_class = NoisyConsistencyConfig
     uses_unlabeled = True
+
+    @classmethod
+    def supervised_passes(cls, cfg):
+        return {"student": [2 * cfg.data.labeled_batch_size]}
+
+    @classmethod
+    def unsupervised_passes(cls, cfg, step):
+        return {"student": [2 * cfg.data.unlabeled_batch_size]}
 
     def two_stochastic_passes(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Logits of two noisy passes, as one forward over both copies (each copy draws its own noise and masks)."""

@@ -1,5 +1,5 @@
-"""smile: learning from partially annotated organs (Petit et al. 2018, the seed "SMILE"), as METHODS.md
-defines it.
+"""smile: learning from partially annotated organs (Petit et al. 2018, the seed "SMILE"), as docs/methods.md
+("smile and smiler") defines it.
 
 K = C - 1 sigmoid outputs on the shared backbone, one binary classifier per organ, no background channel.
 Loss = Σ_k w_k·BCE(ŷ_k, y*_k) / Σ w (ssl_bench/losses/partial_label.py): where organ k is annotated in the
@@ -13,19 +13,35 @@ Forwards per step: the labeled batch once, as supervised.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from ssl_bench.config import SmileConfig
+from ssl_bench.config import OPEN_UNIT_INTERVAL, MethodConfig
 from ssl_bench.losses.partial_label import decode_sigmoid, smile_loss
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.nets.backbone import Backbone, build_backbone
 from ssl_bench.registry import register_method
 
 
+@dataclass
+class SmileConfig(MethodConfig):
+    """SMILE (Petit et al. 2018): K sigmoid binary classifiers, BCE weighted by the ambiguity map."""
+    # Soft Dice on the annotated (case, organ) pairs added to the BCE (docs/methods.md, "smile and smiler").
+    dice_on_annotated: bool = True
+    # Organ k is predicted where sigmoid(ŷ_k) > threshold (Petit et al. 2018: 0.5); also SMILEr's
+    # "predicted positive".
+    threshold: float = 0.5
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        self.check(OPEN_UNIT_INTERVAL, "threshold")
+
+
 @register_method("smile")
 class Smile(SegmentationMethod):
+    plot_colour = "#17becf"
     config_class = SmileConfig
 
     @property

@@ -1,4 +1,5 @@
-"""smiler: SMILE with curriculum relabeling (Petit et al. 2018, "SMILEr"), as METHODS.md defines it.
+"""smiler: SMILE with curriculum relabeling (Petit et al. 2018, "SMILEr"), as docs/methods.md ("smile and
+smiler") defines it.
 
 Plain SMILE for the first method.smile_phase_fraction of trainer.max_steps; then R rounds start evenly
 spaced over the rest of the same budget. At the start of round t the current network predicts every
@@ -18,18 +19,37 @@ run_records() puts the rounds into the run folder as relabeling.json.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
 
-from ssl_bench.config import SmilerConfig
+from ssl_bench.config import AT_LEAST_ONE, BELOW_ONE, Range
 from ssl_bench.losses.partial_label import relabel_top_fraction
-from ssl_bench.methods.smile import Smile
+from ssl_bench.methods.smile import Smile, SmileConfig
 from ssl_bench.registry import register_method
+
+
+@dataclass
+class SmilerConfig(SmileConfig):
+    """SMILEr (Petit et al. 2018): SMILE, then R curriculum relabeling rounds with γ_t = (t/R)·γ_max."""
+    # R and γ_max of Petit et al. 2018.
+    relabel_rounds: int = 3
+    gamma_max: float = 1.0
+    # Plain SMILE for this fraction of trainer.max_steps; the R rounds then start evenly spaced over the rest,
+    # so SMILEr has the same total budget as every method. Petit et al. train SMILE first, then relabel.
+    smile_phase_fraction: float = 0.5
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        self.check(AT_LEAST_ONE, "relabel_rounds")
+        self.check(Range(lambda v: 0 < v <= 1, "must be in (0, 1]"), "gamma_max")
+        self.check(BELOW_ONE, "smile_phase_fraction")
 
 
 @register_method("smiler")
 class Smiler(Smile):
+    plot_colour = "#bcbd22"
     config_class = SmilerConfig
     uses_voxel_index = True
 

@@ -1,4 +1,4 @@
-"""supervised: DiceCE on the labeled cases only (METHODS.md).
+"""supervised: DiceCE on the labeled cases only (docs/methods.md).
 
 At the same fraction it is the lower bound for every semi-supervised method; at fraction 1.0 it is
 the upper bound. Everything it does is the base module's default.
@@ -10,4 +10,4 @@ from ssl_bench.registry import register_method
 
 @register_method("supervised")
 class Supervised(SegmentationMethod):
-    pass
+    plot_colour = "#000000"

@@ -1,4 +1,4 @@
-"""ua_mt: uncertainty-aware Mean Teacher (Yu et al. 2019), as METHODS.md defines it.
+"""ua_mt: uncertainty-aware Mean Teacher (Yu et al. 2019), as docs/methods.md ("ua_mt") defines it.
 
 Mean Teacher whose teacher makes K stochastic passes over the unlabeled images, each with its own input
 noise and, in train mode, its own dropout masks. p̄ = their mean softmax, uncertainty = the entropy of p̄
@@ -16,17 +16,38 @@ batched forward over K·U images rather than K forwards of U, which is the analy
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ssl_bench.config import UAMTConfig
+from ssl_bench.config import AT_LEAST_ONE, Range
 from ssl_bench.losses.consistency import predictive_entropy, probability_mse, uncertainty_threshold
-from ssl_bench.methods.mean_teacher import MeanTeacher
+from ssl_bench.methods.mean_teacher import MeanTeacher, MeanTeacherConfig
 from ssl_bench.registry import register_method
+
+
+@dataclass
+class UAMTConfig(MeanTeacherConfig):
+    # Yu et al. 2019: K = 8 stochastic teacher passes; entropy threshold from 0.75 to 1.0 of ln C.
+    mc_passes: int = 8
+    threshold_start: float = 0.75
+    threshold_end: float = 1.0
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        self.check(AT_LEAST_ONE, "mc_passes")
+        self.check(Range(lambda v: self.threshold_start <= v, "must be >= method.threshold_start"), "threshold_end")
 
 
 @register_method("ua_mt")
 class UAMT(MeanTeacher):
+    plot_colour = "#2ca02c"
     config_class = UAMTConfig
+
+    @classmethod
+    def unsupervised_passes(cls, cfg, step):
+        unlabeled = cfg.data.unlabeled_batch_size
+        return {"student": [unlabeled], "teacher": [cfg.method.mc_passes * unlabeled]}
 
     def threshold(self) -> float:
         m = self.cfg.method

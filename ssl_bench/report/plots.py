@@ -13,6 +13,7 @@ on the data.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -24,25 +25,10 @@ from ssl_bench.report.noise import NoiseFloor, floor_of
 from ssl_bench.report.runs import REFERENCE_METHOD
 from ssl_bench.report.summary import Summary
 
-# One colour per registered method (colour-blind-friendly where the palette allows), fixed across figures.
-METHOD_COLOURS: Dict[str, str] = {
-    "supervised": "#000000",
-    "pi_model": "#1f77b4",
-    "mean_teacher": "#ff7f0e",
-    "ua_mt": "#2ca02c",
-    "transform_consistency": "#d62728",
-    "co_training": "#9467bd",
-    "adversarial": "#8c564b",
-    "contrastive": "#e377c2",
-    "smile": "#17becf",
-    "smiler": "#bcbd22",
-    "cps": "#7f7f7f",
-    "unimatch": "#aec7e8",
-    "bcp": "#ffbb78",
-}
-# Colours for methods added later, chosen by a hash of the name (stable across runs and machines).
-_FALLBACK_COLOURS = ("#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79",
-                     "#637939", "#8c6d31", "#843c39", "#7b4173")
+# The colours of the methods that declare none (plot_colour, on the method's own class) and of names no registered
+# method has (the records of a method since removed).
+PALETTE = ("#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79", "#637939",
+           "#8c6d31", "#843c39", "#7b4173")
 VARIANT_STYLES = (("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1)), "v"), ((0, (1, 2)), "P"), ((0, (3, 1, 1, 1)), "X"))
 METHOD_MARKER = "o"
 # Inches per panel.
@@ -55,13 +41,29 @@ COST_TICKS = (0.25, 0.5, 1, 2, 3, 5, 10, 20, 50, 100)
 DODGE = 0.8
 
 
+def _palette_start(name: str) -> int:
+    """A name's place in PALETTE, the same on every machine and run."""
+    return int(hashlib.sha1(name.encode()).hexdigest(), 16) % len(PALETTE)
+
+
+@functools.lru_cache(maxsize=None)
+def registered_colours() -> Dict[str, str]:
+    """{method: colour} of every registered method: the one it declares (plot_colour), else the first free colour of
+    PALETTE from its name's place on (by name order among those that declare none), so that adding a method leaves
+    the others' colours alone unless they would clash."""
+    from ssl_bench.registry import get_method, method_names
+    declared = {name: get_method(name).__dict__.get("plot_colour") for name in method_names()}
+    colours = {name: colour for name, colour in declared.items() if colour is not None}
+    for name in sorted(n for n, colour in declared.items() if colour is None):
+        order = [PALETTE[(_palette_start(name) + k) % len(PALETTE)] for k in range(len(PALETTE))]
+        colours[name] = next((c for c in order if c not in colours.values()), order[0])
+    return colours
+
+
 def method_colour(method: str) -> str:
     """The colour of a method (its base name: mean_teacher-lr0.001 has mean_teacher's)."""
     base = method.split("-")[0]
-    if base in METHOD_COLOURS:
-        return METHOD_COLOURS[base]
-    digest = int(hashlib.sha1(base.encode()).hexdigest(), 16)
-    return _FALLBACK_COLOURS[digest % len(_FALLBACK_COLOURS)]
+    return registered_colours().get(base) or PALETTE[_palette_start(base)]
 
 
 def _pyplot():

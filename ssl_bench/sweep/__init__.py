@@ -8,10 +8,10 @@
 Resuming is train()'s: a finished cell is skipped and an interrupted one resumes from its last checkpoint, so a sweep
 killed at any moment is completed by starting it again. With a records folder, each cell's result files are copied
 there as soon as the cell finishes, so that a run folder on scratch, or on a machine that goes away, loses nothing the
-report needs. Work shared by several cells (e.g. contrastive pretraining per dataset and draw, METHODS.md) is an
-ordinary run that the method's train() produces on first use and reuses afterwards; when cells run at once (jobs > 1,
-or slurm), the first cell of a draw to reach the contrastive pretraining runs it while the draw's other contrastive
-cells wait on a file lock in its folder, then reuse it (on a filesystem with working flock).
+report needs. Work shared by several cells (e.g. contrastive pretraining per dataset and draw, docs/methods.md
+"contrastive") is an ordinary run that the method's train() produces on first use and reuses afterwards; when cells
+run at once (jobs > 1, or slurm), the first cell of a draw to reach the contrastive pretraining runs it while the
+draw's other contrastive cells wait on a file lock in its folder, then reuse it (on a filesystem with working flock).
 """
 
 from __future__ import annotations
