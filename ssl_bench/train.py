@@ -5,7 +5,8 @@ Run folder ``runs/<dataset>/<method>/frac<f>/draw<d>/`` holds ``config.yaml``, `
 ``checkpoints/`` (``last.ckpt``, ``best-*.ckpt``, ``test_best-*.ckpt``: ssl_bench/audit.py), ``csv/`` logs, ``wandb/`` (offline runs),
 ``per_case.csv`` and ``metrics.json``. ``metrics.json`` is written last and atomically: it is the mark
 of a finished run. Re-running the same command resumes from ``last.ckpt``; a finished run is
-reported and skipped unless ``force``.
+reported and skipped unless ``force``. While a run lives it holds the folder's ``.lock``: a second run of the same
+folder started meanwhile is refused, naming the first (ssl_bench/run_lock.py).
 
 Before a run starts, its method's ``prepare_run`` does any work the run depends on and shares with other runs
 (contrastive: the pretraining of the dataset and draw, reused if finished; ssl_bench/pretrain.py) and may
@@ -18,7 +19,6 @@ import csv
 import io
 import os
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_bench.audit import TAG as AUDIT_TAG
@@ -51,6 +52,7 @@ from ssl_bench.progress import (RunCSVLogger, StepProgressBar, TimeEstimate, che
 from ssl_bench.provenance import collect_provenance
 from ssl_bench.registry import get_method
 from ssl_bench.resume import resume_point
+from ssl_bench.run_lock import clear_run_folder, run_folder_lock
 from ssl_bench.utils.io import atomic_write_json, atomic_write_text
 from ssl_bench.wandb_run import ImageOverlays, best_score, log_results, wandb_logger
 
@@ -247,9 +249,18 @@ def train(cfg: DictConfig, force: bool = False, resume_from: Optional[str] = Non
 def _train(cfg: DictConfig, force: bool, resume_from: Optional[str]) -> dict:
     started = time.perf_counter()
     run = run_dir(cfg)
+    # One process in a run folder at a time (ssl_bench/run_lock.py), held until the run ends. Under DDP the ranks
+    # Lightning launches re-run this command: they work in rank 0's folder under rank 0's lock.
+    if rank_zero_only.rank != 0:
+        return _train_in(run, cfg, False, resume_from, started)
+    with run_folder_lock(run):
+        return _train_in(run, cfg, force, resume_from, started)
+
+
+def _train_in(run: Path, cfg: DictConfig, force: bool, resume_from: Optional[str], started: float) -> dict:
     metrics_path = run / METRICS_FILE
-    if force and run.exists():
-        shutil.rmtree(run)
+    if force:
+        clear_run_folder(run)
     method_cls = get_method(cfg.method.name)
     try:  # refuses a folder holding a run of another config, finished or not
         metrics = finished_result(run, method_cls.run_config(cfg))
