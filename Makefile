@@ -14,7 +14,8 @@ DRAW ?= 0
 STEPS ?=
 ARGS ?=
 SWEEP ?= hippocampus
-# Where sweep cells write their run folders and where report reads them (empty: the config's runs/).
+# Where sweep cells write their run folders and where report reads them (empty: the config's runs/); report writes
+# into RUNS/report (RUNS=results/records: the committed results/; ARGS="--out DIR" elsewhere).
 RUNS ?=
 # Sweep cells at once on this machine (empty: the sweep file's local.jobs).
 JOBS ?=

@@ -37,13 +37,14 @@ def _cmd_sweep(args) -> int:
 
 def _cmd_report(args) -> int:
     from ssl_bench.report import ReportWarning, build_summary, write_report_files
-    from ssl_bench.report.writer import SWEEPS_DIR
+    from ssl_bench.report.writer import SWEEPS_DIR, default_out
     project = None if args.no_wandb else args.wandb_project
+    out = Path(args.out) if args.out else default_out(Path(args.runs_dir))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ReportWarning)  # printed below, after the report
-        summary = build_summary(Path(args.runs_dir), Path(args.out), records=not args.no_records,
+        summary = build_summary(Path(args.runs_dir), out, records=not args.no_records,
                                 sweeps_dir=Path(args.sweeps_dir) if args.sweeps_dir else SWEEPS_DIR)
-    paths = write_report_files(summary, Path(args.out), wandb_project=project, wandb_entity=args.wandb_entity)
+    paths = write_report_files(summary, out, wandb_project=project, wandb_entity=args.wandb_entity)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     for skipped in summary.loaded.skipped:
@@ -197,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="summary table, statistics and plot of every finished run")
     p.add_argument("runs_dir", nargs="?", default=RunConfig().runs_dir,
                    help="folder holding the run folders (default: %(default)s)")
-    p.add_argument("--out", default="results", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output folder (default: RUNS_DIR/report, so that a report of your "
+                   "own runs leaves the committed results/ alone; for a records folder such as results/records, the "
+                   "folder that holds it: `ssl-bench report results/records` rebuilds results/)")
     p.add_argument("--wandb-project", default=LoggingConfig().wandb_project,
                    help="W&B project of the report runs, one per dataset (default: %(default)s, the training runs')")
     p.add_argument("--wandb-entity", default=LoggingConfig().wandb_entity or os.environ.get("WANDB_ENTITY"),
