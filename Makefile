@@ -66,7 +66,7 @@ methods: setup
 	@$(SSL_BENCH) methods
 
 verify: setup
-	$(SSL_BENCH) data verify --data $(DATA)
+	$(SSL_BENCH) data verify --data $(DATA) $(ARGS)
 
 test: setup
 	WANDB_MODE=disabled $(PY) -m pytest -q tests

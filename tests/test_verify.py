@@ -1,11 +1,14 @@
 import gzip
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import PROJECT_ROOT
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Case, Manifest, import_msd
 from ssl_bench.data.verify import (
     DataVerificationError, Problem, describe_verification, verify_cases, verify_or_raise,
@@ -185,3 +188,11 @@ def test_data_verify_refuses_a_manifest_whose_sets_share_a_patient(tmp_path, cap
                  f"data.manifest={path}"]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "p0 (test, training pool)" in err
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_verify_passes_args():
+    """`make verify`'s own error suggests ARGS="data.root=..." (as make bench takes it); make verify ignored it."""
+    dry = subprocess.run(["make", "-n", "verify", "DATA=hippocampus", "ARGS=data.root=/some/root"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert "ssl-bench data verify --data hippocampus data.root=/some/root" in dry.stdout
