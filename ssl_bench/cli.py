@@ -13,6 +13,15 @@ from ssl_bench.config import LoggingConfig, RunConfig
 from ssl_bench.data.manifest import DATA_ROOT_ENV, ManifestError
 
 
+# The exit status of every command that stops on an error it explains (a config, data, checkpoint or report error, a
+# run folder in use): bad data is 2 in `ssl-bench data verify` and `ssl-bench train` alike, as argparse's usage errors.
+ERROR_EXIT_CODE = 2
+EXIT_STATUS = ("exit status: 0 done; 2 an error it explains (bad config or data, e.g. a file that `ssl-bench data "
+               "verify` rejects, an unreadable checkpoint, a run folder in use); 143 / 130 a run stopped by SIGTERM / "
+               "Ctrl-C, its state saved (the same command resumes it); 1 a sweep with failed cells, an import that "
+               "would overwrite files")
+
+
 def _cmd_train(args) -> int:
     from ssl_bench.callbacks import RunStopped
     from ssl_bench.config import load_config
@@ -161,12 +170,12 @@ def _cmd_verify(args) -> int:
     manifest, root = resolve_dataset(cfg)
     infos, problems = verify_cases(manifest, root)
     print(f"{manifest.name} ({manifest.dataset_dir(root)}): {describe_verification(infos, problems)}")
-    return 1 if problems else 0
+    return ERROR_EXIT_CODE if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-bench", description="Fair benchmark of semi-supervised "
-                                     "medical image segmentation methods.")
+                                     "medical image segmentation methods.", epilog=EXIT_STATUS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train and evaluate one method at one labeled fraction and draw")
@@ -288,7 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=os.environ.get(DATA_ROOT_ENV, "data"), help=f"data root (default "
                    f"${DATA_ROOT_ENV} or ./data)")
     p.set_defaults(func=_cmd_download)
-    p = dsub.add_parser("verify", help="check every case of a dataset; exits non-zero on any problem")
+    p = dsub.add_parser("verify", help="check every case of a dataset; exits 2 on any problem, as `ssl-bench train` "
+                        "does on the same bad file", description="Checks every case of a dataset (files load, shapes "
+                        "and affines agree, labels within the declared ones, no NaN, sane spacing) and lists every "
+                        "problem. Exit status: 0 all cases OK, 2 any problem (as `ssl-bench train` on bad data).")
     p.add_argument("--data", default="hippocampus")
     p.add_argument("--root", default=None, help=f"data root (default data.root or ${DATA_ROOT_ENV})")
     p.add_argument("overrides", nargs="*")
@@ -324,7 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, ManifestError, DataVerificationError, UnknownMethodError, DownloadError, ReportError,
             CheckpointError, PredictError, RunFolderBusy) as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
-        return 2
+        return ERROR_EXIT_CODE
 
 
 if __name__ == "__main__":
