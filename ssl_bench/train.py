@@ -64,6 +64,11 @@ def resolve_dataset(cfg: DictConfig) -> Tuple[Manifest, Path]:
     """The manifest and data root of ``cfg.data``; synthetic data (any dataset without a manifest, e.g.
     synthetic or synthetic_multiorgan) is generated into the cache if missing."""
     if not cfg.data.manifest:
+        if cfg.data.root:  # $SSL_BENCH_DATA_ROOT, which make always sets, is another matter: no error
+            raise ConfigError(
+                f"data.root={cfg.data.root}: '{cfg.data.name}' is generated (it has no data.manifest) into "
+                f"data.cache_dir ({cfg.data.cache_dir}), not read from a data root; drop data.root (or set "
+                "data.cache_dir), or give data.manifest to read a copy from the root")
         s = cfg.data.synthetic
         spec = SyntheticSpec(n_cases=s.n_cases, shape=tuple(s.shape), n_organs=s.n_organs,
                              spacing=(1.0,) * len(s.shape), seed=s.seed, name=cfg.data.name)
