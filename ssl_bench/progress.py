@@ -59,17 +59,25 @@ def quiet_lightning() -> Iterator[None]:
                 lg.setLevel(level)
 
 
+def validation_interval(trainer_cfg) -> int:
+    """The training steps between two validations, as the run's Trainer has them (``val_check_interval``):
+    trainer.val_every_n_steps, at most the step budget, so that a run shorter than it still validates, at its end."""
+    return min(trainer_cfg.val_every_n_steps, trainer_cfg.max_steps)
+
+
 def run_header(cfg, n_labeled: int, n_unlabeled: int, n_test: int, run: Path, resume_step: int) -> str:
     """One line: what is about to run, on what, for how long, and where."""
     d, t = cfg.data, cfg.trainer
+    every = validation_interval(t)
+    validation = f"validation every {every}" if every < t.max_steps else f"validation once, at step {t.max_steps}"
     cases = f"{n_labeled} labeled" + (f" + {n_unlabeled} unlabeled" if n_unlabeled else "") + " training cases"
     steps = (f"steps {resume_step + 1}-{t.max_steps} of {t.max_steps}, resuming from step {resume_step}" if resume_step
              else f"{t.max_steps} steps")
     amount = f"fraction {d.fraction:g}" if d.n_labeled is None else f"{d.n_labeled} labeled patients"
     amount += " (the first listed)" if d.labeled_selection == "first" else ""
     protocol = f" (protocol {cfg.protocol})" if cfg.protocol else ""
-    return (f"{cfg.method.name} on {d.name}{protocol}, {amount}, draw {d.draw}: {cases}, {steps}, validation "
-            f"every {t.val_every_n_steps}, test on {n_test} cases. Run folder: {run}")
+    return (f"{cfg.method.name} on {d.name}{protocol}, {amount}, draw {d.draw}: {cases}, {steps}, {validation}, test "
+            f"on {n_test} cases. Run folder: {run}")
 
 
 def checkpoint_step(path: Path) -> int:

@@ -48,7 +48,7 @@ from ssl_bench.evaluation import summarize
 from ssl_bench.identity import METRICS_FILE, UnreadableResult, finished_result
 from ssl_bench.nets.backbone import count_parameters
 from ssl_bench.progress import (RunCSVLogger, StepProgressBar, TimeEstimate, checkpoint_step, quiet_lightning,
-                                run_header)
+                                run_header, validation_interval)
 from ssl_bench.provenance import collect_provenance
 from ssl_bench.registry import get_method
 from ssl_bench.resume import resume_point
@@ -320,7 +320,7 @@ def _train_in(run: Path, cfg: DictConfig, force: bool, resume_from: Optional[str
         callbacks.append(StepProgressBar())
     t = cfg.trainer
     trainer = pl.Trainer(
-        max_steps=t.max_steps, max_epochs=-1, val_check_interval=min(t.val_every_n_steps, t.max_steps),
+        max_steps=t.max_steps, max_epochs=-1, val_check_interval=validation_interval(t),
         check_val_every_n_epoch=None, num_sanity_val_steps=0, accelerator=t.accelerator, devices=t.devices,
         strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, benchmark=t.cudnn_benchmark, enable_progress_bar=t.enable_progress_bar,

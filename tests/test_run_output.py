@@ -96,6 +96,18 @@ def test_config_yaml_records_the_data_root_from_the_environment_outside_the_run_
     assert "already finished" in capsys.readouterr().out
 
 
+def test_the_header_says_when_validation_actually_happens():
+    """A 40-step run with the default 250 between validations validates once, at step 40 (the Trainer's
+    val_check_interval is the smaller of the two); the header said "validation every 250"."""
+    from ssl_bench.progress import run_header, validation_interval
+    for every, expected in [(250, "40 steps, validation once, at step 40, test on 3 cases"),
+                            (20, "40 steps, validation every 20, test on 3 cases"),
+                            (40, "40 steps, validation once, at step 40, test on 3 cases")]:
+        cfg = load_config("supervised", "synthetic", ["trainer.max_steps=40", f"trainer.val_every_n_steps={every}"])
+        assert validation_interval(cfg.trainer) == min(every, 40)
+        assert expected in run_header(cfg, 4, 0, 3, "runs/x", 0)
+
+
 def test_the_training_bar_is_redrawn_at_most_every_redraw_seconds_and_at_the_last_step():
     """A redraw reads the logged values (on a GPU, a wait for its queue) and writes a line: not at every step."""
     from types import SimpleNamespace
