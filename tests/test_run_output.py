@@ -45,6 +45,7 @@ def test_a_run_prints_a_header_its_progress_and_its_result_last(tmp_path, synthe
                         f"6 steps, validation every 2, test on 3 cases. Run folder: {run}")
     assert re.search(r"\d+\.\d{3} s/step \(median of steps 2-4\): about [\d a-z]+ for the 2 steps left", out)
     assert "6/6" in out and "/?" not in out  # the bar counts the step budget
+    assert "\r" not in out and re.search(r"^training: step 6/6 \(100%\), \d+\.\d{3} s/step, ", out, re.M)  # a pipe
     table = next(i for i, line in enumerate(lines) if "Dice mean" in line) - 1  # the table's title line
     assert lines[table - 1].startswith("W&B run (offline)") and lines[-1].startswith("* primary result")
     assert not [line for line in lines[table - 1:] if "%|" in line or "\r" in line]  # no bar after the table starts
@@ -114,7 +115,7 @@ def test_the_training_bar_is_redrawn_at_most_every_redraw_seconds_and_at_the_las
     from ssl_bench.progress import StepProgressBar
 
     now = [0.0]
-    bar = StepProgressBar(redraw_seconds=1.0, clock=lambda: now[0])
+    bar = StepProgressBar(redraw_seconds=1.0, clock=lambda: now[0], interactive=True)
     drawn = []
     shown = SimpleNamespace(disable=False, total=10, n=0, set_postfix=lambda metrics: drawn.append(shown.n))
     bar._train_progress_bar = shown
@@ -124,6 +125,39 @@ def test_the_training_bar_is_redrawn_at_most_every_redraw_seconds_and_at_the_las
         trainer.global_step, now[0] = step, step * 0.3  # a step every 0.3 s
         bar.on_train_batch_end(trainer, None, None, None, step - 1)
     assert drawn == [1, 5, 9, 10]  # the first step, then once a second, and the last
+
+
+def test_in_a_pipe_or_a_log_file_a_run_prints_plain_lines_with_its_step_rate_and_eta():
+    """Not a terminal, the bar's redraws left stale step counts and a wrong ETA in the log: plain lines instead, every
+    5% of the budget (at least LINE_MIN_SECONDS apart, at most LINE_MAX_SECONDS), and at the last step."""
+    import io
+    from types import SimpleNamespace
+    from ssl_bench.progress import LINE_MAX_SECONDS, StepProgressBar
+
+    now, out = [100.0], io.StringIO()
+    bar = StepProgressBar(clock=lambda: now[0], file=out, interactive=False)
+    trainer = SimpleNamespace(global_step=0, max_steps=200, is_global_zero=True)
+    bar.get_metrics = lambda trainer, module: {"train/loss": 0.8123}
+    bar._trainer = trainer
+    bar.init_train_tqdm = lambda: None
+    bar.on_train_start(trainer, None)
+    for step in range(1, 201):  # a step every 2 s, then one that takes LINE_MAX_SECONDS
+        trainer.global_step, now[0] = step, now[0] + (LINE_MAX_SECONDS if step == 105 else 2.0)
+        bar.on_train_batch_end(trainer, None, None, None, step - 1)
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert lines[0] == "training: step 10/200 (5%), 2.000 s/step, ETA 6 min 20 s, train/loss=0.812"
+    assert [int(line.split()[2].split("/")[0]) for line in lines] == [10 * k for k in range(1, 11)] + [105] + [
+        10 * k for k in range(11, 21)]
+    assert lines[-1].startswith("training: step 200/200 (100%), ") and lines[-1].endswith(" in all, train/loss=0.812")
+    # resumed at step 50: it says so, and its rate counts from there
+    out.truncate(0), out.seek(0)
+    trainer.global_step, now[0] = 50, 0.0
+    bar.on_train_start(trainer, None)
+    trainer.global_step, now[0] = 60, 30.0
+    bar.on_train_batch_end(trainer, None, None, None, 0)
+    assert out.getvalue().splitlines() == ["training: from step 50/200 (resumed)",
+                                           "training: step 60/200 (30%), 3.000 s/step, ETA 7 min 00 s, train/loss=0.812"]
 
 
 def test_a_step_the_loggers_do_not_write_reads_no_value_back(tmp_path, synthetic_cache, monkeypatch):
