@@ -328,8 +328,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ssl_bench.resume import CheckpointError
     from ssl_bench.report import ReportError
     from ssl_bench.run_lock import RunFolderBusy
-    # Lightning's own deprecation notice about torch internals: nothing a user can act on.
-    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
     args = parse_with_overrides(build_parser(), argv)
     try:
         return args.func(args)

@@ -28,8 +28,12 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 # Lightning's informational messages (seed, accelerator, checkpoint restored, fit stopped, a litlogger tip).
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
-# A resumed run writes into the checkpoint folder it resumes from, by design.
-EXPECTED_WARNINGS = (r"Checkpoint directory .* exists and is not empty",)
+EXPECTED_WARNINGS = (
+    r"Checkpoint directory .* exists and is not empty",  # a resumed run writes into the folder it resumes from
+    # Lightning's own deprecation notice about torch internals: nothing a user can act on.
+    r".*treespec, LeafSpec",
+    # A step budget below trainer.log_every_n_steps (a run's budget is its one epoch): the loggers write at validation.
+    r"The number of training batches \(\d+\) is smaller than the logging interval")
 # Steps of this process timed before the estimate (the first ones pay for allocation and caches).
 ESTIMATE_SKIP_STEPS = 1
 ESTIMATE_STEPS = 3
@@ -51,7 +55,8 @@ BAR_VALUES = ("train/loss", "pretrain/loss_total")
 
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Lightning's INFO messages and the warnings a run expects are not shown; other warnings are."""
+    """Lightning's INFO messages and the warnings a run expects are not shown; other warnings are. Around everything
+    that runs a Trainer: `ssl-bench train`, `make perf`."""
     loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():

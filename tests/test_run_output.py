@@ -4,19 +4,24 @@ per run folder; the data root it read in config.yaml."""
 
 import csv
 import gc
+import os
 import re
 import shutil
+import subprocess
+import sys
 
+import pytest
 import yaml
 
 from ssl_bench.cli import main
 from ssl_bench.config import load_config
 from ssl_bench.train import resolve_dataset
-from conftest import TINY
+from conftest import PROJECT_ROOT, TINY
 from test_train_e2e import _killed_after_first_checkpoint
 
-NOISE = ("litlogger", "anonymous", "wandb:", "GPU available", "Seed set", "Restoring states", "exists and is not empty",
-         "Trainer.fit` stopped", "v_num", "Epoch 0")
+NOISE = ("litlogger", "anonymous", "wandb:", "GPU available", "TPU available", "Seed set", "Restoring states",
+         "exists and is not empty", "Trainer.fit` stopped", "v_num", "Epoch 0", "treespec", "Tip:",
+         "smaller than the logging interval")
 
 
 def _args(root, cache, *extra, method="mean_teacher"):
@@ -191,3 +196,22 @@ def test_a_step_the_loggers_do_not_write_reads_no_value_back(tmp_path, synthetic
                       "trainer.max_steps=12", "trainer.val_every_n_steps=12")) == 0
     quiet = [s["reads"] for s in steps[1:-1] if not s["logs"]]  # the first step draws the bar
     assert len(quiet) >= 6 and quiet == [0] * len(quiet), steps
+
+
+@pytest.mark.parametrize("command", ["bench", "perf"])
+def test_make_bench_and_make_perf_print_none_of_lightnings_noise(command, tmp_path, synthetic_cache):
+    """As make runs them, each in a process of its own (so with Python's own warning filters, not pytest's): no
+    litlogger tip, pytree deprecation warning, "Seed set to", GPU/TPU lines, nor (a budget below
+    trainer.log_every_n_steps) the log-interval warning; `make perf` printed all of them twice."""
+    tiny = [a for a in TINY if a != "trainer.enable_progress_bar=false"]
+    if command == "bench":
+        args = ["ssl_bench.cli", "train", "--method", "supervised", "--data", "synthetic", "data.fraction=0.5",
+                "trainer.max_steps=4", "trainer.val_every_n_steps=2", f"run.runs_dir={tmp_path}"]
+    else:
+        args = ["ssl_bench.perf", "--data", "synthetic", "--methods", "supervised", "--steps", "2", "--warmup", "1"]
+    done = subprocess.run([sys.executable, "-m", *args, f"data.cache_dir={synthetic_cache}", *tiny], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert ("stack / bare" if command == "perf" else "* primary result") in output
+    assert not [n for n in NOISE if n in output], output[-3000:]
