@@ -26,6 +26,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from ssl_bench.labeled import LabeledAmount
+
 # Lightning's informational messages (seed, accelerator, checkpoint restored, fit stopped, a litlogger tip).
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 EXPECTED_WARNINGS = (
@@ -85,8 +87,7 @@ def run_header(cfg, n_labeled: int, n_unlabeled: int, n_test: int, run: Path, re
     cases = f"{n_labeled} labeled" + (f" + {n_unlabeled} unlabeled" if n_unlabeled else "") + " training cases"
     steps = (f"steps {resume_step + 1}-{t.max_steps} of {t.max_steps}, resuming from step {resume_step}" if resume_step
              else f"{t.max_steps} steps")
-    amount = f"fraction {d.fraction:g}" if d.n_labeled is None else f"{d.n_labeled} labeled patients"
-    amount += " (the first listed)" if d.labeled_selection == "first" else ""
+    amount = LabeledAmount.of(d).words
     protocol = f" (protocol {cfg.protocol})" if cfg.protocol else ""
     return (f"{cfg.method.name} on {d.name}{protocol}, {amount}, draw {d.draw}: {cases}, {steps}, {validation}, test "
             f"on {n_test} cases. Run folder: {run}")

@@ -46,6 +46,7 @@ from ssl_bench.data.synthetic import SyntheticSpec, ensure_synthetic
 from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.evaluation import summarize
 from ssl_bench.identity import METRICS_FILE, UnreadableResult, finished_result
+from ssl_bench.labeled import LabeledAmount
 from ssl_bench.nets.backbone import count_parameters
 from ssl_bench.progress import (RunCSVLogger, StepProgressBar, TimeEstimate, checkpoint_step, quiet_lightning,
                                 run_header, validation_interval)
@@ -177,10 +178,7 @@ def _results(rows: List[dict], foreground: List[str]) -> Dict[str, Dict[str, dic
 def format_summary(metrics: dict) -> str:
     """The table printed at the end of a run (and for a finished run that is skipped)."""
     fg = metrics["classes"]
-    amount = (f"fraction {metrics['fraction']:g}" if metrics.get("n_labeled_patients_asked") is None
-              else f"{metrics['n_labeled_patients_asked']} labeled patients")
-    if metrics.get("labeled_selection", "draw") != "draw":
-        amount += f" ({metrics['labeled_selection']} in manifest order)"
+    amount = LabeledAmount.of_metrics(metrics).words
     several = metrics.get("n_labeled_patients", metrics["n_labeled"]) != metrics["n_labeled"]  # images per patient
     labeled = f"{metrics['n_labeled']} labeled" + (f" ({metrics['n_labeled_patients']} patients)" if several else "")
     unlabeled = f"{metrics['n_unlabeled']} unlabeled" + (f" ({metrics['n_unlabeled_patients']} patients)"

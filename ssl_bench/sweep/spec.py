@@ -49,6 +49,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ssl_bench.config import ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir
 from ssl_bench.data.splits import SELECTIONS
+from ssl_bench.labeled import LabeledAmount
 from ssl_bench.identity import (CONFIG_FILE, METRICS_FILE, UnreadableResult, config_differences, finished_result,
                                 read_metrics)
 from ssl_bench.registry import get_method, method_names
@@ -141,9 +142,8 @@ class Cell:
 
     def describe(self) -> str:
         axes = "".join(f" {key}={text(value)}" for key, value in self.axis_values)
-        amount = f"fraction={self.fraction:g}" if self.n_labeled is None else f"n_labeled={self.n_labeled}"
-        selection = "" if self.labeled_selection == "draw" else f" labeled_selection={self.labeled_selection}"
-        return f"method={self.method} {amount}{selection} draw={self.draw}{axes}"
+        amount = LabeledAmount(self.fraction, self.n_labeled, self.labeled_selection).assignments
+        return f"method={self.method} {amount} draw={self.draw}{axes}"
 
     def finished(self) -> bool:
         return self.status in (FINISHED, RECORDED)
