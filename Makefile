@@ -14,7 +14,8 @@ DRAW ?= 0
 STEPS ?=
 ARGS ?=
 SWEEP ?= hippocampus
-# Where sweep cells write their run folders and where report reads them (empty: the config's runs/).
+# Where sweep cells write their run folders and where report reads them (empty: the config's runs/); report writes
+# into RUNS/report (RUNS=results/records: the committed results/; ARGS="--out DIR" elsewhere).
 RUNS ?=
 # Sweep cells at once on this machine (empty: the sweep file's local.jobs).
 JOBS ?=
@@ -65,7 +66,7 @@ methods: setup
 	@$(SSL_BENCH) methods
 
 verify: setup
-	$(SSL_BENCH) data verify --data $(DATA)
+	$(SSL_BENCH) data verify --data $(DATA) $(ARGS)
 
 test: setup
 	WANDB_MODE=disabled $(PY) -m pytest -q tests

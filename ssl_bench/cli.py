@@ -13,6 +13,15 @@ from ssl_bench.config import LoggingConfig, RunConfig
 from ssl_bench.data.manifest import DATA_ROOT_ENV, ManifestError
 
 
+# The exit status of every command that stops on an error it explains (a config, data, checkpoint or report error, a
+# run folder in use): bad data is 2 in `ssl-bench data verify` and `ssl-bench train` alike, as argparse's usage errors.
+ERROR_EXIT_CODE = 2
+EXIT_STATUS = ("exit status: 0 done; 2 an error it explains (bad config or data, e.g. a file that `ssl-bench data "
+               "verify` rejects, an unreadable checkpoint, a run folder in use); 143 / 130 a run stopped by SIGTERM / "
+               "Ctrl-C, its state saved (the same command resumes it); 1 a sweep with failed cells, an import that "
+               "would overwrite files")
+
+
 def _cmd_train(args) -> int:
     from ssl_bench.callbacks import RunStopped
     from ssl_bench.config import load_config
@@ -37,13 +46,14 @@ def _cmd_sweep(args) -> int:
 
 def _cmd_report(args) -> int:
     from ssl_bench.report import ReportWarning, build_summary, write_report_files
-    from ssl_bench.report.writer import SWEEPS_DIR
+    from ssl_bench.report.writer import SWEEPS_DIR, default_out
     project = None if args.no_wandb else args.wandb_project
+    out = Path(args.out) if args.out else default_out(Path(args.runs_dir))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ReportWarning)  # printed below, after the report
-        summary = build_summary(Path(args.runs_dir), Path(args.out), records=not args.no_records,
+        summary = build_summary(Path(args.runs_dir), out, records=not args.no_records,
                                 sweeps_dir=Path(args.sweeps_dir) if args.sweeps_dir else SWEEPS_DIR)
-    paths = write_report_files(summary, Path(args.out), wandb_project=project, wandb_entity=args.wandb_entity)
+    paths = write_report_files(summary, out, wandb_project=project, wandb_entity=args.wandb_entity)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     for skipped in summary.loaded.skipped:
@@ -160,12 +170,12 @@ def _cmd_verify(args) -> int:
     manifest, root = resolve_dataset(cfg)
     infos, problems = verify_cases(manifest, root)
     print(f"{manifest.name} ({manifest.dataset_dir(root)}): {describe_verification(infos, problems)}")
-    return 1 if problems else 0
+    return ERROR_EXIT_CODE if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-bench", description="Fair benchmark of semi-supervised "
-                                     "medical image segmentation methods.")
+                                     "medical image segmentation methods.", epilog=EXIT_STATUS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train and evaluate one method at one labeled fraction and draw")
@@ -198,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="summary table, statistics and plot of every finished run")
     p.add_argument("runs_dir", nargs="?", default=RunConfig().runs_dir,
                    help="folder holding the run folders (default: %(default)s)")
-    p.add_argument("--out", default="results", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output folder (default: RUNS_DIR/report, so that a report of your "
+                   "own runs leaves the committed results/ alone; for a records folder such as results/records, the "
+                   "folder that holds it: `ssl-bench report results/records` rebuilds results/)")
     p.add_argument("--wandb-project", default=LoggingConfig().wandb_project,
                    help="W&B project of the report runs, one per dataset (default: %(default)s, the training runs')")
     p.add_argument("--wandb-entity", default=LoggingConfig().wandb_entity or os.environ.get("WANDB_ENTITY"),
@@ -286,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=os.environ.get(DATA_ROOT_ENV, "data"), help=f"data root (default "
                    f"${DATA_ROOT_ENV} or ./data)")
     p.set_defaults(func=_cmd_download)
-    p = dsub.add_parser("verify", help="check every case of a dataset; exits non-zero on any problem")
+    p = dsub.add_parser("verify", help="check every case of a dataset; exits 2 on any problem, as `ssl-bench train` "
+                        "does on the same bad file", description="Checks every case of a dataset (files load, shapes "
+                        "and affines agree, labels within the declared ones, no NaN, sane spacing) and lists every "
+                        "problem. Exit status: 0 all cases OK, 2 any problem (as `ssl-bench train` on bad data).")
     p.add_argument("--data", default="hippocampus")
     p.add_argument("--root", default=None, help=f"data root (default data.root or ${DATA_ROOT_ENV})")
     p.add_argument("overrides", nargs="*")
@@ -313,15 +328,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ssl_bench.registry import UnknownMethodError
     from ssl_bench.resume import CheckpointError
     from ssl_bench.report import ReportError
-    # Lightning's own deprecation notice about torch internals: nothing a user can act on.
-    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+    from ssl_bench.run_lock import RunFolderBusy
     args = parse_with_overrides(build_parser(), argv)
     try:
         return args.func(args)
     except (ConfigError, ManifestError, DataVerificationError, UnknownMethodError, DownloadError, ReportError,
-            CheckpointError, PredictError) as err:
+            CheckpointError, PredictError, RunFolderBusy) as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
-        return 2
+        return ERROR_EXIT_CODE
 
 
 if __name__ == "__main__":

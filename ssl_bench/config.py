@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ssl_bench.data.manifest import DATA_ROOT_ENV
 from ssl_bench.data.splits import SELECTIONS
+from ssl_bench.labeled import LabeledAmount
 from ssl_bench.registry import get_method
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -388,10 +389,8 @@ def _merge_layer(cfg: DictConfig, layer: DictConfig, source: str) -> DictConfig:
 
 def labeled_setting(cfg: DictConfig) -> str:
     """How the run's labeled patients were chosen, as its folder names it: frac<f> or labeled<n>, with -first for
-    data.labeled_selection=first."""
-    d = cfg.data
-    amount = f"frac{float(d.fraction)}" if d.n_labeled is None else f"labeled{d.n_labeled}"
-    return amount + ("" if d.labeled_selection == "draw" else f"-{d.labeled_selection}")
+    data.labeled_selection=first (ssl_bench/labeled.py)."""
+    return LabeledAmount.of(cfg.data).folder
 
 
 def validate(cfg: DictConfig) -> None:

@@ -41,7 +41,7 @@ from lightning.pytorch.profilers import SimpleProfiler
 
 from ssl_bench.callbacks import StepTimer
 from ssl_bench.config import load_config
-from ssl_bench.progress import RunCSVLogger, StepProgressBar
+from ssl_bench.progress import RunCSVLogger, StepProgressBar, quiet_lightning
 from ssl_bench.registry import get_method, method_names
 from ssl_bench.train import prepare_data, step_callbacks
 from ssl_bench.utils.operators import OperatorCount
@@ -430,6 +430,11 @@ def own_overhead(step: StepBreakdown, minimum: float, reference: StepBreakdown, 
 
 
 def main(argv=None) -> int:
+    with quiet_lightning():  # the tables alone, as `ssl-bench train` prints its own lines alone
+        return _main(argv)
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="hippocampus")
     parser.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")

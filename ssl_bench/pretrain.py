@@ -17,12 +17,10 @@ regions, projected, and contrasted region by region within each crop. Loss = glo
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -43,6 +41,7 @@ from ssl_bench.nets.backbone import build_backbone
 from ssl_bench.nets.pretrained import architecture, save_backbone
 from ssl_bench.progress import RunCSVLogger, StepProgressBar, TimeEstimate, checkpoint_step
 from ssl_bench.resume import resume_point
+from ssl_bench.run_lock import run_folder_lock
 from ssl_bench.utils.io import atomic_write_json, atomic_write_text
 from ssl_bench.utils.transforms import FlipRotation, random_flip_rotation
 
@@ -157,23 +156,12 @@ def pretraining_config(cfg: DictConfig) -> DictConfig:
     return pcfg
 
 
-@contextmanager
-def _exclusive(lock_path: Path):
-    """Holds an exclusive lock on ``lock_path`` (waiting for it): cells of one draw that run at the same time
-    (a slurm sweep) pretrain once, the others waiting for it and then reusing it."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_pretrained(cfg: DictConfig) -> Dict[str, object]:
-    """The pretraining record (pretrain.json) of cfg's dataset and draw, pretraining first if it is missing."""
+    """The pretraining record (pretrain.json) of cfg's dataset and draw, pretraining first if it is missing. Cells of
+    one draw that run at the same time (a sweep's jobs) pretrain once: the others wait for the folder's lock
+    (ssl_bench/run_lock.py) and then reuse the pretraining."""
     run = pretrain_run_dir(cfg, STAGE)
-    with _exclusive(run / ".lock"):
+    with run_folder_lock(run, wait=True):
         return _pretrain_once(cfg, run)
 
 

@@ -1,5 +1,6 @@
-"""What a run prints while it trains: one header line, one progress bar over the whole step budget, one line with
-the time it measured, then (train.py) the result table. Lightning's and W&B's own messages are kept out of it
+"""What a run prints while it trains: one header line, one progress bar over the whole step budget (in a pipe or a
+log file, plain lines every so many steps instead), one line with the time it measured, then (train.py) the result
+table. Lightning's and W&B's own messages are kept out of it
 (``quiet_lightning``), warnings that matter aside.
 
 Also the run's CSV log: one ``csv/metrics.csv`` per run folder, continued by a resumed run.
@@ -25,18 +26,30 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from ssl_bench.labeled import LabeledAmount
+
 # Lightning's informational messages (seed, accelerator, checkpoint restored, fit stopped, a litlogger tip).
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
-# A resumed run writes into the checkpoint folder it resumes from, by design.
-EXPECTED_WARNINGS = (r"Checkpoint directory .* exists and is not empty",)
+EXPECTED_WARNINGS = (
+    r"Checkpoint directory .* exists and is not empty",  # a resumed run writes into the folder it resumes from
+    # Lightning's own deprecation notice about torch internals: nothing a user can act on.
+    r".*treespec, LeafSpec",
+    # A step budget below trainer.log_every_n_steps (a run's budget is its one epoch): the loggers write at validation.
+    r"The number of training batches \(\d+\) is smaller than the logging interval")
 # Steps of this process timed before the estimate (the first ones pay for allocation and caches).
 ESTIMATE_SKIP_STEPS = 1
 ESTIMATE_STEPS = 3
 # Seconds between two redraws of the training bar: a redraw reads the logged values (on a GPU, waiting for its queue
 # to drain) and writes a line, a cost at every step when drawn at every step (results/README.md, "A run's own work at
-# every step"). Output that is not a terminal (a sweep's cells, a cluster job's log) keeps every redraw: fewer there.
+# every step").
 REDRAW_SECONDS = 0.5
-REDRAW_SECONDS_NOT_A_TERMINAL = 30.0
+# Output that is not a terminal (a pipe, a sweep's cells, a cluster job's log) keeps every redraw of a bar, whose
+# counts and ETA there go stale between them: it gets plain lines instead, one per LINES_PER_BUDGET-th of the step
+# budget, at least LINE_MIN_SECONDS apart (a fast run does not flood its log) and at most LINE_MAX_SECONDS (a slow
+# one still says where it is), and one at the last step.
+LINES_PER_BUDGET = 20
+LINE_MIN_SECONDS = 10.0
+LINE_MAX_SECONDS = 600.0
 # The training values the bar shows, read when it is redrawn. Not logged with prog_bar=True: Lightning turns such a
 # value into a Python number at every step's end, which on a GPU waits for the device's queue.
 BAR_VALUES = ("train/loss", "pretrain/loss_total")
@@ -44,7 +57,8 @@ BAR_VALUES = ("train/loss", "pretrain/loss_total")
 
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Lightning's INFO messages and the warnings a run expects are not shown; other warnings are."""
+    """Lightning's INFO messages and the warnings a run expects are not shown; other warnings are. Around everything
+    that runs a Trainer: `ssl-bench train`, `make perf`."""
     loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
@@ -59,17 +73,24 @@ def quiet_lightning() -> Iterator[None]:
                 lg.setLevel(level)
 
 
+def validation_interval(trainer_cfg) -> int:
+    """The training steps between two validations, as the run's Trainer has them (``val_check_interval``):
+    trainer.val_every_n_steps, at most the step budget, so that a run shorter than it still validates, at its end."""
+    return min(trainer_cfg.val_every_n_steps, trainer_cfg.max_steps)
+
+
 def run_header(cfg, n_labeled: int, n_unlabeled: int, n_test: int, run: Path, resume_step: int) -> str:
     """One line: what is about to run, on what, for how long, and where."""
     d, t = cfg.data, cfg.trainer
+    every = validation_interval(t)
+    validation = f"validation every {every}" if every < t.max_steps else f"validation once, at step {t.max_steps}"
     cases = f"{n_labeled} labeled" + (f" + {n_unlabeled} unlabeled" if n_unlabeled else "") + " training cases"
     steps = (f"steps {resume_step + 1}-{t.max_steps} of {t.max_steps}, resuming from step {resume_step}" if resume_step
              else f"{t.max_steps} steps")
-    amount = f"fraction {d.fraction:g}" if d.n_labeled is None else f"{d.n_labeled} labeled patients"
-    amount += " (the first listed)" if d.labeled_selection == "first" else ""
+    amount = LabeledAmount.of(d).words
     protocol = f" (protocol {cfg.protocol})" if cfg.protocol else ""
-    return (f"{cfg.method.name} on {d.name}{protocol}, {amount}, draw {d.draw}: {cases}, {steps}, validation "
-            f"every {t.val_every_n_steps}, test on {n_test} cases. Run folder: {run}")
+    return (f"{cfg.method.name} on {d.name}{protocol}, {amount}, draw {d.draw}: {cases}, {steps}, {validation}, test "
+            f"on {n_test} cases. Run folder: {run}")
 
 
 def checkpoint_step(path: Path) -> int:
@@ -110,13 +131,20 @@ class StepProgressBar(TQDMProgressBar):
     """One bar over the run's whole step budget (``trainer.max_steps``), counting optimizer steps: a resumed run
     continues it at its checkpoint's step, with the right total, and its ETA comes from this process's own rate.
     Validation has no bar of its own (its Dice shows on this one); each test pass has one, named by checkpoint.
-    The bar is redrawn at most every ``redraw_seconds`` (and at the last step), not at every step."""
+    The bar is redrawn at most every ``redraw_seconds`` (and at the last step), not at every step.
 
-    def __init__(self, redraw_seconds: Optional[float] = None, clock=time.monotonic, file=None):
+    Not ``interactive`` (stdout is not a terminal: a pipe, a log file), there is no bar but plain lines
+    (``training: step 120/2000 (6%), 0.412 s/step, ETA 12 min 55 s, train/loss=0.812``) every ``line_every`` steps
+    (LINES_PER_BUDGET a budget; LINE_MIN_SECONDS, LINE_MAX_SECONDS) and at the last step, and one line per test
+    pass."""
+
+    def __init__(self, redraw_seconds: float = REDRAW_SECONDS, clock=time.monotonic, file=None,
+                 interactive: Optional[bool] = None, line_every: Optional[int] = None):
         super().__init__()
-        if redraw_seconds is None:  # as the console the run prints to wants it, wherever ``file`` (stdout) is
-            redraw_seconds = REDRAW_SECONDS if sys.stdout.isatty() else REDRAW_SECONDS_NOT_A_TERMINAL
+        # As the console the run prints to is, wherever ``file`` is (make perf draws into the void as it would here).
+        self.interactive = sys.stdout.isatty() if interactive is None else interactive
         self.redraw_seconds, self._clock, self._drawn, self._file = redraw_seconds, clock, -math.inf, file
+        self._line_every, self._start = line_every, (0.0, 0)
 
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(disable=True)
@@ -127,17 +155,33 @@ class StepProgressBar(TQDMProgressBar):
                          unit="step")
 
     def init_test_tqdm(self) -> Tqdm:
-        return self._bar(f"test ({self.trainer.lightning_module.checkpoint_tag} checkpoint)",
-                         total=sum(self.trainer.num_test_batches), unit="case")
+        description = f"test ({self.trainer.lightning_module.checkpoint_tag} checkpoint)"
+        total = sum(self.trainer.num_test_batches)
+        if not self.interactive and not self.is_disabled:
+            self._print(f"{description}: {total} cases")
+        return self._bar(description, total=total, unit="case")
 
     def _bar(self, description: str, **kwargs) -> Tqdm:
-        return Tqdm(desc=description, position=2 * self.process_position, disable=self.is_disabled, leave=True,
-                    dynamic_ncols=True, file=self._file or sys.stdout, bar_format=self.BAR_FORMAT, **kwargs)
+        return Tqdm(desc=description, position=2 * self.process_position, disable=self.is_disabled or not self.interactive,
+                    leave=True, dynamic_ncols=True, file=self._file or sys.stdout, bar_format=self.BAR_FORMAT, **kwargs)
+
+    def _print(self, line: str) -> None:
+        print(line, file=self._file or sys.stdout, flush=True)
+
+    def on_train_start(self, trainer, *_):
+        super().on_train_start(trainer, *_)
+        self._start = (self._clock(), trainer.global_step)
+        if not self.interactive:
+            self._drawn = self._start[0]  # the first line after LINE_MIN_SECONDS (a bar is drawn at the first step)
+            if not self.is_disabled and trainer.global_step:
+                self._print(f"training: from step {trainer.global_step}/{trainer.max_steps} (resumed)")
 
     def on_train_epoch_start(self, trainer, *_):
         pass  # Lightning restarts the bar at each epoch with the epoch's batches: this bar spans the step budget
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.interactive:
+            return self._line(trainer, pl_module)
         bar, n = self.train_progress_bar, trainer.global_step
         if bar is None or bar.disable:
             return
@@ -147,6 +191,21 @@ class StepProgressBar(TQDMProgressBar):
         self._drawn = now
         bar.n = n
         bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def _line(self, trainer, pl_module) -> None:
+        n, total, now = trainer.global_step, trainer.max_steps, self._clock()
+        every = self._line_every or max(1, math.ceil(total / LINES_PER_BUDGET))
+        since = now - self._drawn
+        if self.is_disabled or (n < total and (since < LINE_MIN_SECONDS or n % every) and since < LINE_MAX_SECONDS):
+            return
+        self._drawn = now
+        (started, first), done = self._start, n - self._start[1]
+        per_step = (now - started) / done if done > 0 else math.nan
+        when = (f"{format_duration(now - started)} in all" if n >= total
+                else f"ETA {format_duration(per_step * (total - n))}" if done > 0 else "ETA ?")
+        values = "".join(f", {k}={v:.3f}" if isinstance(v, float) else f", {k}={v}"
+                         for k, v in self.get_metrics(trainer, pl_module).items())
+        self._print(f"training: step {n}/{total} ({100 * n / total:.0f}%), {per_step:.3f} s/step, {when}{values}")
 
     def on_train_epoch_end(self, trainer, pl_module):
         pass  # the bar spans epochs: it closes when training ends

@@ -5,7 +5,8 @@ Run folder ``runs/<dataset>/<method>/frac<f>/draw<d>/`` holds ``config.yaml``, `
 ``checkpoints/`` (``last.ckpt``, ``best-*.ckpt``, ``test_best-*.ckpt``: ssl_bench/audit.py), ``csv/`` logs, ``wandb/`` (offline runs),
 ``per_case.csv`` and ``metrics.json``. ``metrics.json`` is written last and atomically: it is the mark
 of a finished run. Re-running the same command resumes from ``last.ckpt``; a finished run is
-reported and skipped unless ``force``.
+reported and skipped unless ``force``. While a run lives it holds the folder's ``.lock``: a second run of the same
+folder started meanwhile is refused, naming the first (ssl_bench/run_lock.py).
 
 Before a run starts, its method's ``prepare_run`` does any work the run depends on and shares with other runs
 (contrastive: the pretraining of the dataset and draw, reused if finished; ssl_bench/pretrain.py) and may
@@ -18,7 +19,6 @@ import csv
 import io
 import os
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_bench.audit import TAG as AUDIT_TAG
@@ -45,12 +46,14 @@ from ssl_bench.data.synthetic import SyntheticSpec, ensure_synthetic
 from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.evaluation import summarize
 from ssl_bench.identity import METRICS_FILE, UnreadableResult, finished_result
+from ssl_bench.labeled import LabeledAmount
 from ssl_bench.nets.backbone import count_parameters
 from ssl_bench.progress import (RunCSVLogger, StepProgressBar, TimeEstimate, checkpoint_step, quiet_lightning,
-                                run_header)
+                                run_header, validation_interval)
 from ssl_bench.provenance import collect_provenance
 from ssl_bench.registry import get_method
 from ssl_bench.resume import resume_point
+from ssl_bench.run_lock import clear_run_folder, run_folder_lock
 from ssl_bench.utils.io import atomic_write_json, atomic_write_text
 from ssl_bench.wandb_run import ImageOverlays, best_score, log_results, wandb_logger
 
@@ -62,6 +65,11 @@ def resolve_dataset(cfg: DictConfig) -> Tuple[Manifest, Path]:
     """The manifest and data root of ``cfg.data``; synthetic data (any dataset without a manifest, e.g.
     synthetic or synthetic_multiorgan) is generated into the cache if missing."""
     if not cfg.data.manifest:
+        if cfg.data.root:  # $SSL_BENCH_DATA_ROOT, which make always sets, is another matter: no error
+            raise ConfigError(
+                f"data.root={cfg.data.root}: '{cfg.data.name}' is generated (it has no data.manifest) into "
+                f"data.cache_dir ({cfg.data.cache_dir}), not read from a data root; drop data.root (or set "
+                "data.cache_dir), or give data.manifest to read a copy from the root")
         s = cfg.data.synthetic
         spec = SyntheticSpec(n_cases=s.n_cases, shape=tuple(s.shape), n_organs=s.n_organs,
                              spacing=(1.0,) * len(s.shape), seed=s.seed, name=cfg.data.name)
@@ -170,10 +178,7 @@ def _results(rows: List[dict], foreground: List[str]) -> Dict[str, Dict[str, dic
 def format_summary(metrics: dict) -> str:
     """The table printed at the end of a run (and for a finished run that is skipped)."""
     fg = metrics["classes"]
-    amount = (f"fraction {metrics['fraction']:g}" if metrics.get("n_labeled_patients_asked") is None
-              else f"{metrics['n_labeled_patients_asked']} labeled patients")
-    if metrics.get("labeled_selection", "draw") != "draw":
-        amount += f" ({metrics['labeled_selection']} in manifest order)"
+    amount = LabeledAmount.of_metrics(metrics).words
     several = metrics.get("n_labeled_patients", metrics["n_labeled"]) != metrics["n_labeled"]  # images per patient
     labeled = f"{metrics['n_labeled']} labeled" + (f" ({metrics['n_labeled_patients']} patients)" if several else "")
     unlabeled = f"{metrics['n_unlabeled']} unlabeled" + (f" ({metrics['n_unlabeled_patients']} patients)"
@@ -247,9 +252,18 @@ def train(cfg: DictConfig, force: bool = False, resume_from: Optional[str] = Non
 def _train(cfg: DictConfig, force: bool, resume_from: Optional[str]) -> dict:
     started = time.perf_counter()
     run = run_dir(cfg)
+    # One process in a run folder at a time (ssl_bench/run_lock.py), held until the run ends. Under DDP the ranks
+    # Lightning launches re-run this command: they work in rank 0's folder under rank 0's lock.
+    if rank_zero_only.rank != 0:
+        return _train_in(run, cfg, False, resume_from, started)
+    with run_folder_lock(run):
+        return _train_in(run, cfg, force, resume_from, started)
+
+
+def _train_in(run: Path, cfg: DictConfig, force: bool, resume_from: Optional[str], started: float) -> dict:
     metrics_path = run / METRICS_FILE
-    if force and run.exists():
-        shutil.rmtree(run)
+    if force:
+        clear_run_folder(run)
     method_cls = get_method(cfg.method.name)
     try:  # refuses a folder holding a run of another config, finished or not
         metrics = finished_result(run, method_cls.run_config(cfg))
@@ -304,7 +318,7 @@ def _train(cfg: DictConfig, force: bool, resume_from: Optional[str]) -> dict:
         callbacks.append(StepProgressBar())
     t = cfg.trainer
     trainer = pl.Trainer(
-        max_steps=t.max_steps, max_epochs=-1, val_check_interval=min(t.val_every_n_steps, t.max_steps),
+        max_steps=t.max_steps, max_epochs=-1, val_check_interval=validation_interval(t),
         check_val_every_n_epoch=None, num_sanity_val_steps=0, accelerator=t.accelerator, devices=t.devices,
         strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, benchmark=t.cudnn_benchmark, enable_progress_bar=t.enable_progress_bar,

@@ -22,6 +22,8 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from ssl_bench.labeled import LabeledAmount, wandb_run_name
+
 # Overlay colours of foreground classes 1, 2, ... (ColorBrewer Set1), named in each panel's caption.
 CLASS_COLOURS: Tuple[Tuple[str, Tuple[int, int, int]], ...] = (
     ("red", (228, 26, 28)), ("blue", (55, 126, 184)), ("green", (77, 175, 74)), ("purple", (152, 78, 163)),
@@ -51,15 +53,11 @@ class QuietWandbLogger(WandbLogger):
 def wandb_logger(cfg: DictConfig, run: Path, run_id: str) -> QuietWandbLogger:
     """The W&B logger of the run in folder ``run``, with the resolved config logged."""
     d, m = cfg.data, cfg.method.name
-    amount = f"frac{d.fraction:g}" if d.n_labeled is None else f"labeled{d.n_labeled}"
-    amount += "" if d.labeled_selection == "draw" else f"-{d.labeled_selection}"
-    amount_tags = [f"frac={d.fraction:g}"] if d.n_labeled is None else [f"n_labeled={d.n_labeled}"]
-    if d.labeled_selection != "draw":
-        amount_tags.append(f"labeled_selection={d.labeled_selection}")
+    amount = LabeledAmount.of(d)
     logger = QuietWandbLogger(
         project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity, save_dir=str(run),
-        name=f"{m}-{amount}-draw{d.draw}", group=f"{d.name}/{m}",
-        tags=[m, *amount_tags, f"draw={d.draw}", d.name, *cfg.logging.tags], mode=cfg.logging.wandb_mode,
+        name=wandb_run_name(m, amount, d.draw), group=f"{d.name}/{m}",
+        tags=[m, *amount.tags, f"draw={d.draw}", d.name, *cfg.logging.tags], mode=cfg.logging.wandb_mode,
         id=run_id, resume="allow")
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return logger

@@ -78,3 +78,17 @@ def test_stray_arguments_are_still_refused(argv, capsys):
     with pytest.raises(SystemExit) as err:
         parse_with_overrides(build_parser(), argv)
     assert err.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["train"], ["data", "verify"]])
+def test_a_data_root_given_for_generated_data_is_an_error(command, tmp_path, synthetic_cache, capsys):
+    """data.root on synthetic data was silently ignored (it is generated into data.cache_dir)."""
+    args = [*command, "--data", "synthetic", f"data.root={tmp_path / 'mine'}", f"data.cache_dir={synthetic_cache}",
+            "data.synthetic.shape=[20,20,20]", "data.synthetic.n_cases=12"]
+    if command == ["train"]:
+        args += [f"run.runs_dir={tmp_path / 'runs'}", "trainer.max_steps=1", "logging.wandb=false",
+                 "trainer.enable_progress_bar=false"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"data.root={tmp_path / 'mine'}: 'synthetic' is generated" in err and "data.cache_dir" in err
+    assert not (tmp_path / "runs").exists()

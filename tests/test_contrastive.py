@@ -298,15 +298,17 @@ def test_a_changed_pretraining_config_for_the_same_draw_is_an_error(tmp_path, sy
     assert "contrastive_pretrain/draw0 holds a run with a different config (method.partitions" in error
 
 
-def test_cells_running_at_once_wait_for_one_pretraining(tmp_path):
-    """The pretraining's file lock: a second holder waits until the first has released it."""
+def test_cells_running_at_once_wait_for_one_pretraining(tmp_path, capsys):
+    """The pretraining folder's lock (ssl_bench/run_lock.py, as ensure_pretrained takes it): a second holder waits,
+    saying for whom, until the first has released it."""
+    import os
     import threading
-    from ssl_bench.pretrain import _exclusive
+    from ssl_bench.run_lock import run_folder_lock
     events = []
     first_holds, release_first = threading.Event(), threading.Event()
 
     def first():
-        with _exclusive(tmp_path / ".lock"):
+        with run_folder_lock(tmp_path, wait=True):
             events.append("first in")
             first_holds.set()
             release_first.wait(5)
@@ -314,7 +316,7 @@ def test_cells_running_at_once_wait_for_one_pretraining(tmp_path):
 
     def second():
         first_holds.wait(5)
-        with _exclusive(tmp_path / ".lock"):
+        with run_folder_lock(tmp_path, wait=True):
             events.append("second in")
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
@@ -326,6 +328,7 @@ def test_cells_running_at_once_wait_for_one_pretraining(tmp_path):
     for t in threads:
         t.join(10)
     assert events == ["first in", "first out", "second in"]
+    assert f"{tmp_path}: waiting for pid {os.getpid()} on host" in capsys.readouterr().err
 
 
 def test_a_resumed_pretraining_computes_what_an_uninterrupted_one_computes(tmp_path, synthetic_cache, monkeypatch,

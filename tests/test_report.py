@@ -212,6 +212,11 @@ def _rows(csv_path: Path) -> dict:
         return {(r["method"], float(r["fraction"]), int(r["draw"])): r for r in csv.DictReader(f)}
 
 
+def _row_count(csv_path: Path) -> int:
+    with open(csv_path) as f:
+        return len(list(csv.DictReader(f)))
+
+
 def test_records_stand_in_for_run_folders_that_are_gone(fake_runs, tmp_path):
     runs, _ = fake_runs
     out = tmp_path / "results"
@@ -263,6 +268,30 @@ def test_no_records_reports_only_the_run_folders(fake_runs, tmp_path, capsys):
     assert main(["report", str(runs), "--out", str(out), "--no-wandb", "--no-records"]) == 0
     assert {k[0] for k in _rows(out / "summary.csv")} == {"supervised"}
     assert (out / "records" / "toy" / "mean_teacher").is_dir(), "--no-records leaves the records alone"
+
+
+def test_a_report_of_your_own_runs_goes_into_their_folder_and_leaves_the_committed_results_alone(
+        fake_runs, tmp_path, monkeypatch, capsys):
+    """`make report` with no RUNS after a toy run (`ssl-bench report` in the project folder) wrote the committed
+    results/summary.*, its figures and results/records/<dataset>: now it writes runs/report, whose records are not
+    read back as runs; a records folder reports into the folder that holds it (`make report RUNS=results/records`
+    rebuilds results/)."""
+    runs, _ = fake_runs
+    monkeypatch.chdir(tmp_path)
+    committed = tmp_path / "results" / "summary.md"
+    committed.parent.mkdir()
+    committed.write_text("the committed report")
+    assert main(["report", "--no-wandb"]) == 0
+    assert committed.read_text() == "the committed report" and sorted(committed.parent.iterdir()) == [committed]
+    report = runs / "report"
+    assert f"wrote {Path('runs') / 'report' / 'summary.csv'}" in capsys.readouterr().out
+    assert (report / "dice_vs_fraction.png").is_file() and (report / "records" / "toy").is_dir()
+    assert main(["report", "--no-wandb", "--no-records"]) == 0  # its own records are not run folders
+    assert _row_count(report / "summary.csv") == len(DICE)
+    shutil.rmtree(runs / "toy")
+    assert main(["report", str(report / "records"), "--no-wandb"]) == 0
+    assert _row_count(report / "summary.csv") == len(DICE)
+    assert committed.read_text() == "the committed report"
 
 
 def test_report_without_finished_runs_is_a_clear_error(tmp_path, capsys):

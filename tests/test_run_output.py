@@ -4,19 +4,24 @@ per run folder; the data root it read in config.yaml."""
 
 import csv
 import gc
+import os
 import re
 import shutil
+import subprocess
+import sys
 
+import pytest
 import yaml
 
 from ssl_bench.cli import main
 from ssl_bench.config import load_config
 from ssl_bench.train import resolve_dataset
-from conftest import TINY
+from conftest import PROJECT_ROOT, TINY
 from test_train_e2e import _killed_after_first_checkpoint
 
-NOISE = ("litlogger", "anonymous", "wandb:", "GPU available", "Seed set", "Restoring states", "exists and is not empty",
-         "Trainer.fit` stopped", "v_num", "Epoch 0")
+NOISE = ("litlogger", "anonymous", "wandb:", "GPU available", "TPU available", "Seed set", "Restoring states",
+         "exists and is not empty", "Trainer.fit` stopped", "v_num", "Epoch 0", "treespec", "Tip:",
+         "smaller than the logging interval")
 
 
 def _args(root, cache, *extra, method="mean_teacher"):
@@ -45,6 +50,7 @@ def test_a_run_prints_a_header_its_progress_and_its_result_last(tmp_path, synthe
                         f"6 steps, validation every 2, test on 3 cases. Run folder: {run}")
     assert re.search(r"\d+\.\d{3} s/step \(median of steps 2-4\): about [\d a-z]+ for the 2 steps left", out)
     assert "6/6" in out and "/?" not in out  # the bar counts the step budget
+    assert "\r" not in out and re.search(r"^training: step 6/6 \(100%\), \d+\.\d{3} s/step, ", out, re.M)  # a pipe
     table = next(i for i, line in enumerate(lines) if "Dice mean" in line) - 1  # the table's title line
     assert lines[table - 1].startswith("W&B run (offline)") and lines[-1].startswith("* primary result")
     assert not [line for line in lines[table - 1:] if "%|" in line or "\r" in line]  # no bar after the table starts
@@ -96,13 +102,25 @@ def test_config_yaml_records_the_data_root_from_the_environment_outside_the_run_
     assert "already finished" in capsys.readouterr().out
 
 
+def test_the_header_says_when_validation_actually_happens():
+    """A 40-step run with the default 250 between validations validates once, at step 40 (the Trainer's
+    val_check_interval is the smaller of the two); the header said "validation every 250"."""
+    from ssl_bench.progress import run_header, validation_interval
+    for every, expected in [(250, "40 steps, validation once, at step 40, test on 3 cases"),
+                            (20, "40 steps, validation every 20, test on 3 cases"),
+                            (40, "40 steps, validation once, at step 40, test on 3 cases")]:
+        cfg = load_config("supervised", "synthetic", ["trainer.max_steps=40", f"trainer.val_every_n_steps={every}"])
+        assert validation_interval(cfg.trainer) == min(every, 40)
+        assert expected in run_header(cfg, 4, 0, 3, "runs/x", 0)
+
+
 def test_the_training_bar_is_redrawn_at_most_every_redraw_seconds_and_at_the_last_step():
     """A redraw reads the logged values (on a GPU, a wait for its queue) and writes a line: not at every step."""
     from types import SimpleNamespace
     from ssl_bench.progress import StepProgressBar
 
     now = [0.0]
-    bar = StepProgressBar(redraw_seconds=1.0, clock=lambda: now[0])
+    bar = StepProgressBar(redraw_seconds=1.0, clock=lambda: now[0], interactive=True)
     drawn = []
     shown = SimpleNamespace(disable=False, total=10, n=0, set_postfix=lambda metrics: drawn.append(shown.n))
     bar._train_progress_bar = shown
@@ -112,6 +130,39 @@ def test_the_training_bar_is_redrawn_at_most_every_redraw_seconds_and_at_the_las
         trainer.global_step, now[0] = step, step * 0.3  # a step every 0.3 s
         bar.on_train_batch_end(trainer, None, None, None, step - 1)
     assert drawn == [1, 5, 9, 10]  # the first step, then once a second, and the last
+
+
+def test_in_a_pipe_or_a_log_file_a_run_prints_plain_lines_with_its_step_rate_and_eta():
+    """Not a terminal, the bar's redraws left stale step counts and a wrong ETA in the log: plain lines instead, every
+    5% of the budget (at least LINE_MIN_SECONDS apart, at most LINE_MAX_SECONDS), and at the last step."""
+    import io
+    from types import SimpleNamespace
+    from ssl_bench.progress import LINE_MAX_SECONDS, StepProgressBar
+
+    now, out = [100.0], io.StringIO()
+    bar = StepProgressBar(clock=lambda: now[0], file=out, interactive=False)
+    trainer = SimpleNamespace(global_step=0, max_steps=200, is_global_zero=True)
+    bar.get_metrics = lambda trainer, module: {"train/loss": 0.8123}
+    bar._trainer = trainer
+    bar.init_train_tqdm = lambda: None
+    bar.on_train_start(trainer, None)
+    for step in range(1, 201):  # a step every 2 s, then one that takes LINE_MAX_SECONDS
+        trainer.global_step, now[0] = step, now[0] + (LINE_MAX_SECONDS if step == 105 else 2.0)
+        bar.on_train_batch_end(trainer, None, None, None, step - 1)
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert lines[0] == "training: step 10/200 (5%), 2.000 s/step, ETA 6 min 20 s, train/loss=0.812"
+    assert [int(line.split()[2].split("/")[0]) for line in lines] == [10 * k for k in range(1, 11)] + [105] + [
+        10 * k for k in range(11, 21)]
+    assert lines[-1].startswith("training: step 200/200 (100%), ") and lines[-1].endswith(" in all, train/loss=0.812")
+    # resumed at step 50: it says so, and its rate counts from there
+    out.truncate(0), out.seek(0)
+    trainer.global_step, now[0] = 50, 0.0
+    bar.on_train_start(trainer, None)
+    trainer.global_step, now[0] = 60, 30.0
+    bar.on_train_batch_end(trainer, None, None, None, 0)
+    assert out.getvalue().splitlines() == ["training: from step 50/200 (resumed)",
+                                           "training: step 60/200 (30%), 3.000 s/step, ETA 7 min 00 s, train/loss=0.812"]
 
 
 def test_a_step_the_loggers_do_not_write_reads_no_value_back(tmp_path, synthetic_cache, monkeypatch):
@@ -145,3 +196,22 @@ def test_a_step_the_loggers_do_not_write_reads_no_value_back(tmp_path, synthetic
                       "trainer.max_steps=12", "trainer.val_every_n_steps=12")) == 0
     quiet = [s["reads"] for s in steps[1:-1] if not s["logs"]]  # the first step draws the bar
     assert len(quiet) >= 6 and quiet == [0] * len(quiet), steps
+
+
+@pytest.mark.parametrize("command", ["bench", "perf"])
+def test_make_bench_and_make_perf_print_none_of_lightnings_noise(command, tmp_path, synthetic_cache):
+    """As make runs them, each in a process of its own (so with Python's own warning filters, not pytest's): no
+    litlogger tip, pytree deprecation warning, "Seed set to", GPU/TPU lines, nor (a budget below
+    trainer.log_every_n_steps) the log-interval warning; `make perf` printed all of them twice."""
+    tiny = [a for a in TINY if a != "trainer.enable_progress_bar=false"]
+    if command == "bench":
+        args = ["ssl_bench.cli", "train", "--method", "supervised", "--data", "synthetic", "data.fraction=0.5",
+                "trainer.max_steps=4", "trainer.val_every_n_steps=2", f"run.runs_dir={tmp_path}"]
+    else:
+        args = ["ssl_bench.perf", "--data", "synthetic", "--methods", "supervised", "--steps", "2", "--warmup", "1"]
+    done = subprocess.run([sys.executable, "-m", *args, f"data.cache_dir={synthetic_cache}", *tiny], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert ("stack / bare" if command == "perf" else "* primary result") in output
+    assert not [n for n in NOISE if n in output], output[-3000:]

@@ -1,11 +1,14 @@
 import gzip
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import PROJECT_ROOT, TINY
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Case, Manifest, import_msd
 from ssl_bench.data.verify import (
     DataVerificationError, Problem, describe_verification, verify_cases, verify_or_raise,
@@ -185,3 +188,30 @@ def test_data_verify_refuses_a_manifest_whose_sets_share_a_patient(tmp_path, cap
                  f"data.manifest={path}"]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "p0 (test, training pool)" in err
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_verify_passes_args():
+    """`make verify`'s own error suggests ARGS="data.root=..." (as make bench takes it); make verify ignored it."""
+    dry = subprocess.run(["make", "-n", "verify", "DATA=hippocampus", "ARGS=data.root=/some/root"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert "ssl-bench data verify --data hippocampus data.root=/some/root" in dry.stdout
+
+
+def test_verify_and_train_exit_alike_on_the_same_bad_file(tmp_path, synthetic_cache, capsys):
+    """Bad data is exit status 2 in `ssl-bench data verify` (which said 1) as in `ssl-bench train`."""
+    from ssl_bench.cli import main
+    from ssl_bench.config import load_config
+    from ssl_bench.data.manifest import load_manifest
+    from ssl_bench.train import resolve_dataset
+    _, generated = resolve_dataset(load_config("supervised", "synthetic", [*TINY, f"data.cache_dir={synthetic_cache}"]))
+    root = tmp_path / "data"
+    shutil.copytree(generated, root)
+    manifest = load_manifest(root / "manifest.json")
+    bad = root / manifest.directory / manifest.case_by_id[manifest.test[0]].image
+    bad.write_bytes(b"not a nifti")
+    data = ["data.name=mycopy", f"data.manifest={root / 'manifest.json'}", f"data.root={root}"]
+    assert main(["data", "verify", "--data", "synthetic", *data]) == 2
+    assert str(bad) in capsys.readouterr().out
+    assert main(["train", "--data", "synthetic", f"run.runs_dir={tmp_path / 'runs'}", *TINY, *data]) == 2
+    assert str(bad) in capsys.readouterr().err

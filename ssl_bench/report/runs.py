@@ -169,14 +169,16 @@ class LoadedRuns:
         return self.records_dir is not None and run.folder.resolve().is_relative_to(self.records_dir.resolve())
 
 
-def read_runs(runs_dir: Path, records_dir: Optional[Path] = None) -> LoadedRuns:
-    """Every finished run under ``runs_dir``, plus the records under ``records_dir`` that no run folder
-    replaces (same cell, same hardware); unreadable ones are skipped with a ReportWarning naming the file."""
+def read_runs(runs_dir: Path, records_dir: Optional[Path] = None, exclude: Optional[Path] = None) -> LoadedRuns:
+    """Every finished run under ``runs_dir`` (none under ``exclude``: a report's own folder), plus the records under
+    ``records_dir`` that no run folder replaces (same cell, same hardware); unreadable ones are skipped with a
+    ReportWarning naming the file."""
     runs_dir = Path(runs_dir)
     records_dir = Path(records_dir) if records_dir is not None else None
     skipped: List[Skipped] = []
+    not_runs = [Path(p).resolve() for p in (records_dir, exclude) if p is not None]
     runs = [r for r in _read_tree(runs_dir, skipped)  # records kept inside runs_dir are not run folders
-            if records_dir is None or not r.folder.resolve().is_relative_to(records_dir.resolve())]
+            if not any(r.folder.resolve().is_relative_to(p) for p in not_runs)]
     if records_dir is not None:
         on_disk = {r.identity for r in runs}
         runs += [r for r in _read_tree(records_dir, skipped) if r.identity not in on_disk]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 from urllib.parse import quote
 
+from ssl_bench.labeled import LabeledAmount, wandb_run_name
 from ssl_bench.report.groups import Group
 from ssl_bench.report.noise import floor_of
 from ssl_bench.report.runs import Run
@@ -43,8 +44,7 @@ def training_group(dataset: str, method: str) -> str:
 def training_run_name(run: Run) -> str:
     """The W&B name of a training run, as train.py sets it."""
     m = run.metrics
-    amount = f"frac{float(m['fraction']):g}" if m.get("fraction") is not None else m["labeled_setting"]
-    return f"{m['method']}-{amount}-draw{m['draw']}"
+    return wandb_run_name(m["method"], LabeledAmount.of_metrics(m), m["draw"])
 
 
 def group_url(entity: Optional[str], project: str, group: str) -> str:

@@ -19,10 +19,25 @@ FILES = {"csv": "summary.csv", "markdown": "summary.md", "plot": "dice_vs_fracti
          "alpha_plot": "dice_vs_alpha.png"}
 
 
+# The report of a runs folder, by default: a folder of its own inside it (runs/report: a user's toy run never rewrites
+# the committed results/), except for a records folder, whose report is the folder that keeps it
+# (`ssl-bench report results/records` writes results/, the committed report).
+REPORT_DIR = "report"
+
+
+def default_out(runs_dir: Path) -> Path:
+    """Where ``ssl-bench report RUNS_DIR`` writes without --out: RUNS_DIR/report, or for a records folder
+    (``results/records``) the folder that holds it (``results``)."""
+    runs_dir = Path(runs_dir)
+    return runs_dir.parent if runs_dir.name == RECORDS_DIR else runs_dir / REPORT_DIR
+
+
 def build_summary(runs_dir: Path, out: Path, records: bool = True, sweeps_dir: Optional[Path] = SWEEPS_DIR) -> Summary:
-    """Reads the runs (and, with ``records``, the records in ``out/records``, which it updates) and summarises them."""
+    """Reads the runs (and, with ``records``, the records in ``out/records``, which it updates) and summarises them.
+    A report folder inside ``runs_dir`` (its records) is not read as run folders."""
     runs_dir, out = Path(runs_dir), Path(out)
-    loaded = read_runs(runs_dir, out / RECORDS_DIR if records else None)
+    inside = out.resolve() != runs_dir.resolve() and out.resolve().is_relative_to(runs_dir.resolve())
+    loaded = read_runs(runs_dir, out / RECORDS_DIR if records else None, exclude=out if inside else None)
     write_records(loaded)
     return summarize(loaded, sweeps_dir)
 

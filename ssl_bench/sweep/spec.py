@@ -37,7 +37,6 @@ twice matches either value).
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from dataclasses import dataclass, field, replace
 from itertools import product
@@ -50,9 +49,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ssl_bench.config import ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir
 from ssl_bench.data.splits import SELECTIONS
+from ssl_bench.labeled import LabeledAmount
 from ssl_bench.identity import (CONFIG_FILE, METRICS_FILE, UnreadableResult, config_differences, finished_result,
                                 read_metrics)
 from ssl_bench.registry import get_method, method_names
+from ssl_bench.run_lock import clear_run_folder, run_folder_lock
 from ssl_bench.report import keep_record
 
 LAUNCHERS = ("local", "slurm")
@@ -141,9 +142,8 @@ class Cell:
 
     def describe(self) -> str:
         axes = "".join(f" {key}={text(value)}" for key, value in self.axis_values)
-        amount = f"fraction={self.fraction:g}" if self.n_labeled is None else f"n_labeled={self.n_labeled}"
-        selection = "" if self.labeled_selection == "draw" else f" labeled_selection={self.labeled_selection}"
-        return f"method={self.method} {amount}{selection} draw={self.draw}{axes}"
+        amount = LabeledAmount(self.fraction, self.n_labeled, self.labeled_selection).assignments
+        return f"method={self.method} {amount} draw={self.draw}{axes}"
 
     def finished(self) -> bool:
         return self.status in (FINISHED, RECORDED)
@@ -165,9 +165,11 @@ class Cell:
         return get_method(self.method).run_config(self.config())
 
     def start_over_if_forced(self) -> None:
-        """``--force``: the cell's run folder goes before the cell starts (or is submitted), as `train --force` does."""
+        """``--force``: the cell's run folder is emptied before the cell starts (or is submitted), as `train --force`
+        does, under its lock: a folder another run is writing is refused (RunFolderBusy), not emptied under it."""
         if self.force and self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
+            with run_folder_lock(self.run_dir):
+                clear_run_folder(self.run_dir)
 
     def command(self) -> List[str]:
         return [sys.executable, "-m", "ssl_bench.cli", "train", "--method", self.method, "--data", self.data,
