@@ -24,6 +24,10 @@ STOPPED_EXIT_CODE = 128 + signal.SIGTERM
 # The shell's code for Ctrl-C: a run stopped by Ctrl-C at the end of a step, its state saved.
 INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 
+# A run folder's checkpoints/ and its resume checkpoint there (written at every validation).
+CHECKPOINTS = "checkpoints"
+LAST = "last.ckpt"
+
 
 class StepTimer(pl.Callback):
     """Wall-clock seconds of each training step (forward, backward, optimizer, data), and of the whole run, for

@@ -162,7 +162,7 @@ def _cmd_download(args) -> int:
 def _cmd_verify(args) -> int:
     from ssl_bench.config import load_config
     from ssl_bench.data.verify import describe_verification, verify_cases
-    from ssl_bench.train import resolve_dataset
+    from ssl_bench.data.dataset import resolve_dataset
     overrides = list(args.overrides)
     if args.root:
         overrides.append(f"data.root={args.root}")

@@ -30,10 +30,13 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ssl_bench.callbacks import CheckpointOnStop, ResumeCheckpoint, StepTimer, TrainingRandomState, fit_stoppably
+from ssl_bench.callbacks import (CHECKPOINTS, LAST, CheckpointOnStop, ResumeCheckpoint, StepTimer, TrainingRandomState,
+                                 fit_stoppably)
 from ssl_bench.config import pretrain_run_dir, run_seed, to_yaml
+from ssl_bench.data.dataset import resolve_dataset
 from ssl_bench.data.pretraining import PartitionCropBatches, load_volumes
 from ssl_bench.data.stream import OneEpochStreams, streams_resume_by_position
+from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.identity import UnreadableResult, check_same_run, read_metrics
 from ssl_bench.losses.contrastive import local_contrastive_loss, nt_xent, partition_positive_mask, region_embeddings
 from ssl_bench.methods.base import SegmentationMethod
@@ -182,8 +185,6 @@ def record_of_backbone(checkpoint: Path) -> Optional[Dict[str, object]]:
 
 
 def _pretrain_once(cfg: DictConfig, run: Path) -> Dict[str, object]:
-    from ssl_bench.train import CHECKPOINTS, LAST, resolve_dataset
-    from ssl_bench.data.verify import verify_or_raise
     started, pcfg = time.perf_counter(), pretraining_config(cfg)
     check_same_run(run, pcfg)  # a finished pretraining is reused only by runs that would compute the same one
     record_path = run / RECORD

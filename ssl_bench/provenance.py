@@ -1,7 +1,7 @@
 """Where and with what a result was computed: the ``provenance`` entry of every metrics.json (and so of every record).
 
 The same config gives results on different hardware, library versions or thread counts that differ by as much as
-methods do, so each result says where it came from. Its keys (stable; ssl_bench.report.provenance reads and formats
+methods do, so each result says where it came from. Its keys (stable; ssl_bench.records.provenance reads and formats
 them, and tolerates entries made before some of them existed):
 
 - ``git_commit``: the short hash of the checkout's commit, ``git_dirty``: whether its tracked files differ from it

@@ -34,15 +34,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_bench.audit import TAG as AUDIT_TAG
 from ssl_bench.audit import TestSelectionAudit
-from ssl_bench.callbacks import CheckpointOnStop, ResumeCheckpoint, StepTimer, TrainingRandomState, fit_stoppably
-from ssl_bench.config import (ConfigError, data_root, labeled_setting, resolve_project_path, run_dir, run_seed,
-                              to_yaml)
+from ssl_bench.callbacks import (CHECKPOINTS, LAST, CheckpointOnStop, ResumeCheckpoint, StepTimer, TrainingRandomState,
+                                 fit_stoppably)
+from ssl_bench.config import ConfigError, labeled_setting, run_dir, run_seed, to_yaml
 from ssl_bench.data.datamodule import SegmentationDataModule
-from ssl_bench.data.manifest import DATA_ROOT_ENV, Manifest, load_manifest
+from ssl_bench.data.dataset import resolve_dataset
+from ssl_bench.data.manifest import Manifest
 from ssl_bench.data.partial import partial_annotation_flags
 from ssl_bench.data.splits import PoolSplit, split_pool
 from ssl_bench.data.stream import OneEpochStreams, streams_resume_by_position
-from ssl_bench.data.synthetic import SyntheticSpec, ensure_synthetic
 from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.evaluation import summarize
 from ssl_bench.identity import METRICS_FILE, UnreadableResult, finished_result
@@ -56,39 +56,6 @@ from ssl_bench.resume import resume_point
 from ssl_bench.run_lock import clear_run_folder, run_folder_lock
 from ssl_bench.utils.io import atomic_write_json, atomic_write_text
 from ssl_bench.wandb_run import ImageOverlays, best_score, log_results, wandb_logger
-
-CHECKPOINTS = "checkpoints"
-LAST = "last.ckpt"
-
-
-def resolve_dataset(cfg: DictConfig) -> Tuple[Manifest, Path]:
-    """The manifest and data root of ``cfg.data``; synthetic data (any dataset without a manifest, e.g.
-    synthetic or synthetic_multiorgan) is generated into the cache if missing."""
-    if not cfg.data.manifest:
-        if cfg.data.root:  # $SSL_BENCH_DATA_ROOT, which make always sets, is another matter: no error
-            raise ConfigError(
-                f"data.root={cfg.data.root}: '{cfg.data.name}' is generated (it has no data.manifest) into "
-                f"data.cache_dir ({cfg.data.cache_dir}), not read from a data root; drop data.root (or set "
-                "data.cache_dir), or give data.manifest to read a copy from the root")
-        s = cfg.data.synthetic
-        spec = SyntheticSpec(n_cases=s.n_cases, shape=tuple(s.shape), n_organs=s.n_organs,
-                             spacing=(1.0,) * len(s.shape), seed=s.seed, name=cfg.data.name)
-        path = ensure_synthetic(Path(cfg.data.cache_dir) / "synthetic", spec=spec)
-        return load_manifest(path), path.parent
-    manifest_path = resolve_project_path(cfg.data.manifest)
-    if not manifest_path.is_file():
-        raise ConfigError(f"{manifest_path}: manifest of '{cfg.data.name}' not found; an import writes it "
-                          "(`ssl-bench data import-msd DIR` or `ssl-bench data import-ssl4mis DIR`, README \"Data\")")
-    manifest = load_manifest(manifest_path)
-    root = data_root(cfg, manifest.directory)
-    if root is None:
-        raise ConfigError(
-            f"no data root for '{cfg.data.name}': the folder that holds {manifest.directory}/. Pass data.root=/path "
-            f"(through make: `make bench ... ARGS=\"data.root=/path\"`) or set {DATA_ROOT_ENV}=/path (e.g. "
-            f"`{DATA_ROOT_ENV}=/path make bench ...`), or fetch the data with `ssl-bench data download "
-            f"{cfg.data.name} --root /path`")
-    return manifest, root
-
 
 @dataclass
 class RunData:

@@ -16,7 +16,7 @@ from ssl_bench.cli import main
 from ssl_bench.config import load_config
 from ssl_bench.predict import output_name
 from ssl_bench.registry import get_method, method_names
-from ssl_bench.train import resolve_dataset
+from ssl_bench.data.dataset import resolve_dataset
 from conftest import TINY
 
 CLASS_NAMES = ["background", "organ1", "organ2", "organ3"]

@@ -9,7 +9,7 @@ import torch
 
 from ssl_bench.cli import main
 from ssl_bench.predict import load_module, output_name
-from ssl_bench.train import resolve_dataset
+from ssl_bench.data.dataset import resolve_dataset
 from conftest import TINY
 
 

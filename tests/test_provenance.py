@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ssl_bench.provenance import PROVENANCE_KEYS, collect_provenance, cpu_model, git_state
-from ssl_bench.report.provenance import read_provenance
+from ssl_bench.records.provenance import read_provenance
 
 
 def test_a_cpu_run_records_the_cpu_versions_precision_and_threads(monkeypatch):

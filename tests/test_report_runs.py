@@ -10,7 +10,7 @@ import pytest
 from report_fakes import DICE, H200, write_config, write_fake_run
 from ssl_bench.cli import main
 from ssl_bench.report import ReportError, ReportWarning, keep_record, read_runs, write_report
-from ssl_bench.report.provenance import UNKNOWN, hardware_slug, read_provenance
+from ssl_bench.records.provenance import UNKNOWN, hardware_slug, read_provenance
 
 MT = ("mean_teacher", 0.5, 0)
 

@@ -15,7 +15,7 @@ import yaml
 
 from ssl_bench.cli import main
 from ssl_bench.config import load_config
-from ssl_bench.train import resolve_dataset
+from ssl_bench.data.dataset import resolve_dataset
 from conftest import PROJECT_ROOT, TINY
 from test_train_e2e import _killed_after_first_checkpoint
 

@@ -19,7 +19,7 @@ from ssl_bench.data.partial import RemoveUnannotatedOrgans, partial_annotation_f
 from ssl_bench.data.splits import split_pool
 from ssl_bench.losses.partial_label import (ambiguity_map, decode_sigmoid, relabel_top_fraction, smile_loss,
                                             smile_targets_and_weights, weighted_bce)
-from ssl_bench.train import resolve_dataset
+from ssl_bench.data.dataset import resolve_dataset
 from conftest import TINY
 
 CASES = [f"case{i:02d}" for i in range(20)]

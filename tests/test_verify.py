@@ -203,7 +203,7 @@ def test_verify_and_train_exit_alike_on_the_same_bad_file(tmp_path, synthetic_ca
     from ssl_bench.cli import main
     from ssl_bench.config import load_config
     from ssl_bench.data.manifest import load_manifest
-    from ssl_bench.train import resolve_dataset
+    from ssl_bench.data.dataset import resolve_dataset
     _, generated = resolve_dataset(load_config("supervised", "synthetic", [*TINY, f"data.cache_dir={synthetic_cache}"]))
     root = tmp_path / "data"
     shutil.copytree(generated, root)

@@ -26,6 +26,7 @@ from omegaconf import open_dict
 
 from ssl_bench.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MethodConfig, Range
 from ssl_bench.methods.base import SegmentationMethod
+from ssl_bench.pretrain import backbone_path, ensure_pretrained, record_of_backbone
 from ssl_bench.registry import register_method
 
 # metrics.json keys of the pretraining stage's cost: {metrics key: pretrain.json key}.
@@ -82,8 +83,6 @@ class Contrastive(SegmentationMethod):
 
     @classmethod
     def prepare_run(cls, cfg):
-        # Imports the pretraining stack only when it is needed.
-        from ssl_bench.pretrain import ensure_pretrained, record_of_backbone
         if cfg.model.init_from:
             record = record_of_backbone(Path(cfg.model.init_from))
             return cfg, {key: record[source] for key, source in PRETRAIN_COST.items()} if record else {}
@@ -92,7 +91,6 @@ class Contrastive(SegmentationMethod):
 
     @classmethod
     def run_config(cls, cfg):
-        from ssl_bench.pretrain import backbone_path
         if cfg.model.init_from:
             return cfg
         cfg = cfg.copy()

@@ -15,8 +15,8 @@ there is no other state. It writes into ``out``:
 
 The pieces, each usable and tested alone:
 
-- ``runs``: reading run folders and records (unreadable files named and skipped), keeping records;
-- ``provenance``: where a run was computed, read from metrics.json;
+- ``runs``: reading run folders and records (unreadable files named and skipped), and keeping a records copy of
+  each (ssl_bench.records, the layer below the report and the sweeps: keep_record, the record files, provenance);
 - ``stats``: estimates, the paired Wilcoxon test, pooled SDs, the smallest detectable effect;
 - ``groups``: runs per (dataset, method, fraction) against their supervised reference, cost per method;
 - ``noise``: replicates (training seeds, hardware) and the noise floor per fraction;
@@ -28,9 +28,9 @@ The pieces, each usable and tested alone:
 from ssl_bench.report.groups import (AlphaGroup, Group, RunPair, paired_test, protocol_differences, summarize_alpha,
                                      summarize_groups)
 from ssl_bench.report.noise import NoiseFloor, Replicate, ReplicateSet, noise_floor, summarize_replicates
-from ssl_bench.report.runs import (CONFIG_FILE, METRICS_FILE, PER_CASE_FILE, RECORD_FILES, RECORDS_DIR,
-                                   REFERENCE_METHOD, LoadedRuns, ReportError, ReportWarning, Run, alpha_line, keep_record,
-                                   load_runs, read_runs)
+from ssl_bench.records import CONFIG_FILE, METRICS_FILE, PER_CASE_FILE, RECORD_FILES, RECORDS_DIR, keep_record
+from ssl_bench.report.runs import (REFERENCE_METHOD, LoadedRuns, ReportError, ReportWarning, Run, alpha_line, load_runs,
+                                   read_runs)
 from ssl_bench.report.stats import Estimate, PairedTest, estimate
 from ssl_bench.report.writer import build_summary, write_report, write_report_files
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import List, Optional
 
-from ssl_bench.report.runs import METRICS_FILE, Run
+from ssl_bench.records import METRICS_FILE
+from ssl_bench.report.runs import Run
+from ssl_bench.sweep import load_sweep
 
 SWEEP_TAG = re.compile(r"^sweep=(?P<name>.+)$")
 NOT_RUN, STARTED, UNREADABLE = "not run", "started, not finished", "result unreadable"
@@ -61,7 +63,6 @@ def sweep_coverage(runs: List[Run], sweeps_dir: Path, runs_dir: Optional[Path] =
                                                                   "cannot be listed"))
             continue
         try:
-            from ssl_bench.sweep import load_sweep  # here: ssl_bench.sweep imports this package
             cells = load_sweep(source, states=False).cells  # its cells, not what ./runs holds
         except Exception as err:  # a sweep file that no longer loads must not block the report
             coverages.append(SweepCoverage(name, source, 0, problem=f"{source.name} does not load: {err}"))

@@ -54,7 +54,7 @@ from ssl_bench.identity import (CONFIG_FILE, METRICS_FILE, UnreadableResult, con
                                 read_metrics)
 from ssl_bench.registry import get_method, method_names
 from ssl_bench.run_lock import clear_run_folder, run_folder_lock
-from ssl_bench.report import keep_record
+from ssl_bench.records import keep_record
 
 LAUNCHERS = ("local", "slurm")
 PENDING, FINISHED, RECORDED, REFUSED = "pending", "finished", "recorded", "refused"
