@@ -1,19 +1,10 @@
-"""adversarial: a segmenter against a fully convolutional discriminator (Zhang et al. 2017 DAN; Hung et al.
-2018), as docs/methods.md ("adversarial") defines it.
+"""adversarial: a segmenter against a fully convolutional discriminator D (Zhang et al. 2017 DAN; Hung et al. 2018),
+as docs/methods.md ("adversarial") defines the losses. D learns one-hot ground truth against detached probability
+maps; its weights enter the segmenter's loss detached, so the segmenter's adversarial terms never train D.
 
-D (ssl_bench/nets/discriminator.py) learns one-hot ground truth (real) against the segmenter's probability
-maps of labeled and unlabeled images (fake, detached). The segmenter minimises
-L_sup + λ_adv,l·BCE(D(p(x)), 1) + λ_adv,u·BCE(D(p(u)), 1) + λ_semi·CE(p(u), argmax p(u)) on the voxels where
-D(p(u)) > τ_semi, the last term only after semi_start_fraction of the run. D's weights enter the segmenter's
-loss detached, so the segmenter's adversarial terms never train D. Logged: both losses, D's accuracy on
-real and fake voxels, and the fraction of unlabeled voxels passing τ_semi.
-
-Two optimizers, manual optimization: the segmenter's is the protocol's AdamW + schedule; D's is Adam with
-Hung et al.'s lr and betas under the same schedule (Hung et al. decay both with the same poly rule).
-global_step counts segmenter steps only, so max_steps and the schedules mean what they mean elsewhere.
-
-Forwards per step (forward_passes): the segmenter on L + U with gradients; D on those predictions (gradients to
-the segmenter only), then on them detached with the L ground truths, for its own loss.
+Two optimizers, manual optimization: the protocol's AdamW + schedule for the segmenter, Adam with Hung et al.'s lr
+and betas under the same schedule for D; global_step counts segmenter steps only. Forwards per step
+(forward_passes): the segmenter on L + U; D on those predictions, then on them detached with the L ground truths.
 """
 
 from __future__ import annotations
