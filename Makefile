@@ -72,11 +72,11 @@ test: setup
 	WANDB_MODE=disabled $(PY) -m pytest -q tests
 
 perf: setup
-	$(PY) -m ssl_bench.perf $(ARGS)
+	$(PY) -m ssl_bench.tools.perf $(ARGS)
 
 # On a GPU machine: perf of every method, then real cells side by side on the GPU; the table goes to RUNS/gpu-check.md.
 gpu-check: setup
-	$(PY) -m ssl_bench.gpu_check --data $(DATA) $(if $(RUNS),--runs $(RUNS)) $(ARGS)
+	$(PY) -m ssl_bench.tools.gpu_check --data $(DATA) $(if $(RUNS),--runs $(RUNS)) $(ARGS)
 
 clean:
 	rm -rf .cache runs

@@ -23,9 +23,9 @@ EXIT_STATUS = ("exit status: 0 done; 2 an error it explains (bad config or data,
 
 
 def _cmd_train(args) -> int:
-    from ssl_bench.callbacks import RunStopped
     from ssl_bench.config import load_config
-    from ssl_bench.train import train
+    from ssl_bench.run.callbacks import RunStopped
+    from ssl_bench.run.train import train
     cfg = load_config(args.method, args.data, args.overrides)
     try:
         train(cfg, force=args.force, resume_from=args.resume_from)
@@ -68,7 +68,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_diagnose(args) -> int:
-    from ssl_bench.diagnostics import diagnose, format_balance
+    from ssl_bench.tools.diagnostics import diagnose, format_balance
     run = Path(args.run_dir)
     print(format_balance(run, diagnose(run, args.batches, args.overrides)))
     return 0
@@ -161,8 +161,8 @@ def _cmd_download(args) -> int:
 
 def _cmd_verify(args) -> int:
     from ssl_bench.config import load_config
-    from ssl_bench.data.verify import describe_verification, verify_cases
     from ssl_bench.data.dataset import resolve_dataset
+    from ssl_bench.data.verify import describe_verification, verify_cases
     overrides = list(args.overrides)
     if args.root:
         overrides.append(f"data.root={args.root}")
@@ -326,9 +326,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ssl_bench.data.verify import DataVerificationError
     from ssl_bench.predict import PredictError
     from ssl_bench.registry import UnknownMethodError
-    from ssl_bench.resume import CheckpointError
     from ssl_bench.report import ReportError
-    from ssl_bench.run_lock import RunFolderBusy
+    from ssl_bench.run.resume import CheckpointError
+    from ssl_bench.run.run_lock import RunFolderBusy
     args = parse_with_overrides(build_parser(), argv)
     try:
         return args.func(args)

@@ -19,8 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ssl_bench.data.manifest import DATA_ROOT_ENV
 from ssl_bench.data.splits import SELECTIONS
-from ssl_bench.labeled import LabeledAmount
 from ssl_bench.registry import get_method
+from ssl_bench.run.labeled import LabeledAmount
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
@@ -200,9 +200,9 @@ class EvalConfig:
     sw_stride: Optional[List[int]] = None
     hd_percentile: float = 95.0
     save_predictions: bool = False
-    # The test-selection audit (ssl_bench/audit.py): also score the test cases at every validation and evaluate the
-    # checkpoint best on them ("test_best"), as public code behind published results selects. Used for nothing
-    # else; it costs one evaluation of the test cases per validation.
+    # The test-selection audit (ssl_bench/run/test_selection_audit.py): also score the test cases at every
+    # validation and evaluate the checkpoint best on them ("test_best"), as public code behind published results
+    # selects. Used for nothing else; it costs one evaluation of the test cases per validation.
     test_selection_audit: bool = True
 
 
@@ -389,7 +389,7 @@ def _merge_layer(cfg: DictConfig, layer: DictConfig, source: str) -> DictConfig:
 
 def labeled_setting(cfg: DictConfig) -> str:
     """How the run's labeled patients were chosen, as its folder names it: frac<f> or labeled<n>, with -first for
-    data.labeled_selection=first (ssl_bench/labeled.py)."""
+    data.labeled_selection=first (ssl_bench/run/labeled.py)."""
     return LabeledAmount.of(cfg.data).folder
 
 

@@ -17,8 +17,8 @@ import lightning.pytorch as pl
 from omegaconf import OmegaConf
 
 from ssl_bench.registry import get_method
-from ssl_bench.callbacks import CHECKPOINTS, LAST
-from ssl_bench.train import prepare_data
+from ssl_bench.run.callbacks import CHECKPOINTS, LAST
+from ssl_bench.run.train import prepare_data
 
 
 def evaluate(run: Path, out: Path, devices: int) -> None:

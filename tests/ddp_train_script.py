@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ssl_bench.config import load_config
 from ssl_bench.methods.base import SegmentationMethod
-from ssl_bench.train import train
+from ssl_bench.run.train import train
 
 
 def main(method: str, runs: str, cache: str, positions_dir: str, overrides) -> None:

@@ -14,7 +14,7 @@ from ssl_bench.losses.adversarial import (confidence_mask, discriminator_accurac
                                           masked_self_training_loss)
 from ssl_bench.methods.adversarial import Adversarial
 from ssl_bench.nets.discriminator import Discriminator
-from ssl_bench.train import train
+from ssl_bench.run.train import train
 from conftest import TINY
 from test_methods import CLASS_NAMES, build, make_batch
 

@@ -1,6 +1,6 @@
-"""The test-selection audit (ssl_bench/audit.py): the checkpoint best on the test cases, evaluated beside the last and
-the best-on-validation ones, without changing what the run computes, and through a resume (under DDP:
-tests/test_ddp_training.py)."""
+"""The test-selection audit (ssl_bench/run/test_selection_audit.py): the checkpoint best on the test cases, evaluated
+beside the last and the best-on-validation ones, without changing what the run computes, and through a resume (under
+DDP: tests/test_ddp_training.py)."""
 
 import csv
 import json

@@ -13,11 +13,11 @@ import torch
 from ssl_bench.cli import main
 from ssl_bench.config import load_config
 from ssl_bench.data.pretraining import PartitionCropBatches, partition_crop, partition_range
-from ssl_bench.losses.contrastive import (local_contrastive_loss, local_positive_mask, nt_xent,
-                                          partition_positive_mask, region_embeddings)
+from ssl_bench.losses.contrastive import (local_contrastive_loss, local_positive_mask, nt_xent, partition_positive_mask,
+                                          region_embeddings)
 from ssl_bench.nets.pretrained import BackboneCheckpointError, save_backbone
-from ssl_bench.pretrain import ContrastivePretraining, crop_size, pretraining_config
 from ssl_bench.registry import get_method
+from ssl_bench.run.pretrain import ContrastivePretraining, crop_size, pretraining_config
 from conftest import TINY
 
 CLASS_NAMES = ["background", "organ1", "organ2", "organ3"]
@@ -284,7 +284,7 @@ def test_pretraining_once_per_draw_then_fine_tuning_every_fraction(tmp_path, syn
 
 
 def test_a_backbone_made_elsewhere_has_no_pretraining_record(tmp_path):
-    from ssl_bench.pretrain import record_of_backbone
+    from ssl_bench.run.pretrain import record_of_backbone
     (tmp_path / "checkpoints").mkdir()
     assert record_of_backbone(tmp_path / "checkpoints" / "backbone.pt") is None
     (tmp_path / "pretrain.json").write_text(json.dumps({"checkpoint": "elsewhere/checkpoints/other.pt"}))
@@ -299,11 +299,11 @@ def test_a_changed_pretraining_config_for_the_same_draw_is_an_error(tmp_path, sy
 
 
 def test_cells_running_at_once_wait_for_one_pretraining(tmp_path, capsys):
-    """The pretraining folder's lock (ssl_bench/run_lock.py, as ensure_pretrained takes it): a second holder waits,
+    """The pretraining folder's lock (ssl_bench/run/run_lock.py, as ensure_pretrained takes it): a second holder waits,
     saying for whom, until the first has released it."""
     import os
     import threading
-    from ssl_bench.run_lock import run_folder_lock
+    from ssl_bench.run.run_lock import run_folder_lock
     events = []
     first_holds, release_first = threading.Event(), threading.Event()
 
@@ -337,7 +337,7 @@ def test_a_resumed_pretraining_computes_what_an_uninterrupted_one_computes(tmp_p
     in the step, dropout) ends with the backbone of the same pretraining never stopped, bit for bit. Resumed before
     half its budget, Lightning used to end its epoch at step 3 and start another, whose new loader iterator drew its
     seed from torch's generator (fixed by OneEpochStreams)."""
-    from ssl_bench.callbacks import STOPPED_EXIT_CODE, StepTimer
+    from ssl_bench.run.callbacks import STOPPED_EXIT_CODE, StepTimer
     pretraining = ("trainer.val_every_n_steps=2", "trainer.max_steps=2")
 
     def backbone(root):

@@ -8,7 +8,7 @@ from monai.data import CacheDataset, get_track_meta, set_track_meta
 from ssl_bench.config import load_config
 from ssl_bench.data.stream import PositionSeeded, StreamSampler, stream_seed
 from ssl_bench.registry import get_method
-from ssl_bench.train import prepare_data
+from ssl_bench.run.train import prepare_data
 from tests.conftest import TINY
 
 

@@ -26,8 +26,9 @@ def test_ddp_training_deals_the_protocols_global_batch_out_to_the_ranks(method, 
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(next((tmp_path / "runs").rglob("metrics.json")).read_text())
     assert metrics["steps"] == steps and metrics["primary"]["dice_mean"] >= 0
-    # The test-selection audit (ssl_bench/audit.py): each rank scores its share of the (odd number of) test cases and
-    # the rows are gathered with the padding duplicate dropped, so the score it selected on is test_best's own.
+    # The test-selection audit (ssl_bench/run/test_selection_audit.py): each rank scores its share of the (odd number
+    # of) test cases and the rows are gathered with the padding duplicate dropped, so the score it selected on is
+    # test_best's own.
     audit, primary = metrics["test_selection"], metrics["primary"]["model"]
     assert metrics["n_test"] % 2 == 1 and audit["validations_scored"] == 2
     assert metrics["results"]["test_best"][primary]["n_cases"] == metrics["n_test"]

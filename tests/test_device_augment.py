@@ -5,7 +5,7 @@ import torch
 
 from ssl_bench.config import load_config
 from ssl_bench.registry import get_method
-from ssl_bench.train import prepare_data
+from ssl_bench.run.train import prepare_data
 from tests.conftest import TINY
 
 

@@ -7,8 +7,8 @@ import pytest
 from conftest import TINY
 from ssl_bench.cli import main
 from ssl_bench.config import ConfigError
-from ssl_bench.diagnostics import diagnose
 from ssl_bench.registry import get_method, method_names
+from ssl_bench.tools.diagnostics import diagnose
 
 STEPS = 4
 

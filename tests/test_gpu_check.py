@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from ssl_bench.gpu_check import CellSpec, curve_specs, main
+from ssl_bench.tools.gpu_check import CellSpec, curve_specs, main
 from tests.conftest import TINY
 
 

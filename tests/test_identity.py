@@ -1,4 +1,4 @@
-"""Run identity (ssl_bench/identity.py) and the shared result writer (ssl_bench/utils/io.py): which runs are the
+"""Run identity (ssl_bench/run/identity.py) and the shared result writer (ssl_bench/utils/io.py): which runs are the
 same, which results count as finished, and files readable by the team."""
 
 import json
@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from ssl_bench.config import load_config, to_yaml
-from ssl_bench.identity import RESULT_KEYS, UnreadableResult, comparable, config_differences, read_metrics
+from ssl_bench.run.identity import RESULT_KEYS, UnreadableResult, comparable, config_differences, read_metrics
 from ssl_bench.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 

@@ -1,5 +1,5 @@
-"""A run's labeled amount is worded by one class (ssl_bench/labeled.py) wherever it is named: the run folder, the W&B
-run's name and tags (and the report's link to it), the run's header and result table, a sweep's cells. The run
+"""A run's labeled amount is worded by one class (ssl_bench/run/labeled.py) wherever it is named: the run folder, the
+W&B run's name and tags (and the report's link to it), the run's header and result table, a sweep's cells. The run
 folder's name stays byte for byte what existing run folders and records use."""
 
 import json
@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 from ssl_bench.config import PROJECT_ROOT, labeled_setting, load_config, run_dir
-from ssl_bench.labeled import LabeledAmount, wandb_run_name
-from ssl_bench.progress import run_header
 from ssl_bench.report.wandb_report import training_run_name
+from ssl_bench.run.console import run_header
+from ssl_bench.run.labeled import LabeledAmount, wandb_run_name
+from ssl_bench.run.train import format_summary
 from ssl_bench.sweep.spec import Cell
-from ssl_bench.train import format_summary
 
 RECORDS = PROJECT_ROOT / "results" / "records"
 # (overrides, run folder, W&B name part, W&B tags, header and result table, sweep selection keys)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_bench.evaluation import case_metrics, case_row, summarize
+from ssl_bench.run.evaluation import case_metrics, case_row, summarize
 
 
 def _vol(shape=(8, 8, 8)):

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 import torch
 
-from ssl_bench.perf import StepBreakdown, _StepClock, breakdown_from_profile, main, own_overhead, print_method_table
+from ssl_bench.tools.perf import (StepBreakdown, _StepClock, breakdown_from_profile, main, own_overhead,
+                                  print_method_table)
 from tests.conftest import TINY
 
 
@@ -162,7 +163,7 @@ def test_method_table_puts_each_method_against_supervised():
 
 
 def test_method_prefixed_overrides_apply_to_that_method_only():
-    from ssl_bench.perf import split_overrides
+    from ssl_bench.tools.perf import split_overrides
     common, per_method = split_overrides(["model.channels=[4,8,16]", "bcp:method.stage1_fraction=0",
                                           "unimatch:method.strong_views=1", "run.tag=a:b"])
     assert common == ["model.channels=[4,8,16]", "run.tag=a:b"]
@@ -173,7 +174,7 @@ def test_the_minimum_follows_the_passes_each_step_made(synthetic_cache):
     """bcp's step changes at its stage switch (here at step 2 of 4): the minimum of each round is held to the passes
     its step made (recorded on the live module), not to those of a step-0 module."""
     from ssl_bench.config import load_config
-    from ssl_bench.perf import MinimumRound, stack_step_breakdown
+    from ssl_bench.tools.perf import MinimumRound, stack_step_breakdown
     cfg = load_config("bcp", "synthetic", [f"data.cache_dir={synthetic_cache}", *TINY, "trainer.max_steps=4",
                                            "method.stage1_fraction=0.5", "logging.wandb=false"])
     _, minimum, round_ = stack_step_breakdown(cfg, 1, 3, MinimumRound, profile=False)
@@ -187,11 +188,11 @@ def test_the_minimum_follows_the_passes_each_step_made(synthetic_cache):
 def test_the_stack_steps_with_a_runs_per_step_callbacks_its_csv_log_and_its_progress_bar(synthetic_cache, monkeypatch):
     """What a run does at every step besides its arithmetic is part of the stack's time."""
     import lightning.pytorch as pl
-    from ssl_bench import perf
-    from ssl_bench.callbacks import StepTimer
     from ssl_bench.config import load_config
-    from ssl_bench.progress import RunCSVLogger, StepProgressBar
-    from ssl_bench.train import step_callbacks
+    from ssl_bench.run.callbacks import StepTimer
+    from ssl_bench.run.console import RunCSVLogger, StepProgressBar
+    from ssl_bench.run.train import step_callbacks
+    from ssl_bench.tools import perf
 
     made = []
 
@@ -214,8 +215,8 @@ def test_bcp_is_timed_in_the_stage_that_dominates_its_budget_unless_told_otherwi
     """Stage 2 holds 3/4 of bcp's budget (method.stage1_fraction 0.25): make perf times it from step 0, as
     method.stage1_fraction=0; a stage1_fraction given to perf (common or bcp:...) is kept, as is the control."""
     from ssl_bench.config import load_config
-    from ssl_bench.perf import method_config
     from ssl_bench.registry import get_method
+    from ssl_bench.tools.perf import method_config
     stage_two = get_method("bcp").unlabeled_stage_at
     cfg, dominant = method_config("bcp", "synthetic", TINY)
     assert dominant == ["method.stage1_fraction=0"] and stage_two(cfg, 0) and cfg.method.stage1_fraction == 0
@@ -229,7 +230,7 @@ def test_bcp_is_timed_in_the_stage_that_dominates_its_budget_unless_told_otherwi
 
 def test_timed_steps_whose_passes_are_not_the_declared_ones_are_flagged():
     from ssl_bench.config import load_config
-    from ssl_bench.perf import undeclared_steps
+    from ssl_bench.tools.perf import undeclared_steps
     cfg = load_config("mean_teacher", "synthetic")  # L = U = 2: student L then U, teacher U
     shape = (2, 1, 8, 8, 8)
     declared = (("student", shape, True), ("student", shape, True), ("teacher", shape, False))

@@ -1,4 +1,4 @@
-"""Provenance (ssl_bench/provenance.py): every result says where and with what it was computed, and the report
+"""Provenance (ssl_bench/run/provenance_entry.py): every result says where and with what it was computed, and the report
 reads it back."""
 
 import shutil
@@ -9,8 +9,8 @@ import monai
 import pytest
 import torch
 
-from ssl_bench.provenance import PROVENANCE_KEYS, collect_provenance, cpu_model, git_state
 from ssl_bench.records.provenance import read_provenance
+from ssl_bench.run.provenance_entry import PROVENANCE_KEYS, collect_provenance, cpu_model, git_state
 
 
 def test_a_cpu_run_records_the_cpu_versions_precision_and_threads(monkeypatch):

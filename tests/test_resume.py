@@ -1,10 +1,10 @@
-"""Which checkpoint an interrupted run resumes from (ssl_bench/resume.py): an unreadable last.ckpt is named with the
+"""Which checkpoint an interrupted run resumes from (ssl_bench/run/resume.py): an unreadable last.ckpt is named with the
 way on, and a run resumes from the newest intact checkpoint only when asked to."""
 
 import pytest
 import torch
 
-from ssl_bench.resume import (CheckpointError, inspect_checkpoint, intact_checkpoints, resume_point)
+from ssl_bench.run.resume import (CheckpointError, inspect_checkpoint, intact_checkpoints, resume_point)
 
 
 def _checkpoint(path, step):

@@ -1,4 +1,4 @@
-"""One process at a time in a run folder (ssl_bench/run_lock.py): the lock itself, then two real `ssl-bench train`
+"""One process at a time in a run folder (ssl_bench/run/run_lock.py): the lock itself, then two real `ssl-bench train`
 processes started on one run folder."""
 
 import csv
@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from ssl_bench.run_lock import LOCK_FILE, RunFolderBusy, clear_run_folder, run_folder_lock
+from ssl_bench.run.run_lock import LOCK_FILE, RunFolderBusy, clear_run_folder, run_folder_lock
 from conftest import PROJECT_ROOT, TINY
 
 # A process that takes a folder's lock, says so on stdout, then sleeps until it is killed.
-HOLD = ("import sys, time; from ssl_bench.run_lock import run_folder_lock\n"
+HOLD = ("import sys, time; from ssl_bench.run.run_lock import run_folder_lock\n"
         "with run_folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)")
 
 

@@ -105,7 +105,7 @@ def test_config_yaml_records_the_data_root_from_the_environment_outside_the_run_
 def test_the_header_says_when_validation_actually_happens():
     """A 40-step run with the default 250 between validations validates once, at step 40 (the Trainer's
     val_check_interval is the smaller of the two); the header said "validation every 250"."""
-    from ssl_bench.progress import run_header, validation_interval
+    from ssl_bench.run.console import run_header, validation_interval
     for every, expected in [(250, "40 steps, validation once, at step 40, test on 3 cases"),
                             (20, "40 steps, validation every 20, test on 3 cases"),
                             (40, "40 steps, validation once, at step 40, test on 3 cases")]:
@@ -117,7 +117,7 @@ def test_the_header_says_when_validation_actually_happens():
 def test_the_training_bar_is_redrawn_at_most_every_redraw_seconds_and_at_the_last_step():
     """A redraw reads the logged values (on a GPU, a wait for its queue) and writes a line: not at every step."""
     from types import SimpleNamespace
-    from ssl_bench.progress import StepProgressBar
+    from ssl_bench.run.console import StepProgressBar
 
     now = [0.0]
     bar = StepProgressBar(redraw_seconds=1.0, clock=lambda: now[0], interactive=True)
@@ -137,7 +137,7 @@ def test_in_a_pipe_or_a_log_file_a_run_prints_plain_lines_with_its_step_rate_and
     5% of the budget (at least LINE_MIN_SECONDS apart, at most LINE_MAX_SECONDS), and at the last step."""
     import io
     from types import SimpleNamespace
-    from ssl_bench.progress import LINE_MAX_SECONDS, StepProgressBar
+    from ssl_bench.run.console import LINE_MAX_SECONDS, StepProgressBar
 
     now, out = [100.0], io.StringIO()
     bar = StepProgressBar(clock=lambda: now[0], file=out, interactive=False)
@@ -171,7 +171,7 @@ def test_a_step_the_loggers_do_not_write_reads_no_value_back(tmp_path, synthetic
     number at every step's end, and the bar read it again."""
     import lightning.pytorch as pl
     import torch
-    from ssl_bench import train
+    from ssl_bench.run import train
 
     reads, steps = [0], []
     item = torch.Tensor.item
@@ -208,7 +208,8 @@ def test_make_bench_and_make_perf_print_none_of_lightnings_noise(command, tmp_pa
         args = ["ssl_bench.cli", "train", "--method", "supervised", "--data", "synthetic", "data.fraction=0.5",
                 "trainer.max_steps=4", "trainer.val_every_n_steps=2", f"run.runs_dir={tmp_path}"]
     else:
-        args = ["ssl_bench.perf", "--data", "synthetic", "--methods", "supervised", "--steps", "2", "--warmup", "1"]
+        args = ["ssl_bench.tools.perf", "--data", "synthetic", "--methods", "supervised", "--steps", "2",
+                "--warmup", "1"]
     done = subprocess.run([sys.executable, "-m", *args, f"data.cache_dir={synthetic_cache}", *tiny], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]

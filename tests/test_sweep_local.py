@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from ssl_bench.callbacks import STOPPED_EXIT_CODE
 from ssl_bench.cli import main
+from ssl_bench.run.callbacks import STOPPED_EXIT_CODE
 from ssl_bench.sweep import Cell, job_environments, load_sweep, run_sweep
 from conftest import PROJECT_ROOT
 from sweep_helpers import (SUBPROCESS_TIMEOUT_S, execution_overrides, metrics_files, one_thread_per_process,  # noqa: F401 (autouse)

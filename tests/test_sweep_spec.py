@@ -194,7 +194,7 @@ def test_a_cell_counts_as_finished_only_with_a_readable_result_of_its_own_config
 def test_a_record_of_a_pretrained_method_counts_as_its_cell(tmp_path, capsys):
     """contrastive's saved config holds the init_from its pretraining stage filled in, which the cell's config
     lacks; the record still counts, wherever its runs_dir was, unless it started from another backbone."""
-    from ssl_bench.pretrain import backbone_path
+    from ssl_bench.run.pretrain import backbone_path
     path = write_sweep(tmp_path / "records.yaml", methods=["contrastive"], draws=[0, 1])
     runs, records = [f"run.runs_dir={tmp_path / 'runs'}"], tmp_path / "records"
     cells = load_sweep(path, runs).cells

@@ -21,13 +21,13 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssl_bench.callbacks import STOPPED_EXIT_CODE, StepTimer
 from ssl_bench.cli import main
 from ssl_bench.config import load_config, to_yaml
 from ssl_bench.data.manifest import load_manifest
 from ssl_bench.data.splits import split_pool
-from ssl_bench.provenance import PROVENANCE_KEYS, cpu_model
-from ssl_bench.train import checkpoint_callbacks
+from ssl_bench.run.callbacks import STOPPED_EXIT_CODE, StepTimer
+from ssl_bench.run.provenance_entry import PROVENANCE_KEYS, cpu_model
+from ssl_bench.run.train import checkpoint_callbacks
 from conftest import PROJECT_ROOT, SHARED_DATA, TINY
 
 
@@ -253,7 +253,7 @@ def test_a_resumed_run_computes_what_an_uninterrupted_one_computes(tmp_path, syn
     continues the data streams where they were (not from their start) and restores the random state. Step 2 of 6
     is before half the budget, where Lightning used to end the resumed epoch early and start the streams over
     (a resumed run is one epoch: OneEpochStreams)."""
-    from ssl_bench.callbacks import ResumeCheckpoint
+    from ssl_bench.run.callbacks import ResumeCheckpoint
     common = ("data.fraction=0.5", "trainer.max_steps=6", "trainer.val_every_n_steps=2")
     uninterrupted, resumed = tmp_path / "a", tmp_path / "b"
     assert main(_args(uninterrupted, synthetic_cache, *common, method="mean_teacher")) == 0
@@ -364,7 +364,7 @@ def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_to_the_weights_of_the_uninte
 
 def _killed_after_first_checkpoint(tmp_path, args, monkeypatch) -> Path:
     """Runs ``args`` until its first resume checkpoint is written, then stops it as a kill would; its last.ckpt."""
-    from ssl_bench.callbacks import ResumeCheckpoint
+    from ssl_bench.run.callbacks import ResumeCheckpoint
     save_and_continue = ResumeCheckpoint.on_validation_end
 
     def save_and_stop(self, trainer, pl_module):

@@ -15,9 +15,9 @@ from ssl_bench.cli import main
 from ssl_bench.config import ConfigError, data_root, load_config
 from ssl_bench.data.splits import split_pool
 from ssl_bench.data.uamt import CASES_DIR, PAPERS_LABELED_MAX, VOLUME_FILE, downsample_volume
-from ssl_bench.evaluation import window_overlap
 from ssl_bench.nets.backbone import build_backbone, count_parameters
 from ssl_bench.nets.vnet import VNet
+from ssl_bench.run.evaluation import window_overlap
 from ssl_bench.utils.ramps import learning_rate_factor
 from conftest import PROJECT_ROOT
 

@@ -26,7 +26,7 @@ from torch.utils.data import DistributedSampler
 
 from ssl_bench.config import ConfigError, run_seed
 from ssl_bench.data.device_augment import (HOST_KEYS, AugmentationParameters, DeviceBatches, collate_parameters,
-                                          parameters_to_tensors)
+                                           parameters_to_tensors)
 from ssl_bench.data.manifest import Manifest
 from ssl_bench.data.partial import RemoveUnannotatedOrgans
 from ssl_bench.data.splits import PoolSplit
@@ -254,8 +254,8 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def test_shard_loader(self, rank: int, world_size: int) -> DataLoader:
         """The test cases of one DDP rank, whole, one per batch (padded to equal shares as Lightning's test loader is),
-        for an evaluation inside another loop (the test-selection audit, ssl_bench/audit.py). Its own generator:
-        iterating it draws nothing from the global random state."""
+        for an evaluation inside another loop (the test-selection audit, ssl_bench/run/test_selection_audit.py). Its
+        own generator: iterating it draws nothing from the global random state."""
         sampler = DistributedSampler(self._dataset("test"), num_replicas=world_size, rank=rank, shuffle=False)
         return DataLoader(self._dataset("test"), batch_size=1, sampler=sampler, num_workers=0,
                           generator=torch.Generator())

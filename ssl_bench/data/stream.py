@@ -6,7 +6,7 @@ it is augmented depend on the position alone, never on what the process did befo
 dataset from the stream's seed and the position before it makes that item. A run resumed at step s starts its
 streams at position s x batch size and so sees the batches an uninterrupted run would have seen; with the
 random state of the training step (dropout, noise) restored from the checkpoint
-(ssl_bench.callbacks.TrainingRandomState), it computes what that run computes.
+(ssl_bench.run.callbacks.TrainingRandomState), it computes what that run computes.
 """
 
 from __future__ import annotations

@@ -40,10 +40,9 @@ from torchmetrics import CatMetric
 
 from ssl_bench.config import MethodConfig, config_from_container, run_seed
 from ssl_bench.data.stream import position_generator
-from ssl_bench.evaluation import (TEST_METRICS, VALIDATION_METRICS, case_metrics, case_row, nanmean,
-                                  window_overlap)
 from ssl_bench.nets.backbone import Backbone, build_backbone
 from ssl_bench.nets.pretrained import architecture, load_backbone
+from ssl_bench.run.evaluation import TEST_METRICS, VALIDATION_METRICS, case_metrics, case_row, nanmean, window_overlap
 from ssl_bench.utils.ramps import learning_rate_factor, sigmoid_rampup
 
 # Forward calls of a training step: {training network: images of each call, in order}.

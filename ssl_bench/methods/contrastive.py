@@ -1,7 +1,7 @@
 """contrastive: global and local contrastive pretraining, then fine-tuning (Chaitanya et al., NeurIPS 2020), as
 docs/methods.md ("contrastive") defines it.
 
-Stage 1 (ssl_bench/pretrain.py) pretrains the backbone without labels on every training-pool image, once per
+Stage 1 (ssl_bench/run/pretrain.py) pretrains the backbone without labels on every training-pool image, once per
 dataset and draw, in its own run folder ``runs/<dataset>/contrastive_pretrain/draw<d>/``. Stage 2 is this
 method: the same backbone, initialised from stage 1's ``checkpoints/backbone.pt`` (``model.init_from``), trained
 with DiceCE on the labeled cases, exactly as ``supervised``. train() calls ``prepare_run`` first, which reuses
@@ -26,8 +26,8 @@ from omegaconf import open_dict
 
 from ssl_bench.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, MethodConfig, Range
 from ssl_bench.methods.base import SegmentationMethod
-from ssl_bench.pretrain import backbone_path, ensure_pretrained, record_of_backbone
 from ssl_bench.registry import register_method
+from ssl_bench.run.pretrain import backbone_path, ensure_pretrained, record_of_backbone
 
 # metrics.json keys of the pretraining stage's cost: {metrics key: pretrain.json key}.
 PRETRAIN_COST = {"pretrain_seconds_per_step": "seconds_per_step", "pretrain_wall_time_s": "wall_time_s",
@@ -46,7 +46,7 @@ class ContrastiveConfig(MethodConfig):
     # Partitions of the volume's main axis (data.slice_axis); Chaitanya et al.: 4.
     partitions: int = 4
     # 3D: the crops' extent along the main axis (a slab, so that partitions differ: a hippocampus patch is as
-    # long as the volume); None: DEFAULT_SLAB_STRIDES (ssl_bench/pretrain.py) network strides, at most patch_size
+    # long as the volume); None: DEFAULT_SLAB_STRIDES (ssl_bench/run/pretrain.py) network strides, at most patch_size
     # along that axis rounded down to a multiple of the stride (at least one stride). 2D crops are slices of their
     # partition.
     slab_thickness: Optional[int] = None

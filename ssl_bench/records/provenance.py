@@ -1,6 +1,6 @@
 """Where a result was computed, read from a run's metrics.json ``provenance`` entry.
 
-train() records the commit, device and library versions of every run (ssl_bench.provenance). Runs made before
+train() records the commit, device and library versions of every run (ssl_bench.run.provenance_entry). Runs made before
 that have no entry: their fields read "unknown", except what the run's own files show (the precision is in its
 config.yaml). The reader is lenient about the entry's shape (a field may be missing, nested under ``git`` or
 named with a ``_version`` suffix) because records outlive the code that wrote them.

@@ -22,8 +22,9 @@ from typing import Dict, List, Optional, Tuple
 from ssl_bench.config import EXECUTION_KEYS, differing_keys
 from ssl_bench.report.groups import Group, compare_runs
 from ssl_bench.report.runs import Run
-from ssl_bench.report.stats import (ALPHA, POWER, Estimate, PairedTest, case_level_detectable_effect, detection_multiplier,
-                                    estimate, minimum_detectable_effect, pooled_std, within_pair_case_std)
+from ssl_bench.report.stats import (ALPHA, POWER, Estimate, PairedTest, case_level_detectable_effect,
+                                    detection_multiplier, estimate, minimum_detectable_effect, pooled_std,
+                                    within_pair_case_std)
 
 # Config keys in which replicates may differ.
 _REPLICATE_KEYS = ("trainer.seed", "run.", *EXECUTION_KEYS)

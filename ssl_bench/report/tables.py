@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ssl_bench.config import PROJECT_ROOT
-from ssl_bench.evaluation import TEST_METRICS
 from ssl_bench.report.coverage import NOT_RUN, SweepCoverage
 from ssl_bench.report.groups import CHECKPOINTS, TEST_SELECTED, AlphaGroup, Group, alpha_reference
 from ssl_bench.report.noise import TARGET_EFFECT, NoiseFloor, ReplicateSet, floor_of
@@ -20,6 +19,7 @@ from ssl_bench.report.settings import SettingComparison
 from ssl_bench.report.stats import (ALPHA, CONFIDENCE, POWER, Estimate, PairedTest, detection_multiplier,
                                     minimum_detectable_effect)
 from ssl_bench.report.summary import Summary
+from ssl_bench.run.evaluation import TEST_METRICS
 
 # Marks of a comparison in the tables (explained under each table that uses them).
 CROSS_HARDWARE = "†"

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Dict, List, Optional
 from urllib.parse import quote
 
-from ssl_bench.labeled import LabeledAmount, wandb_run_name
 from ssl_bench.report.groups import Group
 from ssl_bench.report.noise import floor_of
 from ssl_bench.report.runs import Run
 from ssl_bench.report.summary import Summary
 from ssl_bench.report.tables import group_record, summary_row
+from ssl_bench.run.labeled import LabeledAmount, wandb_run_name
 
 WANDB_URL = "https://wandb.ai"
 

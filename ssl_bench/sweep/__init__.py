@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ssl_bench.callbacks import INTERRUPTED_EXIT_CODE
+from ssl_bench.run.callbacks import INTERRUPTED_EXIT_CODE
 from ssl_bench.sweep.local import Stopped, job_environments, run_local
 from ssl_bench.sweep.progress import Progress, summary_line, sweep_step_costs
 from ssl_bench.sweep.slurm import SLURM_POLL_S, CellJob, run_slurm

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ssl_bench.callbacks import INTERRUPTED_EXIT_CODE, STOPPED_EXIT_CODE
+from ssl_bench.run.callbacks import INTERRUPTED_EXIT_CODE, STOPPED_EXIT_CODE
 from ssl_bench.sweep.progress import Progress
 from ssl_bench.sweep.spec import FINISHED, PENDING, Cell
 

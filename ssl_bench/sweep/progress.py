@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ssl_bench.config import PROJECT_ROOT, ConfigError
-from ssl_bench.identity import METRICS_FILE
+from ssl_bench.run.identity import METRICS_FILE
 from ssl_bench.sweep.spec import Cell
 
 BASELINE = "supervised"

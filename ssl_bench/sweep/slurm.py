@@ -26,7 +26,7 @@ class CellJob(submitit.helpers.Checkpointable):
     """
 
     def __call__(self, cell: Cell) -> None:
-        from ssl_bench.train import train
+        from ssl_bench.run.train import train
         train(cell.config())
 
 

@@ -24,7 +24,7 @@ A cell's folder is ``run_dir(cfg)``; a cell on an extra axis gets ``run.tag=<las
 ``lr0.001``, ``seed100``, joined to any run.tag of the overrides) so that its folder differs from its neighbours'.
 Cells run draw by draw (then by extra-axis value, labeled amount and method), so the first draw is complete first.
 
-Each cell's state is found when the sweep is loaded, by the rules of ssl_bench/identity.py that train() follows:
+Each cell's state is found when the sweep is loaded, by the rules of ssl_bench/run/identity.py that train() follows:
 finished when its run folder holds a readable result of its config; refused when the folder holds a run of another
 config (its differing keys named: use run.tag or --force); pending otherwise, with a metrics.json that does not
 parse named (the cell runs and train() evaluates it again). With a records folder (``--records results/records``,
@@ -49,12 +49,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ssl_bench.config import ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir
 from ssl_bench.data.splits import SELECTIONS
-from ssl_bench.labeled import LabeledAmount
-from ssl_bench.identity import (CONFIG_FILE, METRICS_FILE, UnreadableResult, config_differences, finished_result,
-                                read_metrics)
-from ssl_bench.registry import get_method, method_names
-from ssl_bench.run_lock import clear_run_folder, run_folder_lock
 from ssl_bench.records import keep_record
+from ssl_bench.registry import get_method, method_names
+from ssl_bench.run.identity import (CONFIG_FILE, METRICS_FILE, UnreadableResult, config_differences, finished_result,
+                                    read_metrics)
+from ssl_bench.run.labeled import LabeledAmount
+from ssl_bench.run.run_lock import clear_run_folder, run_folder_lock
 
 LAUNCHERS = ("local", "slurm")
 PENDING, FINISHED, RECORDED, REFUSED = "pending", "finished", "recorded", "refused"

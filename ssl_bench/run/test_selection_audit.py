@@ -34,7 +34,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.trainer.states import TrainerFn
 
-from ssl_bench.evaluation import nanmean
+from ssl_bench.run.evaluation import nanmean
 
 TAG = "test_best"
 STAGE = "test_selection"

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from ssl_bench.cli import main
-from ssl_bench.wandb_run import (CLASS_COLOURS, OVERLAY_ALPHA, PANEL_GAP, colour_legend, informative_slice,
-                                 overlay_panel, run_summary)
+from ssl_bench.run.wandb_logging import (CLASS_COLOURS, OVERLAY_ALPHA, PANEL_GAP, colour_legend, informative_slice,
+                                         overlay_panel, run_summary)
 from conftest import TINY
 
 

@@ -1,5 +1,5 @@
 """Callbacks: timing of training steps, the resume checkpoint and the random state a resumed run needs (W&B image
-overlays: ssl_bench/wandb_run.py). No training logic here."""
+overlays: ssl_bench/run/wandb_logging.py). No training logic here."""
 
 from __future__ import annotations
 

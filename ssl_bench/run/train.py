@@ -2,14 +2,14 @@
 
 Run folder ``runs/<dataset>/<method>/frac<f>/draw<d>/`` holds ``config.yaml``, ``splits.json``,
 ``partial_annotations.json`` (which organs of which labeled case are annotated, data.partial),
-``checkpoints/`` (``last.ckpt``, ``best-*.ckpt``, ``test_best-*.ckpt``: ssl_bench/audit.py), ``csv/`` logs, ``wandb/`` (offline runs),
-``per_case.csv`` and ``metrics.json``. ``metrics.json`` is written last and atomically: it is the mark
-of a finished run. Re-running the same command resumes from ``last.ckpt``; a finished run is
-reported and skipped unless ``force``. While a run lives it holds the folder's ``.lock``: a second run of the same
-folder started meanwhile is refused, naming the first (ssl_bench/run_lock.py).
+``checkpoints/`` (``last.ckpt``, ``best-*.ckpt``, ``test_best-*.ckpt``: ssl_bench/run/test_selection_audit.py),
+``csv/`` logs, ``wandb/`` (offline runs), ``per_case.csv`` and ``metrics.json``. ``metrics.json`` is written last
+and atomically: it is the mark of a finished run. Re-running the same command resumes from ``last.ckpt``; a finished
+run is reported and skipped unless ``force``. While a run lives it holds the folder's ``.lock``: a second run of the
+same folder started meanwhile is refused, naming the first (ssl_bench/run/run_lock.py).
 
 Before a run starts, its method's ``prepare_run`` does any work the run depends on and shares with other runs
-(contrastive: the pretraining of the dataset and draw, reused if finished; ssl_bench/pretrain.py) and may
+(contrastive: the pretraining of the dataset and draw, reused if finished; ssl_bench/run/pretrain.py) and may
 complete the config (``model.init_from``); its cost goes into metrics.json beside the run's own.
 """
 
@@ -32,10 +32,6 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_bench.audit import TAG as AUDIT_TAG
-from ssl_bench.audit import TestSelectionAudit
-from ssl_bench.callbacks import (CHECKPOINTS, LAST, CheckpointOnStop, ResumeCheckpoint, StepTimer, TrainingRandomState,
-                                 fit_stoppably)
 from ssl_bench.config import ConfigError, labeled_setting, run_dir, run_seed, to_yaml
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.dataset import resolve_dataset
@@ -44,18 +40,22 @@ from ssl_bench.data.partial import partial_annotation_flags
 from ssl_bench.data.splits import PoolSplit, split_pool
 from ssl_bench.data.stream import OneEpochStreams, streams_resume_by_position
 from ssl_bench.data.verify import verify_or_raise
-from ssl_bench.evaluation import summarize
-from ssl_bench.identity import METRICS_FILE, UnreadableResult, finished_result
-from ssl_bench.labeled import LabeledAmount
 from ssl_bench.nets.backbone import count_parameters
-from ssl_bench.progress import (RunCSVLogger, StepProgressBar, TimeEstimate, checkpoint_step, quiet_lightning,
-                                run_header, validation_interval)
-from ssl_bench.provenance import collect_provenance
 from ssl_bench.registry import get_method
-from ssl_bench.resume import resume_point
-from ssl_bench.run_lock import clear_run_folder, run_folder_lock
+from ssl_bench.run.callbacks import (CHECKPOINTS, LAST, CheckpointOnStop, ResumeCheckpoint, StepTimer,
+                                     TrainingRandomState, fit_stoppably)
+from ssl_bench.run.console import (RunCSVLogger, StepProgressBar, TimeEstimate, checkpoint_step, quiet_lightning,
+                                   run_header, validation_interval)
+from ssl_bench.run.evaluation import summarize
+from ssl_bench.run.identity import METRICS_FILE, UnreadableResult, finished_result
+from ssl_bench.run.labeled import LabeledAmount
+from ssl_bench.run.provenance_entry import collect_provenance
+from ssl_bench.run.resume import resume_point
+from ssl_bench.run.run_lock import clear_run_folder, run_folder_lock
+from ssl_bench.run.test_selection_audit import TAG as AUDIT_TAG
+from ssl_bench.run.test_selection_audit import TestSelectionAudit
+from ssl_bench.run.wandb_logging import ImageOverlays, best_score, log_results, wandb_logger
 from ssl_bench.utils.io import atomic_write_json, atomic_write_text
-from ssl_bench.wandb_run import ImageOverlays, best_score, log_results, wandb_logger
 
 @dataclass
 class RunData:
@@ -208,7 +208,7 @@ def _with_data_root(cfg: DictConfig) -> DictConfig:
 
 def train(cfg: DictConfig, force: bool = False, resume_from: Optional[str] = None) -> dict:
     """Train and evaluate one run; returns the content of its metrics.json. ``resume_from``: "newest", or one of
-    the run's checkpoints, to resume from instead of last.ckpt when that cannot be read (ssl_bench/resume.py).
+    the run's checkpoints, to resume from instead of last.ckpt when that cannot be read (ssl_bench/run/resume.py).
 
     It prints one header line, a progress bar over the step budget, one line with the measured time per step, then
     the result table; Lightning's own messages are kept out (progress.quiet_lightning)."""
@@ -219,7 +219,7 @@ def train(cfg: DictConfig, force: bool = False, resume_from: Optional[str] = Non
 def _train(cfg: DictConfig, force: bool, resume_from: Optional[str]) -> dict:
     started = time.perf_counter()
     run = run_dir(cfg)
-    # One process in a run folder at a time (ssl_bench/run_lock.py), held until the run ends. Under DDP the ranks
+    # One process in a run folder at a time (ssl_bench/run/run_lock.py), held until the run ends. Under DDP the ranks
     # Lightning launches re-run this command: they work in rank 0's folder under rank 0's lock.
     if rank_zero_only.rank != 0:
         return _train_in(run, cfg, False, resume_from, started)

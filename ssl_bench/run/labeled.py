@@ -72,5 +72,5 @@ class LabeledAmount:
 
 def wandb_run_name(method: str, amount: LabeledAmount, draw: int) -> str:
     """A training run's W&B name, <method>-<amount>-draw<d> (mean_teacher-frac0.1-draw0), as the run sets it
-    (ssl_bench/wandb_run.py) and the report links its rows to it (ssl_bench/report/wandb_report.py)."""
+    (ssl_bench/run/wandb_logging.py) and the report links its rows to it (ssl_bench/report/wandb_report.py)."""
     return f"{method}-{amount.short}-draw{draw}"

@@ -30,21 +30,21 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ssl_bench.callbacks import (CHECKPOINTS, LAST, CheckpointOnStop, ResumeCheckpoint, StepTimer, TrainingRandomState,
-                                 fit_stoppably)
 from ssl_bench.config import pretrain_run_dir, run_seed, to_yaml
 from ssl_bench.data.dataset import resolve_dataset
 from ssl_bench.data.pretraining import PartitionCropBatches, load_volumes
 from ssl_bench.data.stream import OneEpochStreams, streams_resume_by_position
 from ssl_bench.data.verify import verify_or_raise
-from ssl_bench.identity import UnreadableResult, check_same_run, read_metrics
 from ssl_bench.losses.contrastive import local_contrastive_loss, nt_xent, partition_positive_mask, region_embeddings
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.nets.backbone import build_backbone
 from ssl_bench.nets.pretrained import architecture, save_backbone
-from ssl_bench.progress import RunCSVLogger, StepProgressBar, TimeEstimate, checkpoint_step
-from ssl_bench.resume import resume_point
-from ssl_bench.run_lock import run_folder_lock
+from ssl_bench.run.callbacks import (CHECKPOINTS, LAST, CheckpointOnStop, ResumeCheckpoint, StepTimer,
+                                     TrainingRandomState, fit_stoppably)
+from ssl_bench.run.console import RunCSVLogger, StepProgressBar, TimeEstimate, checkpoint_step
+from ssl_bench.run.identity import UnreadableResult, check_same_run, read_metrics
+from ssl_bench.run.resume import resume_point
+from ssl_bench.run.run_lock import run_folder_lock
 from ssl_bench.utils.io import atomic_write_json, atomic_write_text
 from ssl_bench.utils.transforms import FlipRotation, random_flip_rotation
 
@@ -162,7 +162,7 @@ def pretraining_config(cfg: DictConfig) -> DictConfig:
 def ensure_pretrained(cfg: DictConfig) -> Dict[str, object]:
     """The pretraining record (pretrain.json) of cfg's dataset and draw, pretraining first if it is missing. Cells of
     one draw that run at the same time (a sweep's jobs) pretrain once: the others wait for the folder's lock
-    (ssl_bench/run_lock.py) and then reuse the pretraining."""
+    (ssl_bench/run/run_lock.py) and then reuse the pretraining."""
     run = pretrain_run_dir(cfg, STAGE)
     with run_folder_lock(run, wait=True):
         return _pretrain_once(cfg, run)

@@ -1,10 +1,10 @@
-"""Operator counting (ssl_bench/utils/operators.py): what make perf's ops columns count."""
+"""Operator counting (ssl_bench/tools/operator_count.py): what make perf's ops columns count."""
 
 import torch
 from torch import nn
 
+from ssl_bench.tools.operator_count import OperatorCount
 from ssl_bench.utils.ema import ema_update, frozen_copy
-from ssl_bench.utils.operators import OperatorCount
 
 
 def test_views_and_allocations_are_not_counted_work_on_data_is():

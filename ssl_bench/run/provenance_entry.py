@@ -15,7 +15,7 @@ them, and tolerates entries made before some of them existed):
   (None when unset);
 - ``hostname``.
 
-Provenance is no part of a run's identity (ssl_bench/identity.py): a run stopped on one machine resumes on another,
+Provenance is no part of a run's identity (ssl_bench/run/identity.py): a run stopped on one machine resumes on another,
 and its entry then says where it finished.
 """
 

@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from ssl_bench.labeled import LabeledAmount
+from ssl_bench.run.labeled import LabeledAmount
 
 # Lightning's informational messages (seed, accelerator, checkpoint restored, fit stopped, a litlogger tip).
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")

@@ -1,7 +1,7 @@
 """``make gpu-check``: what this stack does on the GPU in front of you, in one command of a few minutes.
 
 1. ``make perf`` on the GPU: the supervised step through the stack against a bare PyTorch loop, and every method's
-   step against its analytic minimum (ssl_bench/perf.py); optionally the supervised step under other execution
+   step against its analytic minimum (ssl_bench/tools/perf.py); optionally the supervised step under other execution
    options first (``--perf-variants``, e.g. bf16 or torch.compile), so their speed is measured on the same machine.
 2. Real cells (the protocol's 2000 steps, validation and test), several at once on the one GPU, each an ordinary
    ``ssl-bench train`` process with its share of the CPU threads: steps/s, wall seconds, peak GPU memory and test
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         out.write_text("\n".join(lines + [f"", f"elapsed {time.perf_counter() - started:.0f} s"]) + "\n")
 
     def perf(methods: str, extra: Sequence[str], title: str):
-        command = [sys.executable, "-m", "ssl_bench.perf", "--data", args.data, "--steps", str(args.perf_steps),
+        command = [sys.executable, "-m", "ssl_bench.tools.perf", "--data", args.data, "--steps", str(args.perf_steps),
                    "--methods", methods, *args.overrides, *extra]
         done = subprocess.run(command, capture_output=True, text=True)
         text = done.stdout[done.stdout.find("\ndevice:"):].strip() if "\ndevice:" in done.stdout else ""

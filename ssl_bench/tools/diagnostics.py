@@ -93,8 +93,8 @@ def load_run_config(run: Path, overrides: Optional[List[str]] = None):
 
 def diagnose(run: Path, n_batches: int, overrides: Optional[List[str]] = None) -> List[GradientBalance]:
     from ssl_bench.registry import get_method
-    from ssl_bench.callbacks import CHECKPOINTS, LAST
-    from ssl_bench.train import prepare_data
+    from ssl_bench.run.callbacks import CHECKPOINTS, LAST
+    from ssl_bench.run.train import prepare_data
 
     cfg = load_run_config(run, overrides)
     method_cls = get_method(cfg.method.name)

@@ -19,8 +19,8 @@ step changes over its run is timed in the phase that holds most of its budget (i
 stage), and a timed step whose passes are not the method's declared ones (forward_passes) is flagged.
 
 Both parts also count the tensor operators of one step, after the timed ones, and of its bare step or minimum
-(ssl_bench/utils/operators.py): on a GPU where a small network's step is bound by the host queueing kernels, the count
-its time follows, and the same on every machine.
+(ssl_bench/tools/operator_count.py): on a GPU where a small network's step is bound by the host queueing kernels,
+the count its time follows, and the same on every machine.
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.profilers import SimpleProfiler
 
-from ssl_bench.callbacks import StepTimer
 from ssl_bench.config import load_config
-from ssl_bench.progress import RunCSVLogger, StepProgressBar, quiet_lightning
 from ssl_bench.registry import get_method, method_names
-from ssl_bench.train import prepare_data, step_callbacks
-from ssl_bench.utils.operators import OperatorCount
+from ssl_bench.run.callbacks import StepTimer
+from ssl_bench.run.console import RunCSVLogger, StepProgressBar, quiet_lightning
+from ssl_bench.run.train import prepare_data, step_callbacks
+from ssl_bench.tools.operator_count import OperatorCount
 
 
 def _synchronize(device: torch.device) -> None:
@@ -58,7 +58,7 @@ class _StepClock(pl.Callback):
     outside the steps' time, and returns seconds of its own; those of the timed steps are kept too.
 
     With ``timed`` steps given and ``count_operators``, the step after them is not timed but has its operators
-    counted (utils/operators.py: a dispatch mode slows the step it watches), from the end of the last timed step to
+    counted (operator_count.py: a dispatch mode slows the step it watches), from the end of the last timed step to
     its own end, as a timed step spans; then those of its between-steps work."""
 
     def __init__(self, warmup: int, between_steps: Optional[Callable] = None,
@@ -133,7 +133,7 @@ class StepBreakdown:
     forward: float
     backward: float  # NaN for manual optimization (inside forward)
     data: float
-    # Operators that do work on tensors in one step (utils/operators.py), the batch's making included; None where
+    # Operators that do work on tensors in one step (operator_count.py), the batch's making included; None where
     # not counted (compiled networks).
     operators: Optional[int] = None
 
@@ -449,7 +449,7 @@ def _main(argv) -> int:
     step, bare_seconds, bare_step = stack_step_breakdown(cfg, args.warmup, args.steps, BareStep, profile=False)
     stack, bare = 1.0 / step.per_step, 1.0 / bare_seconds
     d, t = cfg.data, cfg.trainer
-    from ssl_bench.gpu_check import device_name
+    from ssl_bench.tools.gpu_check import device_name
     print(f"\ndevice: {device_name()}; torch {torch.__version__}; precision {t.precision}, compile {t.compile}, "
           f"cudnn benchmark {t.cudnn_benchmark}, augmentation on {'device' if d.augment_on_device else 'loader'}, "
           f"{d.num_workers} loader workers")

@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_bench.labeled import LabeledAmount, wandb_run_name
+from ssl_bench.run.labeled import LabeledAmount, wandb_run_name
 
 # Overlay colours of foreground classes 1, 2, ... (ColorBrewer Set1), named in each panel's caption.
 CLASS_COLOURS: Tuple[Tuple[str, Tuple[int, int, int]], ...] = (
