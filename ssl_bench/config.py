@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -20,7 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 from ssl_bench.data.manifest import DATA_ROOT_ENV
 from ssl_bench.data.splits import SELECTIONS
 from ssl_bench.registry import get_method
-from ssl_bench.run.labeled import LabeledAmount
+from ssl_bench.utils.dicts import flatten_keys
+from ssl_bench.utils.errors import first_line
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
@@ -261,33 +262,11 @@ EXECUTION_KEYS = ("logging.", "trainer.log_every_n_steps", "trainer.enable_progr
                   "data.augment_on_device", "trainer.compile", "trainer.cudnn_benchmark")
 
 
-def flatten_keys(tree: dict, prefix: str = "") -> dict:
-    """A nested dict as {"dotted.key": leaf value}, e.g. to compare two configs key by key."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flatten_keys(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def differing_keys(a: dict, b: dict, ignore: Tuple[str, ...] = ()) -> List[str]:
-    """The dotted keys whose values differ between two flat configs (flatten_keys), except those starting with
-    ``ignore``. A key that only one side has (added to the schema after the other run was made) is no difference
-    while it keeps its schema default: defaults are chosen so that they compute what older versions did."""
-    schema = flatten_keys(OmegaConf.to_container(OmegaConf.structured(Config)))
-
-    def added_with_default(k: str) -> bool:
-        present = b if k not in a else a if k not in b else None
-        return present is not None and k in schema and present[k] == schema[k]
-
-    return sorted(k for k in a.keys() | b.keys()
-                  if a.get(k) != b.get(k) and not k.startswith(ignore) and not added_with_default(k))
-
-
-def first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0]
+def schema_defaults() -> dict:
+    """The schema's defaults as flat dotted keys: differing_keys' ``defaults`` for two configs. A key that only one
+    of them has (added to the schema after the other run was made) is no difference while it keeps its default:
+    defaults are chosen so that they compute what older versions did."""
+    return flatten_keys(OmegaConf.to_container(OmegaConf.structured(Config)))
 
 
 def load_yaml(path: Path) -> DictConfig:
@@ -387,12 +366,6 @@ def _merge_layer(cfg: DictConfig, layer: DictConfig, source: str) -> DictConfig:
     return cfg
 
 
-def labeled_setting(cfg: DictConfig) -> str:
-    """How the run's labeled patients were chosen, as its folder names it: frac<f> or labeled<n>, with -first for
-    data.labeled_selection=first (ssl_bench/run/labeled.py)."""
-    return LabeledAmount.of(cfg.data).folder
-
-
 def validate(cfg: DictConfig) -> None:
     """Checks that types alone cannot express; the method's own in its config's validate."""
     d = cfg.data
@@ -467,24 +440,6 @@ def data_root(cfg: DictConfig, directory: str = "") -> Optional[Path]:
 def resolve_project_path(path: str) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else PROJECT_ROOT / p
-
-
-def dataset_dir_name(cfg: DictConfig) -> str:
-    """The runs folder of a dataset: its name, with its protocol preset when one is set (acdc-ssl4mis), so that
-    runs of another protocol never share a folder."""
-    return cfg.data.name + (f"-{cfg.protocol}" if cfg.protocol else "")
-
-
-def run_dir(cfg: DictConfig) -> Path:
-    """runs/<dataset>[-<protocol>]/<method>[-<tag>]/<frac<f> | labeled<n>>[-first]/draw<d>/ (labeled_setting)."""
-    method = cfg.method.name + (f"-{cfg.run.tag}" if cfg.run.tag else "")
-    return Path(cfg.run.runs_dir) / dataset_dir_name(cfg) / method / labeled_setting(cfg) / f"draw{cfg.data.draw}"
-
-
-def pretrain_run_dir(cfg: DictConfig, stage: str) -> Path:
-    """runs/<dataset>[-<protocol>]/<stage>[-<tag>]/draw<d>/: a stage shared by every fraction of one draw."""
-    name = stage + (f"-{cfg.run.tag}" if cfg.run.tag else "")
-    return Path(cfg.run.runs_dir) / dataset_dir_name(cfg) / name / f"draw{cfg.data.draw}"
 
 
 def config_from_container(container: dict, source: str) -> DictConfig:

@@ -2,8 +2,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ssl_bench.config import ConfigError, load_config, run_dir
+from ssl_bench.config import ConfigError, load_config
 from ssl_bench.registry import UnknownMethodError, get_method, method_names, register_method
+from ssl_bench.run.paths import run_dir
 from conftest import PROJECT_ROOT
 
 

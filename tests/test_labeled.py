@@ -8,10 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from ssl_bench.config import PROJECT_ROOT, labeled_setting, load_config, run_dir
+from ssl_bench.config import PROJECT_ROOT, load_config
 from ssl_bench.report.wandb_report import training_run_name
 from ssl_bench.run.console import run_header
 from ssl_bench.run.labeled import LabeledAmount, wandb_run_name
+from ssl_bench.run.paths import labeled_setting, run_dir
 from ssl_bench.run.train import format_summary
 from ssl_bench.sweep.spec import Cell
 

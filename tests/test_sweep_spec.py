@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from ssl_bench.cli import main
-from ssl_bench.config import ConfigError, run_dir, to_yaml
+from ssl_bench.config import ConfigError, to_yaml
 from ssl_bench.registry import method_names
+from ssl_bench.run.paths import run_dir
 from ssl_bench.sweep import Cell, SweepError, load_sweep, run_sweep
 from sweep_helpers import SWEEPS, one_thread_per_process, record, writes_metrics, write_sweep  # noqa: F401 (autouse)
 

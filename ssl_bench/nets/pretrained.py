@@ -12,8 +12,9 @@ from typing import Dict
 import torch
 from omegaconf import OmegaConf
 
-from ssl_bench.config import ConfigError, flatten_keys
+from ssl_bench.config import ConfigError
 from ssl_bench.nets.backbone import Backbone
+from ssl_bench.utils.dicts import differing_keys, flatten_keys
 
 FORMAT = "ssl_bench.backbone/1"
 
@@ -58,7 +59,7 @@ def load_backbone(net: Backbone, path: Path, arch: Dict[str, object]) -> None:
         raise BackboneCheckpointError(f"{path} is not a backbone checkpoint (format {FORMAT})")
     if saved["architecture"] != arch:
         theirs, ours = flatten_keys(saved["architecture"]), flatten_keys(arch)
-        diff = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+        diff = differing_keys(theirs, ours)
         raise BackboneCheckpointError(
             f"{path} holds a different backbone: " + ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here"
                                                                 for k in diff))

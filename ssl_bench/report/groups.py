@@ -20,9 +20,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from ssl_bench.config import EXECUTION_KEYS, differing_keys
+from ssl_bench.config import EXECUTION_KEYS, schema_defaults
 from ssl_bench.report.runs import REFERENCE_METHOD, Run, alpha_line
 from ssl_bench.report.stats import Estimate, PairedTest, estimate, wilcoxon_test
+from ssl_bench.utils.dicts import differing_keys
 
 FULL_FRACTION = 1.0
 CHECKPOINTS = ("last", "best")
@@ -215,11 +216,16 @@ def _method_keys(run: Run) -> Tuple[str, ...]:
     return _VARIANT_KEYS + (("model.init_from",) if "pretrain_run_dir" in run.metrics else ())
 
 
+def _protocol_keys(ours: dict, theirs: dict, run: Run) -> List[str]:
+    """The keys of two flat configs (``run``'s and its reference's) that differ outside ``run``'s method keys."""
+    return differing_keys(ours, theirs, ignore=_method_keys(run), defaults=schema_defaults())
+
+
 def differs_only_in_method(run: Run, reference: Run) -> bool:
     """Whether two runs' configs differ only in method settings (and tag, draw, seed, execution): the same data,
     network, optimizer and budget. False when either has no config.yaml."""
     ours, theirs = run.config(), reference.config()
-    return bool(ours and theirs) and not differing_keys(ours, theirs, ignore=_method_keys(run))
+    return bool(ours and theirs) and not _protocol_keys(ours, theirs, run)
 
 
 def protocol_differences(run: Run, reference: Run) -> List[str]:
@@ -228,7 +234,7 @@ def protocol_differences(run: Run, reference: Run) -> List[str]:
     ours, theirs = run.config(), reference.config()
     if not (ours and theirs):
         return []
-    return [f"{k}: {ours.get(k)} vs {theirs.get(k)}" for k in differing_keys(ours, theirs, ignore=_method_keys(run))]
+    return [f"{k}: {ours.get(k)} vs {theirs.get(k)}" for k in _protocol_keys(ours, theirs, run)]
 
 
 GroupKey = Tuple[str, str, float]

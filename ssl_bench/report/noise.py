@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Dict, List, Optional, Tuple
 
-from ssl_bench.config import EXECUTION_KEYS, differing_keys
+from ssl_bench.config import EXECUTION_KEYS, schema_defaults
 from ssl_bench.report.groups import Group, compare_runs
 from ssl_bench.report.runs import Run
 from ssl_bench.report.stats import (ALPHA, POWER, Estimate, PairedTest, case_level_detectable_effect,
                                     detection_multiplier, estimate, minimum_detectable_effect, pooled_std,
                                     within_pair_case_std)
+from ssl_bench.utils.dicts import differing_keys
 
 # Config keys in which replicates may differ.
 _REPLICATE_KEYS = ("trainer.seed", "run.", *EXECUTION_KEYS)
@@ -81,8 +82,8 @@ def summarize_replicates(runs: List[Run]) -> List[ReplicateSet]:
         members.sort(key=lambda r: (r.method != method, r.seed, r.hardware, r.method))
         clusters: List[List[Run]] = []
         for run in members:
-            home = next((c for c in clusters if not differing_keys(run.config(), c[0].config(), ignore=_REPLICATE_KEYS)),
-                        None)
+            home = next((c for c in clusters if not differing_keys(run.config(), c[0].config(), ignore=_REPLICATE_KEYS,
+                                                                   defaults=schema_defaults())), None)
             if home is None:
                 clusters.append([run])
             else:

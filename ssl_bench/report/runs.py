@@ -27,9 +27,9 @@ from typing import Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from ssl_bench.config import flatten_keys
 from ssl_bench.records import CONFIG_FILE, METRICS_FILE, PER_CASE_FILE, RECORDS_DIR, REPLICATE_SEPARATOR, keep_record
 from ssl_bench.records.provenance import Provenance, read_provenance
+from ssl_bench.utils.dicts import flatten_keys
 
 REFERENCE_METHOD = "supervised"
 

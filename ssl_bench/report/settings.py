@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from ssl_bench.config import EXECUTION_KEYS, differing_keys
+from ssl_bench.config import EXECUTION_KEYS, schema_defaults
 from ssl_bench.report.groups import RunPair, difference_over_draws, paired_test, run_pairs
 from ssl_bench.report.runs import Run
 from ssl_bench.report.stats import Estimate, PairedTest
+from ssl_bench.utils.dicts import differing_keys
 
 # Settings that change how a run computes its numbers (not which): compared with the method's own runs.
 SETTING_KEYS = ("trainer.precision",)
@@ -42,7 +43,7 @@ def _setting_of(run: Run, protocol_run: Run) -> Optional[str]:
     ours, theirs = run.config(), protocol_run.config()
     if not (ours and theirs):
         return None
-    keys = differing_keys(ours, theirs, ignore=_ALLOWED)
+    keys = differing_keys(ours, theirs, ignore=_ALLOWED, defaults=schema_defaults())
     if not keys or any(k not in SETTING_KEYS for k in keys):
         return None
     return "; ".join(f"{k}: {ours.get(k)} vs {theirs.get(k)}" for k in keys)

@@ -5,7 +5,7 @@ that change only how it executes or logs (``EXECUTION_KEYS``) or where its files
 under the runs folder (the contrastive pretraining's backbone in ``model.init_from``) is compared relative to that
 folder, so a run folder copied or moved with its runs folder, or the runs folder spelled another way (``../runs``
 or an absolute path), is the same run. A key added to the schema after a run was made is no difference while it
-keeps its default (config.differing_keys). Where and with what a run was computed (metrics.json's provenance) is no
+keeps its default (config.schema_defaults). Where and with what a run was computed (metrics.json's provenance) is no
 part of its identity: a run resumes on another machine.
 
 A folder (a run folder, or a record of one) holds a finished run of a config when its ``metrics.json`` parses and
@@ -21,7 +21,8 @@ from typing import List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_bench.config import EXECUTION_KEYS, ConfigError, differing_keys, flatten_keys, load_yaml
+from ssl_bench.config import EXECUTION_KEYS, ConfigError, load_yaml, schema_defaults
+from ssl_bench.utils.dicts import differing_keys, flatten_keys
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
@@ -83,7 +84,7 @@ def config_differences(saved: Path, cfg: DictConfig) -> List[str]:
     A config.yaml that does not parse is a ConfigError naming it."""
     theirs = comparable(OmegaConf.to_container(load_yaml(saved)))
     ours = comparable(OmegaConf.to_container(cfg, resolve=True))
-    return differing_keys(theirs, ours, ignore=NOT_IDENTITY)
+    return differing_keys(theirs, ours, ignore=NOT_IDENTITY, defaults=schema_defaults())
 
 
 def different_run_message(folder: Path, differing: List[str]) -> str:

@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ssl_bench.config import pretrain_run_dir, run_seed, to_yaml
+from ssl_bench.config import run_seed, to_yaml
 from ssl_bench.data.dataset import resolve_dataset
 from ssl_bench.data.pretraining import PartitionCropBatches, load_volumes
 from ssl_bench.data.stream import OneEpochStreams, streams_resume_by_position
@@ -43,6 +43,7 @@ from ssl_bench.run.callbacks import (CHECKPOINTS, LAST, CheckpointOnStop, Resume
                                      TrainingRandomState, fit_stoppably)
 from ssl_bench.run.console import RunCSVLogger, StepProgressBar, TimeEstimate, checkpoint_step
 from ssl_bench.run.identity import UnreadableResult, check_same_run, read_metrics
+from ssl_bench.run.paths import pretrain_run_dir
 from ssl_bench.run.resume import resume_point
 from ssl_bench.run.run_lock import run_folder_lock
 from ssl_bench.utils.io import atomic_write_json, atomic_write_text

@@ -32,7 +32,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_bench.config import ConfigError, labeled_setting, run_dir, run_seed, to_yaml
+from ssl_bench.config import ConfigError, run_seed, to_yaml
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.dataset import resolve_dataset
 from ssl_bench.data.manifest import Manifest
@@ -49,6 +49,7 @@ from ssl_bench.run.console import (RunCSVLogger, StepProgressBar, TimeEstimate, 
 from ssl_bench.run.evaluation import summarize
 from ssl_bench.run.identity import METRICS_FILE, UnreadableResult, finished_result
 from ssl_bench.run.labeled import LabeledAmount
+from ssl_bench.run.paths import labeled_setting, run_dir
 from ssl_bench.run.provenance_entry import collect_provenance
 from ssl_bench.run.resume import resume_point
 from ssl_bench.run.run_lock import clear_run_folder, run_folder_lock

@@ -47,14 +47,16 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ssl_bench.config import ConfigError, first_line, load_config, load_yaml, merge_checked, run_dir
+from ssl_bench.config import ConfigError, load_config, load_yaml, merge_checked
 from ssl_bench.data.splits import SELECTIONS
 from ssl_bench.records import keep_record
 from ssl_bench.registry import get_method, method_names
 from ssl_bench.run.identity import (CONFIG_FILE, METRICS_FILE, UnreadableResult, config_differences, finished_result,
                                     read_metrics)
 from ssl_bench.run.labeled import LabeledAmount
+from ssl_bench.run.paths import run_dir
 from ssl_bench.run.run_lock import clear_run_folder, run_folder_lock
+from ssl_bench.utils.errors import first_line
 
 LAUNCHERS = ("local", "slurm")
 PENDING, FINISHED, RECORDED, REFUSED = "pending", "finished", "recorded", "refused"

@@ -70,7 +70,8 @@ class CellSpec:
     def metrics_path(self, data: str, runs: Path) -> Path:
         """Where train() writes the cell's metrics.json: its run folder as the cell's config names it (a run.tag, or
         data.n_labeled in place of the fraction, change it)."""
-        from ssl_bench.config import load_config, run_dir
+        from ssl_bench.config import load_config
+        from ssl_bench.run.paths import run_dir
         cfg = load_config(self.method, data, [f"data.fraction={self.fraction}", f"data.draw={self.draw}",
                                               f"run.runs_dir={runs}", *self.overrides])
         return run_dir(cfg) / "metrics.json"
