@@ -97,7 +97,7 @@ def _cmd_import_msd(args) -> int:
 
 
 def _cmd_import_ssl4mis(args) -> int:
-    from ssl_bench.data.data_config import SSL4MIS_DATA_SETTINGS, ssl4mis_comment
+    from ssl_bench.data.import_outputs import SSL4MIS_DATA_SETTINGS, ssl4mis_comment
     from ssl_bench.data.ssl4mis import convert_ssl4mis, ssl4mis_manifest
     root = _import_root(args, "import-ssl4mis")
     manifest = ssl4mis_manifest(args.dataset_dir, name=args.name, patient_pattern=args.patient_regex)
@@ -106,7 +106,7 @@ def _cmd_import_ssl4mis(args) -> int:
 
 
 def _cmd_import_uamt(args) -> int:
-    from ssl_bench.data.data_config import uamt_comment, uamt_data_settings
+    from ssl_bench.data.import_outputs import uamt_comment, uamt_data_settings
     from ssl_bench.data.uamt import convert_uamt, uamt_manifest
     root = _import_root(args, "import-uamt")
     manifest = uamt_manifest(args.dataset_dir, name=args.name, val_cases=args.val_cases, seed=args.seed,
@@ -129,7 +129,7 @@ def _write_import(args, manifest, settings: dict, comment: str, data_root: Path,
                   top: Optional[dict] = None) -> int:
     """Writes the manifest and experiments/data/<name>.yaml (neither replacing other content without --overwrite),
     after ``convert`` (the files' conversion, if the import has one), which runs only once both may be written."""
-    from ssl_bench.data.data_config import conflicts, data_config_text, default_paths, write_outputs
+    from ssl_bench.data.import_outputs import conflicts, data_config_text, default_paths, write_outputs
     paths = default_paths(manifest.name)
     manifest_path = Path(args.out or paths["manifest"])
     config_path = Path(args.data_config or paths["data_config"])

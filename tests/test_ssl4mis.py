@@ -11,7 +11,7 @@ import pytest
 
 from ssl_bench.cli import main
 from ssl_bench.config import PROJECT_ROOT
-from ssl_bench.data.data_config import SSL4MIS_DATA_SETTINGS, data_config_text, default_paths, ssl4mis_comment
+from ssl_bench.data.import_outputs import SSL4MIS_DATA_SETTINGS, data_config_text, default_paths, ssl4mis_comment
 from ssl_bench.data.manifest import ManifestError, load_manifest
 from ssl_bench.data.splits import split_pool
 from ssl_bench.data.ssl4mis import ssl4mis_manifest

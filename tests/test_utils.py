@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ssl_bench.utils.ema import ema_update, frozen_copy
-from ssl_bench.utils.noise import add_clipped_noise
+from ssl_bench.utils.input_noise import add_clipped_noise
 from ssl_bench.utils.ramps import learning_rate_factor, sigmoid_rampup
 from ssl_bench.utils.transforms import FlipRotation, apply_each, random_flip_rotation
 

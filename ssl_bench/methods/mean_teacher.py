@@ -23,7 +23,7 @@ from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.methods.base_config import NoisyConsistencyConfig
 from ssl_bench.registry import register_method
 from ssl_bench.utils.ema import ema_update, frozen_copy
-from ssl_bench.utils.noise import add_clipped_noise
+from ssl_bench.utils.input_noise import add_clipped_noise
 
 
 @dataclass

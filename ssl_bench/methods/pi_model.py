@@ -21,7 +21,7 @@ from ssl_bench.losses.consistency import probability_mse
 from ssl_bench.methods.base import SegmentationMethod
 from ssl_bench.methods.base_config import NoisyConsistencyConfig
 from ssl_bench.registry import register_method
-from ssl_bench.utils.noise import add_clipped_noise
+from ssl_bench.utils.input_noise import add_clipped_noise
 
 
 @register_method("pi_model")

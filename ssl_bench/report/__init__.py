@@ -19,16 +19,18 @@ The pieces, each usable and tested alone:
   each (ssl_bench.records, the layer below the report and the sweeps: keep_record, the record files, provenance);
 - ``stats``: estimates, the paired Wilcoxon test, pooled SDs, the smallest detectable effect;
 - ``groups``: runs per (dataset, method, fraction) against their supervised reference, cost per method;
-- ``noise``: replicates (training seeds, hardware) and the noise floor per fraction;
+- ``noise_floor``: replicates (training seeds, hardware) and the noise floor per fraction;
+- ``numeric_settings``: a method's runs in another numeric setting (trainer.precision) against its runs in the
+  protocol's;
 - ``coverage``: the missing cells of the sweeps the runs belong to;
 - ``summary``: all of it computed once; ``tables``, ``plots``, ``wandb_report``: its outputs;
 - ``writer``: the command.
 """
 
+from ssl_bench.records import CONFIG_FILE, METRICS_FILE, PER_CASE_FILE, RECORD_FILES, RECORDS_DIR, keep_record
 from ssl_bench.report.groups import (AlphaGroup, Group, RunPair, paired_test, protocol_differences, summarize_alpha,
                                      summarize_groups)
-from ssl_bench.report.noise import NoiseFloor, Replicate, ReplicateSet, noise_floor, summarize_replicates
-from ssl_bench.records import CONFIG_FILE, METRICS_FILE, PER_CASE_FILE, RECORD_FILES, RECORDS_DIR, keep_record
+from ssl_bench.report.noise_floor import NoiseFloor, Replicate, ReplicateSet, noise_floor, summarize_replicates
 from ssl_bench.report.runs import (REFERENCE_METHOD, LoadedRuns, ReportError, ReportWarning, Run, alpha_line, load_runs,
                                    read_runs)
 from ssl_bench.report.stats import Estimate, PairedTest, estimate

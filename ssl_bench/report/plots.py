@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ssl_bench.report.groups import FULL_FRACTION, AlphaGroup, Group, alpha_reference
-from ssl_bench.report.noise import NoiseFloor, floor_of
+from ssl_bench.report.noise_floor import NoiseFloor, floor_of
 from ssl_bench.report.runs import REFERENCE_METHOD
 from ssl_bench.report.summary import Summary
 

@@ -10,9 +10,9 @@ from typing import List, Optional
 from ssl_bench.report.coverage import SweepCoverage, sweep_coverage
 from ssl_bench.report.groups import (AlphaGroup, Group, MethodCost, fraction_groups, method_costs, summarize_alpha,
                                      summarize_groups)
-from ssl_bench.report.noise import NoiseFloor, ReplicateSet, noise_floor, summarize_replicates
+from ssl_bench.report.noise_floor import NoiseFloor, ReplicateSet, noise_floor, summarize_replicates
+from ssl_bench.report.numeric_settings import SettingComparison, compare_settings
 from ssl_bench.report.runs import LoadedRuns, Run
-from ssl_bench.report.settings import SettingComparison, compare_settings
 
 
 @dataclass

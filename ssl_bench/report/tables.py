@@ -13,9 +13,9 @@ from typing import Dict, List, Optional
 from ssl_bench.config import PROJECT_ROOT
 from ssl_bench.report.coverage import NOT_RUN, SweepCoverage
 from ssl_bench.report.groups import CHECKPOINTS, TEST_SELECTED, AlphaGroup, Group, alpha_reference
-from ssl_bench.report.noise import TARGET_EFFECT, NoiseFloor, ReplicateSet, floor_of
+from ssl_bench.report.noise_floor import TARGET_EFFECT, NoiseFloor, ReplicateSet, floor_of
+from ssl_bench.report.numeric_settings import SettingComparison
 from ssl_bench.report.runs import REFERENCE_METHOD, Run
-from ssl_bench.report.settings import SettingComparison
 from ssl_bench.report.stats import (ALPHA, CONFIDENCE, POWER, Estimate, PairedTest, detection_multiplier,
                                     minimum_detectable_effect)
 from ssl_bench.report.summary import Summary

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 from urllib.parse import quote
 
 from ssl_bench.report.groups import Group
-from ssl_bench.report.noise import floor_of
+from ssl_bench.report.noise_floor import floor_of
 from ssl_bench.report.runs import Run
 from ssl_bench.report.summary import Summary
 from ssl_bench.report.tables import group_record, summary_row

@@ -6,7 +6,7 @@ from scipy.stats import wilcoxon
 
 from report_fakes import DICE, case_dice, write_config, write_fake_run
 from ssl_bench.report import load_runs, write_report
-from ssl_bench.report.settings import compare_settings
+from ssl_bench.report.numeric_settings import compare_settings
 
 BF16 = "mean_teacher-precisionbf16-mixed"
 # Per draw: the bf16 run's cases, a little off the 32-true mean_teacher run's (DICE) in both directions.
