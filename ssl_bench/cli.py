@@ -22,6 +22,8 @@ EXIT_STATUS = ("exit status: 0 done; 2 an error it explains (bad config or data,
                "would overwrite files")
 
 
+# Each handler imports its command's modules when the command runs (main() those of the errors it reports), so that
+# a command does not load what only other commands use (the sweeps, the tools, the data imports).
 def _cmd_train(args) -> int:
     from ssl_bench.config import load_config
     from ssl_bench.run.callbacks import RunStopped

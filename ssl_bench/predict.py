@@ -23,6 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ssl_bench.config import config_from_container, load_yaml
+from ssl_bench.data.datamodule import inference_transforms
 from ssl_bench.registry import get_method
 
 CHECKPOINTS = "checkpoints"
@@ -148,7 +149,6 @@ def save_label_map(labels: np.ndarray, reference: nib.Nifti1Image, path: Path) -
 
 def predict_image(module, image: Path, model: str) -> np.ndarray:
     """The label map of one image by the module's network ``model``, on the image's own voxel grid."""
-    from ssl_bench.data.datamodule import inference_transforms
     x = torch.as_tensor(inference_transforms()({"image": str(image)})["image"])
     if not torch.isfinite(x).all():
         raise PredictError(f"{image}: the image has NaN or infinite values")

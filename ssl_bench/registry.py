@@ -6,6 +6,8 @@ import importlib
 import pkgutil
 from typing import Callable, Dict, List, Type
 
+import ssl_bench.methods
+
 _METHODS: Dict[str, type] = {}
 
 
@@ -32,7 +34,7 @@ def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    import ssl_bench.methods as pkg
+    pkg = ssl_bench.methods
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
         if not info.name.startswith("_"):
             importlib.import_module(f"{pkg.__name__}.{info.name}")

@@ -16,6 +16,7 @@ class DownloadError(RuntimeError):
 
 def download_msd(dataset: str, root: Path) -> Path:
     """Download and extract ``dataset`` into ``root/<Task>``; returns that folder."""
+    # Here: monai.apps takes seconds to import, and every ssl-bench command imports this module for DownloadError.
     from monai.apps import DecathlonDataset, download_and_extract
     if dataset not in MSD_TASKS:
         raise DownloadError(f"unknown dataset '{dataset}' (known: {', '.join(sorted(MSD_TASKS))})")

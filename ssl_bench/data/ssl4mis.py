@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import h5py
 import nibabel as nib
 import numpy as np
 
@@ -73,7 +74,6 @@ def split_lists(src: Path) -> Dict[str, List[str]]:
 def read_h5_image_label(path: Path, not_found: str = "not found") -> Tuple[Optional[Tuple[np.ndarray, np.ndarray]],
                                                                            List[str]]:
     """The datasets "image" and "label" of an h5 file, or the problem that keeps them from being read."""
-    import h5py
     if not path.is_file():
         return None, [f"{path}: {not_found}"]
     try:

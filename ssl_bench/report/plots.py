@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ssl_bench.registry import get_method, method_names
 from ssl_bench.report.groups import FULL_FRACTION, AlphaGroup, Group, alpha_reference
 from ssl_bench.report.noise_floor import NoiseFloor, floor_of
 from ssl_bench.report.runs import REFERENCE_METHOD
@@ -51,7 +52,6 @@ def registered_colours() -> Dict[str, str]:
     """{method: colour} of every registered method: the one it declares (plot_colour), else the first free colour of
     PALETTE from its name's place on (by name order among those that declare none), so that adding a method leaves
     the others' colours alone unless they would clash."""
-    from ssl_bench.registry import get_method, method_names
     declared = {name: get_method(name).__dict__.get("plot_colour") for name in method_names()}
     colours = {name: colour for name, colour in declared.items() if colour is not None}
     for name in sorted(n for n, colour in declared.items() if colour is None):
@@ -67,6 +67,8 @@ def method_colour(method: str) -> str:
 
 
 def _pyplot():
+    # Here: pyplot is imported only once the Agg backend is chosen, and only by a report that draws (every ssl-bench
+    # command imports ssl_bench.report for its ReportError).
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

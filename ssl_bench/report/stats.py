@@ -36,6 +36,7 @@ class PairedTest:
 
 
 def estimate(values: Iterable[float]) -> Estimate:
+    # Here: scipy.stats takes ~2 s to import, and every ssl-bench command imports ssl_bench.report.
     from scipy import stats
     x = np.asarray(list(values), dtype=float)
     if len(x) == 0:
@@ -50,6 +51,7 @@ def estimate(values: Iterable[float]) -> Estimate:
 
 def wilcoxon_test(ours: Sequence[float], theirs: Sequence[float]) -> Optional[PairedTest]:
     """Two-sided Wilcoxon signed-rank test of paired values (scipy.stats.wilcoxon); None without pairs."""
+    # Here: scipy.stats takes ~2 s to import, and every ssl-bench command imports ssl_bench.report.
     from scipy.stats import wilcoxon
     if len(ours) == 0:
         return None
@@ -75,6 +77,7 @@ def pooled_std(groups: Sequence[Sequence[float]]) -> float:
 
 def detection_multiplier(alpha: float = ALPHA, power: float = POWER) -> float:
     """z_(1 - alpha/2) + z_power: the smallest detectable effect in standard errors (normal approximation)."""
+    # Here: scipy.stats takes ~2 s to import, and every ssl-bench command imports ssl_bench.report.
     from scipy.stats import norm
     return float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
 

@@ -52,6 +52,7 @@ def group_url(entity: Optional[str], project: str, group: str) -> str:
 
 
 def _table(records: List[dict]):
+    # Here: only a report logged to W&B needs wandb (~1.5 s to import).
     import wandb
     columns = list(dict.fromkeys(k for r in records for k in r))
     return wandb.Table(columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in records])
@@ -110,6 +111,7 @@ def dataset_tables(summary: Summary, dataset: str, project: str, entity: Optiona
 
 
 def _dice_chart(groups: List[Group]):
+    # Here: only a report logged to W&B needs wandb (~1.5 s to import).
     import wandb
     methods = list(dict.fromkeys(g.method for g in groups if not g.is_variant))
     lines = {m: sorted((g for g in groups if g.method == m), key=lambda g: g.fraction) for m in methods}
@@ -126,6 +128,7 @@ def _drop_previous_offline_copies(wandb_dir: Path, run_id: str) -> None:
 def log_to_wandb(summary: Summary, figures: Dict[str, Path], out: Path, project: str,
                  entity: Optional[str] = None) -> List[str]:
     """One report run per dataset (report_run_id); returns their ids."""
+    # Here: only a report logged to W&B needs wandb (~1.5 s to import).
     import wandb
     mode = os.environ.get("WANDB_MODE", "offline")
     ids = []

@@ -10,6 +10,7 @@ from ssl_bench.report.plots import plot_cost_vs_dice, plot_dice_vs_alpha, plot_d
 from ssl_bench.report.runs import RECORDS_DIR, read_runs, write_records
 from ssl_bench.report.summary import Summary, summarize
 from ssl_bench.report.tables import csv_text, markdown, summary_row
+from ssl_bench.report.wandb_report import log_to_wandb
 from ssl_bench.utils.io import atomic_write_text
 
 SWEEPS_DIR = EXPERIMENTS_DIR / "sweeps"
@@ -71,7 +72,6 @@ def write_report_files(summary: Summary, out: Path, wandb_project: Optional[str]
         if path is not None:
             written[key] = path
     if wandb_project:
-        from ssl_bench.report.wandb_report import log_to_wandb
         figures = {p.stem: p for key, p in written.items() if key.endswith("plot")}
         log_to_wandb(summary, figures, out, wandb_project, wandb_entity)
     return written

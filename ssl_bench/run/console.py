@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger
@@ -95,7 +96,6 @@ def run_header(cfg, n_labeled: int, n_unlabeled: int, n_test: int, run: Path, re
 
 def checkpoint_step(path: Path) -> int:
     """The training step a checkpoint was written at (where a run resumed from it starts)."""
-    import torch
     return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 

@@ -28,6 +28,8 @@ import subprocess
 from pathlib import Path
 from typing import Optional, Tuple
 
+import lightning
+import monai
 import torch
 
 from ssl_bench.config import PROJECT_ROOT
@@ -70,8 +72,6 @@ def cpu_model() -> str:
 def collect_provenance(precision: str, device: torch.device, device_count: int) -> dict:
     """The provenance entry of a run that trained on ``device`` (one of its ``device_count`` devices) with
     ``precision``."""
-    import lightning
-    import monai
     commit, dirty = git_state()
     on_gpu = device.type == "cuda"
     cpu = cpu_model()

@@ -16,6 +16,7 @@ complete the config (``model.init_from``); its cost goes into metrics.json besid
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import resource
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import lightning.pytorch as pl
+import nibabel as nib
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
@@ -115,7 +118,6 @@ def _loggers(cfg: DictConfig, run: Path, resume_step: int) -> list:
 
 
 def _stable_id(run: Path) -> str:
-    import hashlib
     return hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:16]
 
 
@@ -180,8 +182,6 @@ def format_summary(metrics: dict) -> str:
 
 def _save_predictions(module, dm: SegmentationDataModule, out_dir: Path) -> None:
     """Test predictions of the primary model as NIfTI on the image's own grid and affine."""
-    import nibabel as nib
-    import numpy as np
     out_dir.mkdir(parents=True, exist_ok=True)
     by_id = dm.manifest.case_by_id
     module.eval()

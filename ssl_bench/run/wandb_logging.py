@@ -45,6 +45,7 @@ class QuietWandbLogger(WandbLogger):
     the ``anonymous`` argument it always passes to ``wandb.init``, which wandb no longer uses and warns about."""
 
     def __init__(self, **kwargs):
+        # Here: only a run that logs to W&B (logging.wandb) needs wandb (~1.5 s to import).
         import wandb
         super().__init__(settings=wandb.Settings(silent=True), **kwargs)
         self._wandb_init.pop("anonymous", None)
@@ -143,6 +144,7 @@ def run_summary(metrics: dict, best_validation_dice: Optional[float]) -> Dict[st
 
 def log_results(logger: WandbLogger, metrics: dict, rows: List[dict], best_validation_dice: Optional[float]) -> str:
     """Writes a finished run's summary and per-case table, closes the W&B run, and says where it is (one line)."""
+    # Here: only a run that logs to W&B (logging.wandb) needs wandb (~1.5 s to import).
     import wandb
     experiment = logger.experiment
     experiment.summary.update(run_summary(metrics, best_validation_dice))

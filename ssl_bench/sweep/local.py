@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+import torch
+
 from ssl_bench.run.callbacks import INTERRUPTED_EXIT_CODE, STOPPED_EXIT_CODE
 from ssl_bench.sweep.progress import Progress
 from ssl_bench.sweep.spec import FINISHED, PENDING, Cell
@@ -29,7 +31,6 @@ def job_environments(jobs: int, environ: Optional[Dict[str, str]] = None, cpu_co
         return [environ]
     cpu_count = cpu_count or os.cpu_count() or 1
     if gpu_count is None:
-        import torch
         gpu_count = torch.cuda.device_count()
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     gpus = [g.strip() for g in visible.split(",") if g.strip()] if visible else [str(i) for i in range(gpu_count)]

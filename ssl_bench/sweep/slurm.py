@@ -11,6 +11,7 @@ from typing import List
 import submitit
 import submitit.helpers
 
+from ssl_bench.run.train import train
 from ssl_bench.sweep.progress import Progress
 from ssl_bench.sweep.spec import PENDING, Cell, SlurmConfig, Sweep
 
@@ -26,7 +27,6 @@ class CellJob(submitit.helpers.Checkpointable):
     """
 
     def __call__(self, cell: Cell) -> None:
-        from ssl_bench.run.train import train
         train(cell.config())
 
 

@@ -23,7 +23,10 @@ from typing import List, Optional
 import torch
 from omegaconf import OmegaConf
 
-from ssl_bench.config import ConfigError
+from ssl_bench.config import ConfigError, load_config, merge_checked
+from ssl_bench.registry import get_method
+from ssl_bench.run.callbacks import CHECKPOINTS, LAST
+from ssl_bench.run.train import prepare_data
 from ssl_bench.utils.ramps import sigmoid_rampup
 
 
@@ -82,7 +85,6 @@ def _balance(loss_sup: torch.Tensor, loss_unsup: torch.Tensor, weight: Optional[
 
 def load_run_config(run: Path, overrides: Optional[List[str]] = None):
     """A run folder's config.yaml over today's schema (keys added since keep their defaults), then overrides."""
-    from ssl_bench.config import load_config, merge_checked
     saved_path = run / "config.yaml"
     if not saved_path.is_file():
         raise ConfigError(f"{run} is not a run folder (no config.yaml)")
@@ -92,10 +94,6 @@ def load_run_config(run: Path, overrides: Optional[List[str]] = None):
 
 
 def diagnose(run: Path, n_batches: int, overrides: Optional[List[str]] = None) -> List[GradientBalance]:
-    from ssl_bench.registry import get_method
-    from ssl_bench.run.callbacks import CHECKPOINTS, LAST
-    from ssl_bench.run.train import prepare_data
-
     cfg = load_run_config(run, overrides)
     method_cls = get_method(cfg.method.name)
     checkpoint_path = run / CHECKPOINTS / LAST

@@ -29,6 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+import torch
+
+from ssl_bench.config import load_config
+from ssl_bench.run.paths import run_dir
+from ssl_bench.sweep import job_environments
+
 # The grid the issue asks for at least: three methods of very different cost at 10% labels, draw 0.
 DEFAULT_CELLS = ("supervised 0.1 0", "mean_teacher 0.1 0", "co_training 0.1 0")
 # Execution keys every cell gets: no W&B, no progress bar (several cells share one terminal).
@@ -37,7 +43,6 @@ MAX_JOBS = 8
 
 
 def device_name() -> str:
-    import torch
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return f"{names[0]}" + (f" (x{len(names)})" if len(names) > 1 else "")
@@ -70,8 +75,6 @@ class CellSpec:
     def metrics_path(self, data: str, runs: Path) -> Path:
         """Where train() writes the cell's metrics.json: its run folder as the cell's config names it (a run.tag, or
         data.n_labeled in place of the fraction, change it)."""
-        from ssl_bench.config import load_config
-        from ssl_bench.run.paths import run_dir
         cfg = load_config(self.method, data, [f"data.fraction={self.fraction}", f"data.draw={self.draw}",
                                               f"run.runs_dir={runs}", *self.overrides])
         return run_dir(cfg) / "metrics.json"
@@ -101,7 +104,6 @@ def run_pool(specs: List[CellSpec], data: str, runs: Path, overrides: Sequence[s
              deadline: float, on_result: Callable[[CellResult], None] = lambda r: None) -> List[CellResult]:
     """The cells, ``jobs`` at a time, each in a process of its own with cpu_count // jobs threads; a cell not started
     by ``deadline`` (a time.perf_counter() value) is not started. Results in the order the cells end."""
-    from ssl_bench.sweep import job_environments
     environments = job_environments(jobs)
     pending, running, results = list(specs), {}, []
     while pending or running:

@@ -44,6 +44,7 @@ from ssl_bench.registry import get_method, method_names
 from ssl_bench.run.callbacks import StepTimer
 from ssl_bench.run.console import RunCSVLogger, StepProgressBar, quiet_lightning
 from ssl_bench.run.train import prepare_data, step_callbacks
+from ssl_bench.tools.gpu_check import device_name
 from ssl_bench.tools.operator_count import OperatorCount
 
 
@@ -449,7 +450,6 @@ def _main(argv) -> int:
     step, bare_seconds, bare_step = stack_step_breakdown(cfg, args.warmup, args.steps, BareStep, profile=False)
     stack, bare = 1.0 / step.per_step, 1.0 / bare_seconds
     d, t = cfg.data, cfg.trainer
-    from ssl_bench.tools.gpu_check import device_name
     print(f"\ndevice: {device_name()}; torch {torch.__version__}; precision {t.precision}, compile {t.compile}, "
           f"cudnn benchmark {t.cudnn_benchmark}, augmentation on {'device' if d.augment_on_device else 'loader'}, "
           f"{d.num_workers} loader workers")
