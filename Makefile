@@ -32,7 +32,7 @@ endif
 LA_DIR ?= ../shared/data/LA_half
 LA_ARGS ?= --name la_half
 
-.PHONY: setup data-la bench sweep report predict test perf gpu-check methods verify clean
+.PHONY: setup data-la bench sweep report predict test perf gpu-check gpu-carry gpu-evidence gpu-land methods verify clean
 
 setup: $(VENV)/.installed
 
@@ -77,6 +77,33 @@ perf: setup
 # On a GPU machine: perf of every method, then real cells side by side on the GPU; the table goes to RUNS/gpu-check.md.
 gpu-check: setup
 	$(PY) -m ssl_bench.tools.gpu_check --data $(DATA) $(if $(RUNS),--runs $(RUNS)) $(ARGS)
+
+# GPU windows (README "GPU windows"). Here, before a window: `make gpu-carry` fills $(CARRY) with the wheels and the
+# queued data a bare GPU machine lacks, checked to travel. There: `make gpu-evidence OUT=<folder>` runs the queue's
+# next cells within BUDGET seconds (BUNDLE=<an earlier OUT> goes on from it). Back here: `make gpu-land BUNDLE=<OUT>`.
+QUEUE ?= default
+BUDGET ?= 480
+OUT ?=
+BUNDLE ?=
+CARRY ?= .carry
+# On a GPU machine without this project's venv: its python3 (which has torch and lightning), with the carried wheels.
+EVIDENCE_PY := $(if $(wildcard $(PY)),$(PY),python3)
+EVIDENCE_SITE := /tmp/ssl-bench-site
+
+gpu-carry: setup
+	$(SSL_BENCH) evidence carry --queue $(QUEUE) --out $(CARRY) $(ARGS)
+
+gpu-evidence:
+	@test -n "$(OUT)" || { echo "make gpu-evidence: give OUT=<folder> (the bundle comes back there)"; exit 2; }
+	@if [ -d "$(CARRY)/wheels" ] && ! $(EVIDENCE_PY) -c "import monai, nibabel, omegaconf, submitit" 2>/dev/null; then \
+		$(EVIDENCE_PY) -m pip install -q --no-index --no-deps --no-compile --target $(EVIDENCE_SITE) $(CARRY)/wheels/*.whl; fi
+	PYTHONPATH=$(CURDIR):$(EVIDENCE_SITE)$${PYTHONPATH:+:$$PYTHONPATH} $(EVIDENCE_PY) -m ssl_bench.cli evidence run \
+		--queue $(QUEUE) --budget $(BUDGET) --out $(OUT) $(if $(BUNDLE),--bundle $(BUNDLE)) \
+		$(if $(wildcard $(CARRY)),--carry $(CARRY)) $(ARGS)
+
+gpu-land: setup
+	@test -n "$(BUNDLE)" || { echo "make gpu-land: give BUNDLE=<folder> (a window's OUT)"; exit 2; }
+	$(SSL_BENCH) evidence land $(BUNDLE) $(ARGS)
 
 clean:
 	rm -rf .cache runs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
@@ -246,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the registered methods, one per line")
     p.set_defaults(func=_cmd_methods)
 
+    evidence = sub.add_parser("evidence", help="GPU windows that add up: run a budgeted, resumable queue of cells "
+                              "(run), land a window's records (land), prepare what travels (carry)")
+    evidence.add_argument("evidence_command", choices=sorted(EVIDENCE_COMMANDS),
+                          help="each has its own --help: ssl-bench evidence run --help")
+
     data = sub.add_parser("data", help="dataset manifests, download and integrity checks")
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = dsub.add_parser("import-msd", help="write a manifest and experiments/data/<name>.yaml from an MSD-style "
@@ -322,8 +328,19 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: Optional[List[st
     return args
 
 
+# `ssl-bench evidence <command> ...`: each command parses its own arguments (ssl_bench/evidence).
+EVIDENCE_COMMANDS = {"run": "ssl_bench.evidence.window", "land": "ssl_bench.evidence.land",
+                     "carry": "ssl_bench.evidence.carry"}
+
+
+def _cmd_evidence(argv: List[str]) -> int:
+    module = importlib.import_module(EVIDENCE_COMMANDS[argv[0]])
+    return module.main(argv[1:])
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from ssl_bench.config import ConfigError
+    from ssl_bench.evidence.bundle import BundleError
     from ssl_bench.data.download import DownloadError
     from ssl_bench.data.verify import DataVerificationError
     from ssl_bench.predict import PredictError
@@ -331,11 +348,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ssl_bench.report import ReportError
     from ssl_bench.run.resume import CheckpointError
     from ssl_bench.run.run_lock import RunFolderBusy
-    args = parse_with_overrides(build_parser(), argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    evidence = argv[:1] == ["evidence"] and argv[1:2] and argv[1] in EVIDENCE_COMMANDS
+    args = None if evidence else parse_with_overrides(build_parser(), argv)
     try:
-        return args.func(args)
+        return _cmd_evidence(argv[1:]) if evidence else args.func(args)
     except (ConfigError, ManifestError, DataVerificationError, UnknownMethodError, DownloadError, ReportError,
-            CheckpointError, PredictError, RunFolderBusy) as err:
+            CheckpointError, PredictError, RunFolderBusy, BundleError) as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
         return ERROR_EXIT_CODE
 

@@ -225,6 +225,9 @@ class RunConfig:
     runs_dir: str = "runs"
     # Optional suffix of the method folder, to keep variants (e.g. an lr sweep) apart.
     tag: str = ""
+    # A run stopped by SIGTERM scores its best and test_best checkpoints on the test cases before it exits, so that
+    # its resumable state is last.ckpt alone (ssl_bench/evidence: a GPU window's bundle carries no other checkpoint).
+    score_on_stop: bool = False
 
 
 @dataclass
@@ -259,7 +262,7 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-auto
 EXECUTION_KEYS = ("logging.", "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.accelerator",
                   "trainer.devices", "trainer.strategy", "trainer.num_nodes", "eval.save_predictions",
                   "eval.sw_batch_size", "data.num_workers", "data.cache_dir", "data.root",
-                  "data.augment_on_device", "trainer.compile", "trainer.cudnn_benchmark")
+                  "data.augment_on_device", "trainer.compile", "trainer.cudnn_benchmark", "run.score_on_stop")
 
 
 def schema_defaults() -> dict:

@@ -3,7 +3,9 @@ way on, and a run resumes from the newest intact checkpoint only when asked to."
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+from ssl_bench.run.callbacks import BestCheckpoint
 from ssl_bench.run.resume import (CheckpointError, inspect_checkpoint, intact_checkpoints, resume_point)
 
 
@@ -83,3 +85,18 @@ def test_a_stage_without_the_option_is_told_how_to_put_the_intact_checkpoint_in_
     _damage(run, "truncated")
     with pytest.raises(CheckpointError, match=f"move {run} aside and copy that one to it"):
         resume_point(run, option=None)
+
+
+def test_the_best_checkpoint_state_survives_a_moved_run_folder(tmp_path):
+    # Lightning's ModelCheckpoint drops the best score when the saved folder is spelled otherwise (a moved or copied
+    # run folder, a bundle resumed elsewhere) and keeps the old folder's path: a resumed run then chose another best
+    # checkpoint than an uninterrupted one.
+    old = ModelCheckpoint(dirpath=str(tmp_path / "old"), filename="best-{step}", monitor="val/dice_mean", mode="max")
+    old.best_model_score, old.best_model_path = torch.tensor(0.7), str(tmp_path / "old" / "best-500.ckpt")
+    old.best_k_models = {old.best_model_path: torch.tensor(0.7)}
+    new = BestCheckpoint(dirpath=str(tmp_path / "new"), filename="best-{step}", monitor="val/dice_mean", mode="max")
+    assert new.state_key == old.state_key  # checkpoints written by either restore the other
+    new.load_state_dict(old.state_dict())
+    assert float(new.best_model_score) == pytest.approx(0.7)
+    assert new.best_model_path == str(tmp_path / "new" / "best-500.ckpt")
+    assert list(new.best_k_models) == [new.best_model_path]

@@ -9,13 +9,14 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from statistics import median
 from typing import Optional
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -137,6 +138,37 @@ class ResumeCheckpoint(Checkpoint):
         step = trainer.global_step
         if self.every_n_train_steps and (step % self.every_n_train_steps == 0 or step >= trainer.max_steps):
             trainer.save_checkpoint(self.path, weights_only=False)
+
+
+def in_folder(path: Optional[str], folder) -> Optional[str]:
+    """``path``'s file name in ``folder``: where a checkpoint named in a resumed run's state is now, when its run
+    folder was moved or copied (another runs folder, another machine's bundle) since that state was saved."""
+    return str(Path(folder) / Path(path).name) if path else path
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose state survives a move of the run folder. Lightning restores the best score
+    only when the saved folder is spelled as the current one, and keeps the best file's old path either way: a run
+    resumed in a moved or copied folder then forgot its best validation score (and chose another checkpoint than an
+    uninterrupted run) or evaluated a file of the old folder. Here the saved paths are taken as names in the
+    current folder and the scores are restored."""
+
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's own key, so that checkpoints written by either class restore the other's state.
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict) -> None:
+        saved = state_dict.get("dirpath", self.dirpath)
+        if saved != self.dirpath and self.dirpath is not None:
+            here = self.dirpath
+            state_dict = {**state_dict, "dirpath": here,
+                          "best_model_path": in_folder(state_dict.get("best_model_path"), here),
+                          "kth_best_model_path": in_folder(state_dict.get("kth_best_model_path"), here),
+                          "last_model_path": in_folder(state_dict.get("last_model_path"), here),
+                          "best_k_models": {in_folder(k, here): v
+                                            for k, v in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
 
 
 class CheckpointOnStop(Checkpoint):

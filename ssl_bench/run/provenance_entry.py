@@ -40,6 +40,10 @@ PROVENANCE_KEYS = ("git_commit", "git_dirty", "device", "device_count", "device_
                    "omp_num_threads", "hostname")
 
 
+# ``<commit>:<true|false>`` (dirty or not): set by ``ssl-bench evidence run --carry`` from the carried source.json.
+SOURCE_COMMIT_ENV = "SSL_BENCH_SOURCE_COMMIT"
+
+
 def git_state(repo: Path = PROJECT_ROOT) -> Tuple[Optional[str], Optional[bool]]:
     """(short commit hash, whether tracked files differ from it) of the checkout at ``repo``; (None, None) when it is
     not a git checkout or git cannot be run."""
@@ -52,8 +56,10 @@ def git_state(repo: Path = PROJECT_ROOT) -> Tuple[Optional[str], Optional[bool]]
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "--short", "HEAD")
-    if commit is None:
-        return None, None
+    if commit is None:  # a copy without git history (a lent GPU machine's): the commit it was carried at, if said
+        carried = os.environ.get(SOURCE_COMMIT_ENV, "")
+        commit_text, _, dirty_text = carried.partition(":")
+        return (commit_text or None), ({"true": True, "false": False}.get(dirty_text) if commit_text else None)
     changes = git("status", "--porcelain", "--untracked-files=no")
     return commit, None if changes is None else bool(changes)
 

@@ -34,6 +34,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.trainer.states import TrainerFn
 
+from ssl_bench.run.callbacks import in_folder
 from ssl_bench.run.evaluation import nanmean
 
 TAG = "test_best"
@@ -85,6 +86,7 @@ class TestSelectionAudit(pl.Callback):
             return
         for key, value in state.items():
             setattr(self, key, value)
+        self.best_path = in_folder(self.best_path, self.ckpt_dir)  # the run folder may have moved since
 
     # ---- scoring ---------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer, pl_module) -> None:

@@ -30,12 +30,13 @@ import lightning.pytorch as pl
 import nibabel as nib
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_bench.config import ConfigError, run_seed, to_yaml
+from ssl_bench.data.compact import copy_note
 from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.dataset import resolve_dataset
 from ssl_bench.data.manifest import Manifest
@@ -45,8 +46,8 @@ from ssl_bench.data.stream import OneEpochStreams, streams_resume_by_position
 from ssl_bench.data.verify import verify_or_raise
 from ssl_bench.nets.backbone import count_parameters
 from ssl_bench.registry import get_method
-from ssl_bench.run.callbacks import (CHECKPOINTS, LAST, CheckpointOnStop, ResumeCheckpoint, StepTimer,
-                                     TrainingRandomState, fit_stoppably)
+from ssl_bench.run.callbacks import (CHECKPOINTS, LAST, BestCheckpoint, CheckpointOnStop, ResumeCheckpoint,
+                                     RunStopped, StepTimer, TrainingRandomState, fit_stoppably)
 from ssl_bench.run.console import (RunCSVLogger, StepProgressBar, TimeEstimate, checkpoint_step, quiet_lightning,
                                    run_header, validation_interval)
 from ssl_bench.run.evaluation import summarize
@@ -94,10 +95,10 @@ def prepare_data(cfg: DictConfig, method_cls, training: bool = True, evaluation:
     return RunData(manifest, root, split, annotated, spacings)
 
 
-def checkpoint_callbacks(ckpt_dir: Path) -> Tuple[ModelCheckpoint, ResumeCheckpoint]:
+def checkpoint_callbacks(ckpt_dir: Path) -> Tuple[BestCheckpoint, ResumeCheckpoint]:
     """The best-on-validation checkpoint (``best-<step>.ckpt``, reported beside the last) and ``last.ckpt``, the
     state after the latest validation, to resume from; in this order (see ResumeCheckpoint)."""
-    best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best-{step}", monitor="val/dice_mean", mode="max",
+    best = BestCheckpoint(dirpath=str(ckpt_dir), filename="best-{step}", monitor="val/dice_mean", mode="max",
                            save_top_k=1, auto_insert_metric_name=False)
     return best, ResumeCheckpoint(ckpt_dir / LAST)
 
@@ -194,6 +195,26 @@ def _save_predictions(module, dm: SegmentationDataModule, out_dir: Path) -> None
             tmp = out_dir / f".{case_id}.nii.gz.tmp.nii.gz"
             nib.save(img, str(tmp))
             os.replace(tmp, out_dir / f"{case_id}.nii.gz")
+
+
+def _score_selected_on_stop(cfg: DictConfig, run: Path, module, dm: SegmentationDataModule,
+                            paths: Sequence[Optional[str]]) -> None:
+    """Scores the stopped run's selected checkpoints (best on validation, best on test) on the test cases and keeps
+    their rows (stop_scores.py), on a trainer of their own: the run's trainer holds the stop that ended its fit."""
+    ckpt_dir = run / CHECKPOINTS
+    kept = read_scores(ckpt_dir)
+    todo = [Path(p) for p in dict.fromkeys(p for p in paths if p) if Path(p).is_file() and Path(p).name not in kept]
+    if not todo:
+        return
+    t = cfg.trainer
+    tester = pl.Trainer(accelerator=t.accelerator, devices=1, precision=t.precision, deterministic=t.deterministic,
+                        benchmark=t.cudnn_benchmark, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(run), callbacks=[])
+    for path in todo:
+        tester.test(module, datamodule=dm, ckpt_path=str(path), verbose=False)
+        keep_scores(ckpt_dir, path.name, checkpoint_step(path), module.test_rows)
+    print(f"scored {', '.join(p.name for p in todo)} on the test cases before stopping ({ckpt_dir / SCORES_FILE})",
+          file=sys.stderr, flush=True)
 
 
 def _with_data_root(cfg: DictConfig) -> DictConfig:
@@ -294,8 +315,13 @@ def _train_in(run: Path, cfg: DictConfig, force: bool, resume_from: Optional[str
     if trainer.is_global_zero:
         print(run_header(cfg, len(split.labeled), len(split.unlabeled) if method_cls.uses_unlabeled else 0,
                          len(manifest.test), run, resume_step), flush=True)
-    with streams_resume_by_position():
-        fit_stoppably(trainer, stop, module, datamodule=dm, ckpt_path=None if resume is None else str(resume))
+    try:
+        with streams_resume_by_position():
+            fit_stoppably(trainer, stop, module, datamodule=dm, ckpt_path=None if resume is None else str(resume))
+    except RunStopped:
+        if cfg.run.score_on_stop and trainer.world_size == 1:
+            _score_selected_on_stop(cfg, run, module, dm, [best_cb.best_model_path, audit.best_path if audit else None])
+        raise
     trainer.save_checkpoint(str(last), weights_only=False)
     if trainer.is_global_zero:
         for name, content in module.run_records().items():
@@ -308,8 +334,12 @@ def _train_in(run: Path, cfg: DictConfig, force: bool, resume_from: Optional[str
         evaluated.append((AUDIT_TAG, audit.best_path))
     rows: List[dict] = []
     scored: Dict[int, List[dict]] = {}  # the rows of each training step scored: two selections of one step share them
+    kept = read_scores(ckpt_dir)  # a stopped run's selected checkpoints, scored before it stopped (stop_scores.py)
     for tag, path in evaluated:
-        step = checkpoint_step(Path(path))
+        name = Path(path).name
+        step = kept[name]["step"] if name in kept else checkpoint_step(Path(path))
+        if step not in scored and tag != "last" and name in kept:
+            scored[step] = kept[name]["rows"]
         if step not in scored:
             module.checkpoint_tag = tag
             trainer.test(module, datamodule=dm, ckpt_path=path, verbose=False)
@@ -341,6 +371,9 @@ def _train_in(run: Path, cfg: DictConfig, force: bool, resume_from: Optional[str
         **prerequisite_metrics,
         "provenance": collect_provenance(cfg.trainer.precision, module.device, trainer.world_size),
     }
+    note = copy_note(data.root / manifest.directory) if cfg.data.manifest else None
+    if note is not None:  # a compact copy of the dataset (a GPU window's): its images may be rounded to float16
+        metrics["provenance"]["data_copy"] = note["note"]
     if audit is not None:
         metrics["test_selection"] = audit.summary()
     metrics["primary"].update(metrics["results"]["last"][cfg.method.primary_model])
