@@ -132,7 +132,7 @@ def test_the_ssl4mis_protocol_is_one_override_with_its_own_run_folders():
 
 def test_protocol_errors_name_the_file(tmp_path):
     import shutil
-    with pytest.raises(ConfigError, match="unknown protocol 'nnunet'.*known: la_cpu, ssl4mis, uamt"):
+    with pytest.raises(ConfigError, match="unknown protocol 'nnunet'.*known: la_cpu, la_gpu, ssl4mis, uamt"):
         load_config("supervised", "acdc", ["protocol=nnunet"])
     experiments = tmp_path / "experiments"
     shutil.copytree(PROJECT_ROOT / "experiments", experiments)
