@@ -57,6 +57,7 @@ from ssl_bench.run.paths import labeled_setting, run_dir
 from ssl_bench.run.provenance_entry import collect_provenance
 from ssl_bench.run.resume import resume_point
 from ssl_bench.run.run_lock import clear_run_folder, run_folder_lock
+from ssl_bench.run.stop_scores import SCORES_FILE, keep_scores, read_scores
 from ssl_bench.run.test_selection_audit import TAG as AUDIT_TAG
 from ssl_bench.run.test_selection_audit import TestSelectionAudit
 from ssl_bench.run.wandb_logging import ImageOverlays, best_score, log_results, wandb_logger
