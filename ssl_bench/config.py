@@ -38,6 +38,11 @@ class SyntheticConfig:
     shape: List[int] = field(default_factory=lambda: [32, 32, 32])
     n_organs: int = 3
     seed: int = 0
+    # Small separate organs in a large volume (SyntheticSpec): (largest, smallest) share of the image's voxels, the
+    # organs between geometric ([]: the default sizes), and the background voxels kept between organs (0: they may
+    # touch).
+    organ_ratios: List[float] = field(default_factory=list)
+    organ_gap: int = 0
 
 
 @dataclass

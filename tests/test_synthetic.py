@@ -4,8 +4,11 @@ from dataclasses import replace
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy.ndimage import distance_transform_edt
 
+from ssl_bench.config import ConfigError, load_config
 from ssl_bench.data import synthetic
+from ssl_bench.data.dataset import resolve_dataset
 from ssl_bench.data.manifest import load_manifest, split_held_out
 from ssl_bench.data.synthetic import SyntheticSpec, ensure_synthetic, generate_synthetic
 
@@ -111,6 +114,50 @@ def test_2d_spec_writes_2d_arrays(tmp_path):
         np.testing.assert_allclose(image_nifti.header.get_zooms(), (0.7, 0.9))
 
 
+# Small separate organs in a large volume (organ_ratios, organ_gap): nominal shares 4%, 1.26% and 0.4%, 2 voxels apart.
+SEPARATE_SPEC = SyntheticSpec(n_cases=6, shape=(32, 32, 32), n_organs=3, organ_ratios=(0.04, 0.004), organ_gap=2,
+                              name="separate")
+
+
+def test_separate_organs_keep_their_share_of_the_volume_and_their_distance(tmp_path):
+    manifest = generate_synthetic(tmp_path, spec=SEPARATE_SPEC)
+    gap, shares = SEPARATE_SPEC.organ_gap, []
+    for case in manifest.cases:
+        _, label, _, _ = read_case(manifest, case)
+        shares.append(np.bincount(label.ravel(), minlength=4)[1:] / label.size)
+        for organ in (1, 2, 3):
+            # More than `gap` voxels from every other organ and from the border: separate, none cut by the border.
+            distance = distance_transform_edt(np.pad(label != organ, 1, constant_values=False))[1:-1, 1:-1, 1:-1]
+            assert distance[(label > 0) & (label != organ)].min() > gap
+            border = distance_transform_edt(np.pad(np.ones_like(label, bool), 1, constant_values=False))[1:-1, 1:-1,
+                                                                                                        1:-1]
+            assert border[label == organ].min() > gap
+    mean_share = np.mean(shares, axis=0)
+    nominal = np.geomspace(0.04, 0.004, 3)
+    assert np.all((0.7 * nominal < mean_share) & (mean_share < 1.4 * nominal)), mean_share
+
+
+def test_the_default_layout_lets_organs_touch(dataset):
+    _, cases = dataset  # SPEC: no organ_gap
+    touching = [np.any((label[1:] > 0) & (label[:-1] > 0) & (label[1:] != label[:-1])) for _, label, _, _ in cases]
+    assert any(touching)
+
+
+def test_separate_organs_that_cannot_fit_are_an_error_naming_the_gap(tmp_path):
+    with pytest.raises(RuntimeError, match="organ_gap 6"):
+        generate_synthetic(tmp_path, spec=replace(SEPARATE_SPEC, shape=(20, 20, 20), organ_ratios=(0.1, 0.05),
+                                                  organ_gap=6))
+
+
+def test_the_data_config_hands_the_organ_options_to_the_generator(tmp_path):
+    overrides = ["data.synthetic.n_cases=6", "data.synthetic.shape=[32,32,32]", "data.synthetic.organ_ratios=[0.04,0.004]",
+                 "data.synthetic.organ_gap=2", "data.synthetic.n_organs=3", f"data.cache_dir={tmp_path}"]
+    manifest, _ = resolve_dataset(load_config("supervised", "synthetic", overrides))
+    assert "organ_ratios=(0.04, 0.004), organ_gap=2" in manifest.source
+    with pytest.raises(ConfigError, match="data.synthetic: organ_ratios"):
+        resolve_dataset(load_config("supervised", "synthetic", overrides + ["data.synthetic.organ_ratios=[0.001,0.01]"]))
+
+
 def test_interrupted_regeneration_leaves_no_manifest(tmp_path, monkeypatch):
     generate_synthetic(tmp_path, spec=SMALL_SPEC)
 
@@ -183,6 +230,10 @@ def test_ensure_synthetic_uses_the_winners_folder_after_losing_the_race(tmp_path
     ({"n_cases": 4, "test_fraction": 0.5, "val_fraction": 0.4}, "too few"),
     ({"test_fraction": 1.0}, "test_fraction"),
     ({"name": "a/b"}, "name"),
+    ({"organ_ratios": (0.05,)}, "organ_ratios must be"),
+    ({"organ_ratios": (0.001, 0.01)}, "organ_ratios must be"),
+    ({"n_organs": 8, "organ_ratios": (0.2, 0.05)}, "would fill more than 40%"),
+    ({"organ_gap": -1}, "organ_gap must be non-negative"),
 ])
 def test_invalid_specs_raise_value_error_naming_the_problem(fields, problem):
     with pytest.raises(ValueError, match=problem):

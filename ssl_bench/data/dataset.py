@@ -24,8 +24,12 @@ def resolve_dataset(cfg: DictConfig) -> Tuple[Manifest, Path]:
                 f"data.cache_dir ({cfg.data.cache_dir}), not read from a data root; drop data.root (or set "
                 "data.cache_dir), or give data.manifest to read a copy from the root")
         s = cfg.data.synthetic
-        spec = SyntheticSpec(n_cases=s.n_cases, shape=tuple(s.shape), n_organs=s.n_organs,
-                             spacing=(1.0,) * len(s.shape), seed=s.seed, name=cfg.data.name)
+        try:
+            spec = SyntheticSpec(n_cases=s.n_cases, shape=tuple(s.shape), n_organs=s.n_organs,
+                                 spacing=(1.0,) * len(s.shape), seed=s.seed, name=cfg.data.name,
+                                 organ_ratios=tuple(s.organ_ratios), organ_gap=s.organ_gap)
+        except ValueError as err:
+            raise ConfigError(f"data.synthetic: {err}") from None
         path = ensure_synthetic(Path(cfg.data.cache_dir) / "synthetic", spec=spec)
         return load_manifest(path), path.parent
     manifest_path = resolve_project_path(cfg.data.manifest)

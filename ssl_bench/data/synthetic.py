@@ -5,6 +5,11 @@ Each case holds ``n_organs`` non-overlapping, roughened, randomly oriented ellip
 sizes (organ 1 largest; small organs are where partial annotation hurts most). Intensities are per organ
 but overlap a little (texture, bias field, noise): learnable, yet no threshold segments them perfectly.
 Everything is drawn from ``numpy.random.default_rng`` seeded by (spec.seed, case index).
+
+By default the organs fill much of the image and may touch (neighbouring organs). ``organ_ratios`` and
+``organ_gap`` make the other layout of Petit et al. 2018's premise: a few small organs apart from each other in a
+large volume, mostly background, each organ's share of the image set (e.g. 5% down to 0.1%) and at least
+``organ_gap`` background voxels between any two of them and the image border.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ GENERATOR_VERSION = 1
 
 _MIN_ORGAN_VOXELS = 4
 _PLACEMENT_TRIES = 50
+# Separate organs (organ_gap >= 1): layouts drawn before giving up.
+_LAYOUT_TRIES = 20
 # Organs may press slightly into ones placed before (losing those voxels), as neighbouring organs do.
 _MAX_OVERLAP = 0.1
 _MAX_FILL = 0.4  # of the image, by all organs together: beyond it they no longer fit side by side
@@ -53,11 +60,18 @@ class SyntheticSpec:
     val_fraction: float = 0.125
     seed: int = 0
     name: str = "synthetic"
+    # (largest, smallest): the nominal share of the image's voxels of organ 1 and of organ n_organs, the organs in
+    # between geometric; empty: radii from 30% of the smallest side down to 7% (_organ_radii).
+    organ_ratios: Tuple[float, ...] = ()
+    # 0: organs may touch and press slightly into ones placed before; g >= 1: at least g background voxels between
+    # any two organs and between an organ and the image border (separate organs, none cut by the border).
+    organ_gap: int = 0
 
     def __post_init__(self):
         # Tuples of plain numbers, so that equal specs hash (and cache) identically.
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        object.__setattr__(self, "organ_ratios", tuple(float(r) for r in self.organ_ratios))
         if not 1 <= self.n_organs <= MAX_ORGANS:
             raise ValueError(f"n_organs must be between 1 and {MAX_ORGANS}, got {self.n_organs}")
         if len(self.shape) not in (2, 3):
@@ -72,6 +86,15 @@ class SyntheticSpec:
             raise ValueError(f"name must be a plain folder name (letters, digits, _ . -), got {self.name!r}")
         if self.seed < 0:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
+        if self.organ_ratios:
+            if len(self.organ_ratios) != 2 or not 0 < self.organ_ratios[1] <= self.organ_ratios[0]:
+                raise ValueError(f"organ_ratios must be (largest, smallest) with 0 < smallest <= largest, got "
+                                 f"{self.organ_ratios}")
+            if np.geomspace(*self.organ_ratios, self.n_organs).sum() > _MAX_FILL:
+                raise ValueError(f"organ_ratios {self.organ_ratios}: {self.n_organs} organs would fill more than "
+                                 f"{_MAX_FILL:.0%} of the image")
+        if self.organ_gap < 0:
+            raise ValueError(f"organ_gap must be non-negative, got {self.organ_gap}")
         if not (0 <= self.test_fraction < 1 and 0 <= self.val_fraction < 1):
             raise ValueError(f"test_fraction and val_fraction must be in [0, 1), got {self.test_fraction}, "
                              f"{self.val_fraction}")
@@ -169,9 +192,13 @@ def _organ_appearance(spec: SyntheticSpec):
 
 
 def _organ_radii(spec: SyntheticSpec) -> np.ndarray:
-    """Nominal radius per organ in voxels: geometric from 30% of the smallest side down to 7% (>= 2 voxels),
-    shrunk together where the organs would otherwise fill more than _MAX_FILL of the image."""
+    """Nominal radius per organ in voxels: that of a ball holding its share of the image (spec.organ_ratios), or by
+    default geometric from 30% of the smallest side down to 7% (>= 2 voxels), shrunk together where the organs would
+    otherwise fill more than _MAX_FILL of the image."""
     side, ndim = min(spec.shape), len(spec.shape)
+    if spec.organ_ratios:
+        voxels = np.geomspace(*spec.organ_ratios, spec.n_organs) * np.prod(spec.shape)
+        return np.sqrt(voxels / np.pi) if ndim == 2 else np.cbrt(voxels * 3 / (4 * np.pi))
     radii = np.geomspace(0.30 * side, max(0.07 * side, 2.0), spec.n_organs)
     ball_volume = np.pi * radii ** 2 if ndim == 2 else 4 / 3 * np.pi * radii ** 3
     fill = ball_volume.sum() / np.prod(spec.shape)
@@ -182,7 +209,7 @@ def _generate_case(spec: SyntheticSpec, index: int):
     """(float32 image, uint8 label) of case ``index``, drawn from its own seeded stream."""
     means, texture_amplitudes, texture_scales = _organ_appearance(spec)
     rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(index,)))
-    label = _place_organs(rng, spec.shape, _organ_radii(spec))
+    label = _place_organs(rng, spec.shape, _organ_radii(spec), spec.organ_gap)
     image = _BACKGROUND_MEAN + _BACKGROUND_TEXTURE * _smooth_noise(rng, spec.shape, 2.0)
     for organ in range(1, spec.n_organs + 1):
         inside = label == organ
@@ -192,8 +219,28 @@ def _generate_case(spec: SyntheticSpec, index: int):
     return image.astype(np.float32), label
 
 
-def _place_organs(rng: np.random.Generator, shape, radii) -> np.ndarray:
-    """uint8 label map: one roughened, randomly oriented ellipsoid per organ, largest first."""
+class _NoRoom(Exception):
+    """A separate organ found no place in the layout drawn so far."""
+
+
+def _place_organs(rng: np.random.Generator, shape, radii, gap: int = 0) -> np.ndarray:
+    """uint8 label map: one roughened, randomly oriented ellipsoid per organ, largest first. ``gap`` >= 1 (separate
+    organs, SyntheticSpec.organ_gap): a layout where some organ finds no room is drawn again, up to _LAYOUT_TRIES
+    times."""
+    if not gap:
+        return _layout(rng, shape, radii, gap)
+    for _ in range(_LAYOUT_TRIES):
+        try:
+            return _layout(rng, shape, radii, gap)
+        except _NoRoom:
+            continue
+    raise RuntimeError(f"no layout of {len(radii)} organs with organ_gap {gap} in shape {shape} in {_LAYOUT_TRIES} "
+                       "tries: use fewer or smaller organs, a smaller gap or a larger shape")
+
+
+def _layout(rng: np.random.Generator, shape, radii, gap: int) -> np.ndarray:
+    """One draw of _place_organs. ``gap`` >= 1: every organ whole, more than ``gap`` voxels from earlier organs and
+    from the border, or _NoRoom."""
     ndim = len(shape)
     label = np.zeros(shape, np.uint8)
     patient_scale = rng.uniform(0.9, 1.1)  # shared by all organs, so their size order holds in every case
@@ -211,22 +258,36 @@ def _place_organs(rng: np.random.Generator, shape, radii) -> np.ndarray:
         # Room around each voxel: distance to the nearest earlier organ or to the image border. Centres
         # with room for the organ are tried first (in random order), the most roomy of the others next.
         clearance = distance_transform_edt(np.pad(label == 0, 1))[(slice(1, -1),) * ndim]
-        centers = rng.uniform(0, shape, size=(_PLACEMENT_TRIES, ndim))
-        room = clearance[tuple(centers.astype(int).T)]
+        if gap:  # centres where the smooth ellipsoid and its gap fit, in random order
+            fitting = np.argwhere(clearance > semi_axes.max() + gap)
+            if not len(fitting):
+                raise _NoRoom
+            centers = fitting[rng.integers(len(fitting), size=_PLACEMENT_TRIES)] + rng.uniform(
+                0, 1, (_PLACEMENT_TRIES, ndim))
+            order = np.arange(_PLACEMENT_TRIES)
+        else:
+            centers = rng.uniform(0, shape, size=(_PLACEMENT_TRIES, ndim))
+            room = clearance[tuple(centers.astype(int).T)]
+            order = np.argsort(-np.minimum(room, radius), kind="stable")
         chosen = None
-        for center in centers[np.argsort(-np.minimum(room, radius), kind="stable")]:
-            box = tuple(slice(max(0, int(c - reach)), min(n, int(c + reach) + 2)) 
+        for center in centers[order]:
+            box = tuple(slice(max(0, int(c - reach)), min(n, int(c + reach) + 2))
                         for c, n in zip(center, shape))
             points = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in box], indexing="ij"), axis=-1)
             distance = (np.linalg.norm((points - center) @ rotation / semi_axes, axis=-1) - 1) * radius
             inside = distance + roughness[box] < 0
-            free = inside & (label[box] == 0)  # earlier organs keep their voxels
+            if gap:  # all of it, or another candidate: no voxel within gap of an earlier organ or the border
+                free = inside if (clearance[box][inside] > gap).all() else np.zeros_like(inside)
+            else:
+                free = inside & (label[box] == 0)  # earlier organs keep their voxels
             if free.sum() >= max(_MIN_ORGAN_VOXELS, (1 - _MAX_OVERLAP) * inside.sum()):
                 chosen = (box, free)
                 break
             if chosen is None or free.sum() > chosen[1].sum():  # crowded: the candidate losing the least
                 chosen = (box, free)
         box, mask = chosen
+        if gap and not mask.any():
+            raise _NoRoom
         if mask.sum() < _MIN_ORGAN_VOXELS:
             raise RuntimeError(f"no room for organ {organ} in shape {shape}: use fewer organs or a larger shape")
         label[box][mask] = organ
