@@ -187,7 +187,7 @@ def _check_partial_record(run: Path, n_organs: int):
     assert {c: list(f.values()) for c, f in record["annotated"].items()} == expected
 
 
-@pytest.mark.parametrize("method", ["smile", "supervised"])
+@pytest.mark.parametrize("method", ["smile", "supervised", "marginal"])
 def test_end_to_end_with_half_the_annotations_removed(method, tmp_path, synthetic_cache):
     assert main(_multiorgan_args(method, tmp_path, synthetic_cache)) == 0
     run = tmp_path / "synthetic_multiorgan" / method / "frac0.5" / "draw0"

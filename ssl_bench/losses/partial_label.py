@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 # Numerator and denominator smoothing of the soft Dice, as MONAI's DiceLoss defaults (1e-5).
-_DICE_SMOOTH = 1e-5
+DICE_SMOOTH = 1e-5
 
 
-def _expand_flags(annotated: torch.Tensor, ndim: int) -> torch.Tensor:
+def expand_flags(annotated: torch.Tensor, ndim: int) -> torch.Tensor:
     """(B, K) -> (B, K, 1, ..., 1), broadcastable over the spatial axes."""
     return annotated.bool().reshape(*annotated.shape, *([1] * (ndim - 2)))
 
@@ -37,7 +37,7 @@ def ambiguity_map(label: torch.Tensor, annotated: torch.Tensor, n_organs: int) -
     itself) is ambiguous (0).
     """
     other_organ = (label > 0) & ~organ_targets(label, n_organs)
-    return (_expand_flags(annotated, label.ndim) | other_organ).float()
+    return (expand_flags(annotated, label.ndim) | other_organ).float()
 
 
 def smile_targets_and_weights(label: torch.Tensor, annotated: torch.Tensor, n_organs: int,
@@ -47,7 +47,7 @@ def smile_targets_and_weights(label: torch.Tensor, annotated: torch.Tensor, n_or
     weights = ambiguity_map(label, annotated, n_organs)
     if pseudo_positive is not None:
         # Relabeling applies to missing organs only, on ambiguous voxels (relabel_top_fraction's candidates).
-        pseudo_positive = pseudo_positive & ~_expand_flags(annotated, label.ndim)
+        pseudo_positive = pseudo_positive & ~expand_flags(annotated, label.ndim)
         targets = targets | pseudo_positive
         weights = weights.masked_fill(pseudo_positive, 1.0)
     return targets.float(), weights
@@ -68,7 +68,7 @@ def annotated_soft_dice_loss(logits: torch.Tensor, targets: torch.Tensor, annota
     axes = tuple(range(2, logits.ndim))
     intersection = (probs * targets).sum(axes)
     denominator = probs.sum(axes) + targets.sum(axes)
-    dice = (2 * intersection + _DICE_SMOOTH) / (denominator + _DICE_SMOOTH)
+    dice = (2 * intersection + DICE_SMOOTH) / (denominator + DICE_SMOOTH)
     pairs = annotated.to(dice.dtype)
     return ((1 - dice) * pairs).sum() / pairs.sum().clamp_min(1.0)
 
