@@ -17,9 +17,11 @@ from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import load_manifest
 from ssl_bench.data.partial import RemoveUnannotatedOrgans, partial_annotation_flags
 from ssl_bench.data.splits import split_pool
-from ssl_bench.losses.partial_label import (ambiguity_map, decode_sigmoid, relabel_top_fraction, smile_loss,
-                                            smile_targets_and_weights, weighted_bce)
+from ssl_bench.losses.partial_label import (ambiguity_map, decode_sigmoid, mc_dropout_scores, relabel_top_fraction,
+                                            smile_loss, smile_targets_and_weights, weighted_bce)
 from ssl_bench.data.dataset import resolve_dataset
+from ssl_bench.nets.backbone import build_backbone, dropout_sampling
+from ssl_bench.registry import get_method
 from conftest import TINY
 
 CASES = [f"case{i:02d}" for i in range(20)]
@@ -137,9 +139,73 @@ def test_relabeling_picks_nothing_when_nothing_is_predicted_positive():
     assert selected.shape == scores.shape and not selected.any()
 
 
+def test_relabeling_by_uncertainty_keeps_the_least_variable_predicted_positives():
+    scores = torch.tensor([0.95, 0.2, 0.6, 0.8, 0.55, 0.99, 0.7, 0.3])
+    variance = torch.tensor([0.04, 0.0, 0.001, 0.02, 0.003, 0.0, 0.01, 0.0])
+    candidates = torch.ones(8, dtype=torch.bool)
+    candidates[5] = False
+    # predicted positive candidates by variance: 0.001 (2), 0.003 (4), 0.01 (6), 0.02 (3), 0.04 (0)
+    for gamma, expected in [(0.2, {2}), (0.4, {2, 4}), (0.6, {2, 4, 6}), (1.0, {0, 3, 6, 2, 4})]:
+        assert set(relabel_top_fraction(scores, candidates, gamma, rank_by=-variance).nonzero().flatten().tolist()) \
+            == expected
+    assert set(relabel_top_fraction(scores, candidates, 0.4).nonzero().flatten().tolist()) == {0, 3}  # by score
+
+
+def test_mc_dropout_scores_are_the_mean_and_the_variance_over_the_passes():
+    samples = torch.tensor([[0.2, 0.9], [0.4, 0.9], [0.6, 0.9]])
+    mean, variance = mc_dropout_scores(samples)
+    assert mean.tolist() == pytest.approx([0.4, 0.9]) and variance.tolist() == pytest.approx([0.08 / 3, 0.0])
+
+
+def test_dropout_sampling_draws_masks_with_inference_norms_and_restores_every_mode():
+    cfg = load_config("smiler", "synthetic", [*TINY, "model.norm=batch", "model.dropout=0.5"])
+    net = build_backbone(cfg.model, 3, 1, 2)
+    x = torch.randn(2, 1, 16, 16, 16)
+    net.train()
+    rng_before = torch.get_rng_state()
+    with dropout_sampling(net, seed=7):
+        kinds = {type(m).__name__: m.training for m in net.modules()}  # the network's own mode as "Backbone"
+        first, second = net(x), net(x)
+    with dropout_sampling(net, seed=7):
+        again = net(x)
+    assert kinds["Dropout"] and not kinds["BatchNorm3d"] and not kinds["Backbone"]
+    assert not torch.allclose(first, second) and torch.equal(first, again)  # a new mask a pass, seeded
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the training's generator is left where it was
+    assert all(m.training for m in net.modules())
+
+
+def test_smiler_mc_dropout_scores_are_the_mean_of_mc_samples_passes_ranked_by_their_variance():
+    cfg = load_config("smiler", "synthetic", [*TINY, "method.relabel_criterion=mc_dropout", "method.mc_samples=3",
+                                              "model.dropout=0.5"])
+    module = get_method("smiler")(cfg, ["background", "a", "b"], ["c0"])
+    calls = []
+    module.net.register_forward_pre_hook(lambda m, args: calls.append(m.training))
+    image = torch.randn(1, 1, 16, 16, 16)  # one window of the 16^3 patch
+    scores, ranking = module.relabel_scores(image, round_t=1)
+    assert calls == [False] * 3 and module.net.training  # three passes, and the mode restored
+    assert scores.shape == ranking.shape == (2, 16, 16, 16) and (ranking <= 0).all() and (ranking < 0).any()
+    with torch.no_grad():
+        module.net.eval()
+        plain = module.net(image)[0].sigmoid()
+    assert not torch.allclose(scores, plain)  # not the eval-mode prediction, which the score criterion takes
+    assert torch.equal(module.relabel_scores(image, round_t=1)[0], scores)  # seeded by run and round
+    cfg.method.relabel_criterion = "score"
+    assert torch.allclose(module.relabel_scores(image, round_t=1)[0], plain) and module.relabel_scores(image, 1)[1] \
+        is None
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["method.relabel_criterion=entropy"], "method.relabel_criterion"),
+    (["method.relabel_criterion=mc_dropout", "model.dropout=0"], "model.dropout"),
+    (["method.relabel_criterion=mc_dropout", "method.mc_samples=1"], "method.mc_samples"),
+])
+def test_mc_dropout_relabeling_needs_dropout_and_several_passes(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config("smiler", "synthetic", [*TINY, *overrides])
+
+
 def test_round_start_steps_follow_the_smile_phase_and_are_evenly_spaced():
     cfg = load_config("smiler", "synthetic", [*TINY, "trainer.max_steps=1200"])
-    from ssl_bench.registry import get_method
     module = get_method("smiler")(cfg, ["background", "a", "b"], ["c0"])
     assert module.round_start_steps() == [600, 800, 1000]
 
@@ -197,9 +263,11 @@ def test_end_to_end_with_half_the_annotations_removed(method, tmp_path, syntheti
     _check_partial_record(run, 5)
 
 
-def test_smiler_end_to_end_logs_and_records_every_relabeling_round(tmp_path, synthetic_cache):
+@pytest.mark.parametrize("criterion", ["score", "mc_dropout"])
+def test_smiler_end_to_end_logs_and_records_every_relabeling_round(criterion, tmp_path, synthetic_cache):
     # 6 steps, SMILE for the first half: rounds at steps 3, 4, 5.
-    assert main(_multiorgan_args("smiler", tmp_path, synthetic_cache)) == 0
+    assert main(_multiorgan_args("smiler", tmp_path, synthetic_cache, f"method.relabel_criterion={criterion}",
+                                 "method.mc_samples=2")) == 0
     run = tmp_path / "synthetic_multiorgan" / "smiler" / "frac0.5" / "draw0"
     _check_partial_record(run, 5)
     rounds = json.loads((run / "relabeling.json").read_text())

@@ -9,7 +9,7 @@ voxels (or None).
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -92,11 +92,12 @@ def decode_sigmoid(logits: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def relabel_top_fraction(scores: torch.Tensor, candidates: torch.Tensor, gamma: float,
-                         threshold: float = 0.5) -> torch.Tensor:
+                         threshold: float = 0.5, rank_by: Optional[torch.Tensor] = None) -> torch.Tensor:
     """SMILEr's relabeling of one organ in one case: bool mask, same shape as ``scores`` (probabilities).
 
-    Among candidate voxels predicted positive (score > threshold), the round(γ·n) with the highest scores,
-    n the number of predicted positives; none when nothing is predicted positive.
+    Among candidate voxels predicted positive (score > threshold), the round(γ·n) ranked highest by ``rank_by``
+    (default: the scores themselves, Petit et al. 2018; the MC-dropout criterion passes minus the variance), n the
+    number of predicted positives; none when nothing is predicted positive.
     """
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
@@ -104,6 +105,32 @@ def relabel_top_fraction(scores: torch.Tensor, candidates: torch.Tensor, gamma: 
     n_keep = math.floor(gamma * int(positive.sum()) + 0.5)
     selected = torch.zeros(positive.numel(), dtype=torch.bool, device=positive.device)
     if n_keep > 0:
-        flat_scores = torch.where(positive, scores, torch.full_like(scores, -math.inf)).flatten()
-        selected[flat_scores.topk(n_keep).indices] = True
+        ranking = scores if rank_by is None else rank_by
+        flat_ranking = torch.where(positive, ranking, torch.full_like(ranking, -math.inf)).flatten()
+        selected[flat_ranking.topk(n_keep).indices] = True
     return selected.reshape(positive.shape)
+
+
+def mc_dropout_scores(samples: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """From T MC-dropout sigmoid maps (T, ...) of the same input: the mean score and its variance over the passes
+    per voxel, the model uncertainty of Gal & Ghahramani 2016 (the same shape, without T)."""
+    mean = samples.mean(dim=0)
+    return mean, (samples - mean).square().mean(dim=0)
+
+
+def relabel_record(round_t: int, step: int, gamma: float, organs: Sequence[str], voxels: List[int],
+                   correct: List[int]) -> Tuple[dict, Dict[str, float]]:
+    """A relabeling round's entry of relabeling.json and its relabel/* metrics, from the voxels relabeled per organ
+    and how many of them are the organ in the untouched label (precision NaN where none was relabeled)."""
+    def precision(right: int, total: int) -> float:
+        return right / total if total else math.nan
+
+    record = {"round": round_t, "step": step, "gamma": gamma, "relabeled_voxels": sum(voxels),
+              "precision": precision(sum(correct), sum(voxels)),
+              "per_organ": {name: {"relabeled_voxels": v, "precision": precision(c, v)}
+                            for name, v, c in zip(organs, voxels, correct)}}
+    metrics = {"relabel/round": float(round_t), "relabel/gamma": gamma,
+               "relabel/voxels": float(record["relabeled_voxels"]), "relabel/precision": record["precision"],
+               **{f"relabel/{key}_{name}": float(v[key]) for name, v in record["per_organ"].items()
+                  for key in ("relabeled_voxels", "precision")}}
+    return record, metrics

@@ -14,6 +14,11 @@ index in its volume), which the data pipeline crops, pads, flips and slices with
 (ssl_bench/data/partial.py). Each round logs relabel/{round,gamma,voxels,precision} and per organ, where
 precision is measured against the untouched label (the removed truth, known because removal is simulated);
 run_records() puts the rounds into the run folder as relabeling.json.
+
+method.relabel_criterion=mc_dropout ranks the predicted positives by uncertainty instead of score, the seed's own
+perspective (Petit et al. 2018): mc_samples passes over each volume with the backbone's dropout drawing masks (Gal &
+Ghahramani 2016), positives where the mean sigmoid > threshold, the γ_t least variable of them relabeled. The
+passes draw from a generator seeded by the run's seed and the round, apart from the training's.
 """
 
 from __future__ import annotations
@@ -24,10 +29,14 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ssl_bench.config import AT_LEAST_ONE, BELOW_ONE, Range
-from ssl_bench.losses.partial_label import relabel_top_fraction
+from ssl_bench.config import AT_LEAST_ONE, BELOW_ONE, Range, need, run_seed
+from ssl_bench.data.stream import stream_seed
+from ssl_bench.losses.partial_label import mc_dropout_scores, relabel_record, relabel_top_fraction
 from ssl_bench.methods.smile import Smile, SmileConfig
+from ssl_bench.nets.backbone import dropout_sampling
 from ssl_bench.registry import register_method
+
+RELABEL_CRITERIA = ("score", "mc_dropout")
 
 
 @dataclass
@@ -39,12 +48,24 @@ class SmilerConfig(SmileConfig):
     # Plain SMILE for this fraction of trainer.max_steps; the R rounds then start evenly spaced over the rest,
     # so SMILEr has the same total budget as every method. Petit et al. train SMILE first, then relabel.
     smile_phase_fraction: float = 0.5
+    # Which predicted positives are relabeled: score, the top γ_t by score (Petit et al. 2018); mc_dropout, the γ_t
+    # with the lowest variance over mc_samples MC-dropout passes (Gal & Ghahramani 2016; the uncertainty criterion
+    # of Petit et al.'s perspectives), with the backbone's model.dropout as the rate.
+    relabel_criterion: str = "score"
+    # MC-dropout passes per volume and round (K = 8, as ua_mt's and co_training's MC passes here).
+    mc_samples: int = 8
 
     def validate(self, cfg) -> None:
         super().validate(cfg)
         self.check(AT_LEAST_ONE, "relabel_rounds")
         self.check(Range(lambda v: 0 < v <= 1, "must be in (0, 1]"), "gamma_max")
         self.check(BELOW_ONE, "smile_phase_fraction")
+        need(self.relabel_criterion in RELABEL_CRITERIA, "method.relabel_criterion",
+             f"must be one of {', '.join(RELABEL_CRITERIA)}, got '{self.relabel_criterion}'")
+        if self.relabel_criterion == "mc_dropout":
+            self.check(Range(lambda v: v >= 2, "must be >= 2 (a variance over passes)"), "mc_samples")
+            need(cfg.model.dropout > 0, "model.dropout", "method.relabel_criterion=mc_dropout samples the backbone's "
+                 "dropout (Gal & Ghahramani 2016): set model.dropout > 0 (the protocol's backbone has 0.1)")
 
 
 @register_method("smiler")
@@ -92,33 +113,34 @@ class Smiler(Smile):
         self.net.eval()
         pseudo, voxels, correct = {}, [0] * self.n_organs, [0] * self.n_organs
         for volume in self.trainer.datamodule.labeled_volumes_loader():
-            scores = self.predict_logits(self.net, volume["image"].to(self.device))[0].sigmoid()
+            scores, ranking = self.relabel_scores(volume["image"].to(self.device), round_t)
             label, full = volume["label"][0, 0].to(self.device), volume["label_full"][0, 0].to(self.device)
             relabeled = torch.zeros(scores.shape, dtype=torch.bool, device=self.device)
             for k in (~volume["annotated"][0]).nonzero().flatten().tolist():
-                relabeled[k] = relabel_top_fraction(scores[k], label == 0, gamma, m.threshold)
+                relabeled[k] = relabel_top_fraction(scores[k], label == 0, gamma, m.threshold,
+                                                    None if ranking is None else ranking[k])
                 voxels[k] += int(relabeled[k].sum())
                 correct[k] += int((relabeled[k] & (full == k + 1)).sum())
             pseudo[int(volume["case_index"][0])] = relabeled.flatten(1)
         self.net.train(was_training)
         self.pseudo, self.rounds_done = pseudo, round_t
-
-        def precision(right: int, total: int) -> float:
-            return right / total if total else math.nan
-
-        record = {"round": round_t, "step": int(self.global_step), "gamma": gamma, "relabeled_voxels": sum(voxels),
-                  "precision": precision(sum(correct), sum(voxels)),
-                  "per_organ": {name: {"relabeled_voxels": v, "precision": precision(c, v)}
-                                for name, v, c in zip(self.foreground, voxels, correct)}}
+        record, metrics = relabel_record(round_t, int(self.global_step), gamma, self.foreground, voxels, correct)
         self.relabel_history.append(record)
-        metrics = {"relabel/round": float(round_t), "relabel/gamma": gamma,
-                   "relabel/voxels": float(record["relabeled_voxels"]), "relabel/precision": record["precision"],
-                   **{f"relabel/{key}_{name}": float(v[key]) for name, v in record["per_organ"].items()
-                      for key in ("relabeled_voxels", "precision")}}
         # Straight to the loggers: self.log would keep a round's values only on a log_every_n_steps step.
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.global_step)
         return record
+
+    def relabel_scores(self, image: torch.Tensor, round_t: int):
+        """(scores, ranking), (K, *volume) each, of a whole labeled volume in eval mode: the sigmoid ranked by itself
+        (None), or the MC-dropout mean ranked by minus its variance (method.relabel_criterion)."""
+        m = self.cfg.method
+        if m.relabel_criterion == "score":
+            return self.predict_logits(self.net, image)[0].sigmoid(), None
+        with dropout_sampling(self.net, stream_seed(run_seed(self.cfg), f"smiler-mc-dropout-round{round_t}")):
+            samples = torch.stack([self.predict_logits(self.net, image)[0].sigmoid() for _ in range(m.mc_samples)])
+        mean, variance = mc_dropout_scores(samples)
+        return mean, -variance
 
     def run_records(self):
         return {"relabeling.json": self.relabel_history}

@@ -8,8 +8,9 @@ features are captured with forward hooks, so the MONAI networks are used unchang
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
-from typing import NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 from monai.networks.layers.simplelayers import SkipConnection
@@ -129,6 +130,32 @@ def build_backbone(model_cfg, spatial_dims: int, in_channels: int, out_channels:
         return Backbone(net, "bottleneck", "out_conv", spatial_dims=spatial_dims, out_channels=out_channels,
                         bottleneck_channels=model_cfg.channels[-1])
     raise ValueError(f"unknown model.arch '{model_cfg.arch}' (known: unet, basic_unet, fcn, vnet)")
+
+
+# The layers that draw a dropout mask when in train mode (MONAI's blocks use nn.Dropout, the V-Net Dropout2d/3d).
+DROPOUT_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+@contextmanager
+def dropout_sampling(net: nn.Module, seed: Optional[int] = None) -> Iterator[nn.Module]:
+    """``net`` in eval mode except its dropout layers, which keep drawing masks: each pass is one MC-dropout sample
+    (Gal & Ghahramani 2016) while norms use their inference statistics. Every module's mode is restored after. With
+    ``seed``, the masks come from torch's generators seeded by it in a fork (torch.random.fork_rng): the passes are
+    reproducible and the generators outside (the training's dropout) are left where they were."""
+    device = next(net.parameters()).device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        modes = [(module, module.training) for module in net.modules()]
+        net.eval()
+        for module in net.modules():
+            if isinstance(module, DROPOUT_LAYERS):
+                module.train()
+        try:
+            yield net
+        finally:
+            for module, training in modes:
+                module.train(training)
 
 
 def count_parameters(module: nn.Module) -> int:
