@@ -25,13 +25,14 @@ def _shipped_sweep(path: Path):
 
 def test_hippocampus_sweep_is_every_semi_supervised_method_by_fraction_by_draw_plus_full_supervision():
     sweep = _shipped_sweep(SWEEPS / "hippocampus.yaml")
-    # Registered methods for full annotations (smile and smiler have their partial_* sweeps), among them every method
+    # Registered methods for full annotations (smile, smiler and marginal have their partial-annotation sweeps), among
+    # them every method
     # the hippocampus records hold: the sweep reproduces the benchmark's results, and a new method joins it once it
     # is run there (its file and YAML alone make it no cell of the benchmark).
     methods = list(dict.fromkeys(c.method for c in sweep.cells))
     records = Path(__file__).resolve().parents[1] / "results" / "records" / "hippocampus"
     recorded = {p.name for p in records.iterdir() if "-" not in p.name}  # the runs without a variant's tag
-    assert recorded <= set(methods) <= set(method_names()) - {"smile", "smiler"}
+    assert recorded <= set(methods) <= set(method_names()) - {"smile", "smiler", "marginal"}
     expected = {(m, f, d) for m in methods for f in (0.05, 0.1, 0.2) for d in (0, 1, 2)}
     expected |= {("supervised", 1.0, d) for d in (0, 1, 2)}
     cells = [(c.method, c.fraction, c.draw) for c in sweep.cells]
@@ -104,6 +105,31 @@ def test_extra_axis_cells_get_their_own_run_folders(tmp_path):
                                     f"draw{cell.draw}")
     assert "optim.lr=0.001" in sweep.cells[0].describe()
 
+def test_an_extra_cell_with_settings_is_a_tagged_variant_crossed_with_every_draw_and_axis(tmp_path):
+    variant = {"method": "smiler", "fraction": 0.5, "settings": {"method.relabel_criterion": "mc_dropout"}}
+    path = write_sweep(tmp_path / "variant.yaml", methods=["supervised", "smiler"], draws=[0, 1],
+                       axes={"data.partial.alpha": [0.5]}, extra_cells=[variant])
+    cells = load_sweep(path, states=False).cells
+    assert [(c.method, c.draw, c.run_dir.parts[-3]) for c in cells] == [
+        (method, draw, folder) for draw in (0, 1) for method, folder in (
+            ("supervised", "supervised-alpha0.5"), ("smiler", "smiler-alpha0.5"),
+            ("smiler", "smiler-relabel_criterionmc_dropout-alpha0.5"))]
+    criteria = [c.config().method.relabel_criterion for c in cells if c.method == "smiler"]
+    assert criteria == ["score", "mc_dropout"] * 2  # the setting reaches that cell alone
+    assert "method.relabel_criterion=mc_dropout data.partial.alpha=0.5" in cells[2].describe()
+
+
+@pytest.mark.parametrize("name, alphas", [("smile_organs", (0.0, 0.3, 0.5, 0.7, 0.9)),
+                                          ("smile_hippocampus", (0.0, 0.5, 0.7))])
+def test_the_partial_annotation_sweeps_cross_methods_alphas_and_training_seeds_on_one_draw(name, alphas):
+    sweep = _shipped_sweep(SWEEPS / f"{name}.yaml")
+    variants = ["supervised", "smile", "smiler", "marginal", "smiler-relabel_criterionmc_dropout"]
+    expected = {(f"{v}-alpha{a}-seed{s}", a, s) for v in variants for a in alphas for s in (0, 1, 2)}
+    cells = [(c.run_dir.parts[-3], c.config().data.partial.alpha, c.config().trainer.seed) for c in sweep.cells]
+    assert len(cells) == len(expected) and set(cells) == expected
+    assert {(c.fraction, c.draw) for c in sweep.cells} == {(1.0, 0)}  # every case labeled, the split (and flags) fixed
+
+
 @pytest.mark.parametrize("spec, key, message", [
     ({"fractoins": [0.1]}, "fractoins", "not in 'SweepConfig'"),
     ({"methods": ["supervised", "no_such_method"]}, "methods", "unknown method 'no_such_method'"),
@@ -117,6 +143,10 @@ def test_extra_axis_cells_get_their_own_run_folders(tmp_path):
     ({"fractions": [], "n_labeled": [0]}, "n_labeled", "must be >= 1"),
     ({"labeled_selections": ["random"]}, "labeled_selections", "must list some of draw, first, first_then_draw"),
     ({"fractions": [], "n_labeled": [2], "methods": ["nope"]}, "methods", "unknown method 'nope'"),
+    ({"extra_cells": [{"method": "supervised", "fraction": 1.0, "settings": {"data.draw": 1}}]},
+     "extra_cells[0].settings", "is set by the grid"),
+    ({"extra_cells": [{"method": "supervised", "fraction": 1.0, "settings": {"method.gamma_max": 0.5}}]},
+     "method.gamma_max", "not in 'MethodConfig'"),
 ])
 def test_invalid_sweep_files_name_the_file_and_key(tmp_path, spec, key, message):
     path = write_sweep(tmp_path / "bad.yaml", **spec)

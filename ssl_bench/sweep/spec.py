@@ -12,6 +12,7 @@ A sweep file (``experiments/sweeps/<name>.yaml``) is validated against ``SweepCo
     extra_cells:                         # (method, fraction or n_labeled) cells outside the grid, for every draw
       - {method: supervised, fraction: 1.0}  # and axis value, with the first of labeled_selections
       - {method: ua_mt, n_labeled: 16}
+      - {method: smiler, fraction: 1.0, settings: {method.relabel_criterion: mc_dropout}}  # a method's variant
     axes:                                # extra axes crossed with everything: dotted config key -> values
       optim.lr: [0.001, 0.002]           # e.g. trainer.seed: [100, 101] for training-seed replicates
     overrides: [trainer.max_steps=500]   # config overrides applied to every cell
@@ -21,7 +22,9 @@ A sweep file (``experiments/sweeps/<name>.yaml``) is validated against ``SweepCo
     name: hippocampus                    # sweep id (default: the file's name)
 
 A cell's folder is ``run_dir(cfg)``; a cell on an extra axis gets ``run.tag=<last key part><value>`` (e.g.
-``lr0.001``, ``seed100``, joined to any run.tag of the overrides) so that its folder differs from its neighbours'.
+``lr0.001``, ``seed100``, joined to any run.tag of the overrides) so that its folder differs from its neighbours';
+an extra cell's own ``settings`` (config keys of that cell alone, e.g. a setting only its method has) are tagged
+the same way, before the axes (``smiler-relabel_criterionmc_dropout-alpha0.5``).
 Cells run draw by draw (then by extra-axis value, labeled amount and method), so the first draw is complete first.
 
 Each cell's state is found when the sweep is loaded, by the rules of ssl_bench/run/identity.py that train() follows:
@@ -77,6 +80,8 @@ class ExtraCell:
     # One of the two: a labeled fraction or a number of labeled patients.
     fraction: Optional[float] = None
     n_labeled: Optional[int] = None
+    # Dotted config key -> value of this cell alone, tagged like an axis: a variant the grid's other methods lack.
+    settings: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def amount(self) -> Tuple[str, Any]:
@@ -141,9 +146,11 @@ class Cell:
     force: bool = False  # --force: start over whatever its folder holds
     n_labeled: Optional[int] = None
     labeled_selection: str = "draw"
+    # An extra cell's own settings (ExtraCell.settings), as (key, value) pairs.
+    settings: Tuple[Tuple[str, Any], ...] = ()
 
     def describe(self) -> str:
-        axes = "".join(f" {key}={text(value)}" for key, value in self.axis_values)
+        axes = "".join(f" {key}={text(value)}" for key, value in self.settings + self.axis_values)
         amount = LabeledAmount(self.fraction, self.n_labeled, self.labeled_selection).assignments
         return f"method={self.method} {amount} draw={self.draw}{axes}"
 
@@ -321,6 +328,9 @@ def _validate(spec: SweepConfig, path: Path) -> None:
     for i, c in enumerate(spec.extra_cells):
         need((c.fraction is None) != (c.n_labeled is None), f"extra_cells[{i}]", "give one of fraction and n_labeled")
         need(c.n_labeled is None or c.n_labeled >= 1, f"extra_cells[{i}].n_labeled", "must be >= 1")
+        for key in c.settings:
+            need(key not in CELL_KEYS + ("method.name", "run.tag") + tuple(spec.axes), f"extra_cells[{i}].settings",
+                 f"'{key}' is set by the grid or names the cell's method or tag")
     cells += [(f"extra_cells[{i}].method", f"extra_cells[{i}].fraction", c.method, c.fraction or 1.0)
               for i, c in enumerate(spec.extra_cells)]
     for method_key, fraction_key, name, fraction in cells:
@@ -350,32 +360,35 @@ def _expand(spec: SweepConfig, path: Path) -> List[Tuple[Cell, DictConfig]]:
     """Every cell once with its config, in run order (draw, axis values, selection, labeled amount, method; extra
     cells after each draw's grid)."""
     amounts = [("fraction", f) for f in spec.fractions] + [("n_labeled", n) for n in spec.n_labeled]
-    triples = [(amount, m, selection) for selection in spec.labeled_selections for amount in amounts
-               for m in _methods(spec)] + [(c.amount, c.method, spec.labeled_selections[0]) for c in spec.extra_cells]
+    quads = [(amount, m, selection, ()) for selection in spec.labeled_selections for amount in amounts
+             for m in _methods(spec)] + [(c.amount, c.method, spec.labeled_selections[0], tuple(c.settings.items()))
+                                         for c in spec.extra_cells]
     axis_keys = list(spec.axes)
     cells: Dict[Path, Tuple[Cell, DictConfig]] = {}
     for draw, axis_combo in product(spec.draws, product(*spec.axes.values())):
         axis_values = tuple(zip(axis_keys, axis_combo))
-        for amount, method, selection in triples:
-            cell, cfg = _cell(spec, path, method, amount, draw, axis_values, selection)
+        for amount, method, selection, settings in quads:
+            cell, cfg = _cell(spec, path, method, amount, draw, axis_values, selection, settings)
             cells.setdefault(cell.run_dir, (cell, cfg))  # an extra cell that is also in the grid runs once
     return list(cells.values())
 
 
 def _cell(spec: SweepConfig, path: Path, method: str, amount: Tuple[str, Any], draw: int,
-          axis_values: Tuple[Tuple[str, Any], ...], selection: str = "draw") -> Tuple[Cell, DictConfig]:
+          axis_values: Tuple[Tuple[str, Any], ...], selection: str = "draw",
+          settings: Tuple[Tuple[str, Any], ...] = ()) -> Tuple[Cell, DictConfig]:
     kind, count = amount  # ("fraction", f) or ("n_labeled", n)
     # The selection only where it is not the default, so that the cells of older sweeps keep their command lines.
     chosen = () if selection == "draw" else (f"data.labeled_selection={selection}",)
     # JSON is YAML, so every axis value (number, string, list) reads back as itself in a dotlist.
     overrides = (*spec.overrides, f"data.{kind}={count}", *chosen, f"data.draw={draw}",
-                 f"logging.tags=[sweep={spec.name}]", *(f"{key}={json.dumps(value)}" for key, value in axis_values))
+                 f"logging.tags=[sweep={spec.name}]",
+                 *(f"{key}={json.dumps(value)}" for key, value in settings + axis_values))
     fraction, n_labeled = (count, None) if kind == "fraction" else (None, count)
     cell = Cell(method, spec.data, fraction, draw, axis_values, overrides, run_dir=Path(), n_labeled=n_labeled,
-                labeled_selection=selection)
+                labeled_selection=selection, settings=settings)
     try:
         cfg = cell.config()
-        axis_tag = "-".join(f"{key.rsplit('.', 1)[-1]}{text(value)}" for key, value in axis_values)
+        axis_tag = "-".join(f"{key.rsplit('.', 1)[-1]}{text(value)}" for key, value in settings + axis_values)
         if axis_tag:
             tag = "-".join(filter(None, (cfg.run.tag, axis_tag)))
             cell = replace(cell, overrides=overrides + (f"run.tag={tag}",))
