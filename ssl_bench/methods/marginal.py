@@ -25,8 +25,8 @@ from ssl_bench.registry import register_method
 @dataclass
 class MarginalConfig(MethodConfig):
     """Marginal cross-entropy and Dice (Shi et al. 2021), optionally with their exclusion term."""
-    # Shi et al. 2021 plug the marginal probability into both the cross-entropy and the Dice loss; false: the
-    # marginal cross-entropy alone (Fang & Yan 2020's target-adaptive loss is a cross-entropy).
+    # Shi et al. 2021 plug the marginal probability into both the cross-entropy and the Dice loss (and the pair is the
+    # protocol's DiceCE); false: the marginal cross-entropy alone.
     marginal_dice: bool = True
     # Shi et al. 2021's exclusion loss (its Dice form): organs do not overlap, so a voxel labeled as one organ is a
     # negative for every removed organ. Off by default: the marginal loss alone is the formulation under test.
