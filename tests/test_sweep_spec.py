@@ -125,7 +125,9 @@ def test_the_partial_annotation_sweeps_cross_methods_alphas_and_training_seeds_o
     sweep = _shipped_sweep(SWEEPS / f"{name}.yaml")
     variants = ["supervised", "smile", "smiler", "marginal", "smiler-relabel_criterionmc_dropout"]
     expected = {(f"{v}-alpha{a}-seed{s}", a, s) for v in variants for a in alphas for s in (0, 1, 2)}
-    cells = [(c.run_dir.parts[-3], c.config().data.partial.alpha, c.config().trainer.seed) for c in sweep.cells]
+    # (every cell's config is resolved by test_every_shipped_sweep_loads_and_each_cell_config_resolves)
+    cells = [(c.run_dir.parts[-3], dict(c.axis_values)["data.partial.alpha"], dict(c.axis_values)["trainer.seed"])
+             for c in sweep.cells]
     assert len(cells) == len(expected) and set(cells) == expected
     assert {(c.fraction, c.draw) for c in sweep.cells} == {(1.0, 0)}  # every case labeled, the split (and flags) fixed
 
