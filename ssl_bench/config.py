@@ -260,6 +260,16 @@ def merge_checked(cfg: DictConfig, other, source: str) -> DictConfig:
         raise ConfigError(f"{source}{where}: {first_line(err)}") from None
 
 
+def read_schema_file(schema, path: Path, error=ConfigError):
+    """The YAML file at ``path`` as an instance of the dataclass ``schema``; an unknown key, a wrong type or a missing
+    value is an ``error`` naming the file."""
+    merged = merge_checked(OmegaConf.structured(schema), load_yaml(path), str(path))
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:  # e.g. a list entry without a required value
+        raise error(f"{path}: {first_line(err)}") from None
+
+
 # trainer.compile: no compilation, or a torch.compile mode ("default" is torch's default mode).
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 

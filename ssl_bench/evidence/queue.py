@@ -21,10 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from ssl_bench.config import ConfigError, load_yaml, merge_checked
+from ssl_bench.config import ConfigError, read_schema_file
 from ssl_bench.data.dataset import resolve_dataset
 from ssl_bench.sweep.spec import Cell, load_sweep
 from ssl_bench.utils.errors import first_line
@@ -94,11 +91,7 @@ def read_queue_config(path: Path) -> QueueConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no queue file {path} (queues: {', '.join(sorted(p.stem for p in QUEUES_DIR.glob('*.yaml')))})")
-    merged = merge_checked(OmegaConf.structured(QueueConfig), load_yaml(path), str(path))
-    try:
-        spec: QueueConfig = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"{path}: {first_line(err)}") from None
+    spec: QueueConfig = read_schema_file(QueueConfig, path)
     if not spec.entries:
         raise ConfigError(f"{path}: entries: the queue lists no cells")
     for k, entry in enumerate(spec.entries):

@@ -47,10 +47,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
-from ssl_bench.config import ConfigError, load_config, load_yaml, merge_checked
+from ssl_bench.config import ConfigError, load_config, read_schema_file
 from ssl_bench.data.splits import SELECTIONS
 from ssl_bench.records import keep_record
 from ssl_bench.registry import get_method, method_names
@@ -59,7 +58,6 @@ from ssl_bench.run.identity import (CONFIG_FILE, METRICS_FILE, UnreadableResult,
 from ssl_bench.run.labeled import LabeledAmount
 from ssl_bench.run.paths import run_dir
 from ssl_bench.run.run_lock import clear_run_folder, run_folder_lock
-from ssl_bench.utils.errors import first_line
 
 LAUNCHERS = ("local", "slurm")
 PENDING, FINISHED, RECORDED, REFUSED = "pending", "finished", "recorded", "refused"
@@ -208,11 +206,7 @@ def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: O
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"no sweep file {path}")
-    merged = merge_checked(OmegaConf.structured(SweepConfig), load_yaml(path), str(path))
-    try:
-        spec: SweepConfig = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:  # e.g. an extra cell without a fraction
-        raise SweepError(f"{path}: {first_line(err)}") from None
+    spec: SweepConfig = read_schema_file(SweepConfig, path, SweepError)  # e.g. an extra cell without a fraction
     spec.name = spec.name or path.stem
     selection = [t for t in only if t.split("=", 1)[0] in (*SELECTION_KEYS, *spec.axes)]
     spec.overrides = list(spec.overrides) + list(overrides or []) + [t for t in only if t not in selection]
