@@ -189,7 +189,7 @@ def use_carry(carry: Path) -> List[str]:
     at, for the runs' provenance, and each compact dataset unpacked into the first data root where it is missing."""
     said = []
     source = carry / SOURCE_FILE
-    if source.is_file():
+    if source.is_file() and git_state()[0] is None:  # a copy without git history: say what it was carried at
         state = json.loads(source.read_text())
         if state.get("git_commit"):
             os.environ[SOURCE_COMMIT_ENV] = f"{state['git_commit']}:{str(bool(state.get('git_dirty'))).lower()}"
