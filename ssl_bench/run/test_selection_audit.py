@@ -119,7 +119,7 @@ class TestSelectionAudit(pl.Callback):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         # The resume checkpoint on disk (written at the previous validation) names self.best_path: others can go.
-        self._delete_unreferenced(trainer)
+        self.delete_unreferenced(trainer)
         if self._improved:
             path = self.ckpt_dir / f"{FILE_PREFIX}{trainer.global_step}.ckpt"
             trainer.save_checkpoint(str(path), weights_only=True)
@@ -127,9 +127,11 @@ class TestSelectionAudit(pl.Callback):
             self._improved = False
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        self._delete_unreferenced(trainer)  # the final resume checkpoint names the final best
+        self.delete_unreferenced(trainer)  # the final resume checkpoint names the final best
 
-    def _delete_unreferenced(self, trainer) -> None:
+    def delete_unreferenced(self, trainer) -> None:
+        """Deletes the test_best files other than the one the state names (a stopped run's too: its resume
+        checkpoint, written at the stop or at the validation that chose the best, names that one)."""
         if not trainer.is_global_zero:
             return
         for path in self.ckpt_dir.glob(f"{FILE_PREFIX}*.ckpt"):

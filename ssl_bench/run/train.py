@@ -322,6 +322,8 @@ def _train_in(run: Path, cfg: DictConfig, force: bool, resume_from: Optional[str
     except RunStopped:
         if cfg.run.score_on_stop and trainer.world_size == 1:
             _score_selected_on_stop(cfg, run, module, dm, [best_cb.best_model_path, audit.best_path if audit else None])
+            if audit is not None:  # a superseded test_best file would travel with the state for nothing
+                audit.delete_unreferenced(trainer)
         raise
     trainer.save_checkpoint(str(last), weights_only=False)
     if trainer.is_global_zero:
