@@ -17,7 +17,8 @@ from ssl_bench.data.datamodule import SegmentationDataModule
 from ssl_bench.data.manifest import load_manifest
 from ssl_bench.data.partial import RemoveUnannotatedOrgans, partial_annotation_flags
 from ssl_bench.data.splits import split_pool
-from ssl_bench.losses.partial_label import (ambiguity_map, decode_sigmoid, mc_dropout_scores, relabel_top_fraction,
+from ssl_bench.losses.partial_label import (ambiguity_map, decode_sigmoid, mc_dropout_scores, pseudo_labels_at,
+                                             relabel_missing_organs, relabel_round_steps, relabel_top_fraction,
                                             smile_loss, smile_targets_and_weights, weighted_bce)
 from ssl_bench.data.dataset import resolve_dataset
 from ssl_bench.nets.backbone import build_backbone, dropout_sampling
@@ -202,6 +203,32 @@ def test_smiler_mc_dropout_scores_are_the_mean_of_mc_samples_passes_ranked_by_th
 def test_mc_dropout_relabeling_needs_dropout_and_several_passes(overrides, key):
     with pytest.raises(ConfigError, match=key):
         load_config("smiler", "synthetic", [*TINY, *overrides])
+
+
+def test_relabel_round_steps_are_pure_arithmetic_of_the_budget():
+    assert relabel_round_steps(1200, 0.5, 3) == [600, 800, 1000]
+    assert relabel_round_steps(10, 0.3, 1) == [3]  # 0.3 x 10 is 3, not 2
+    assert relabel_round_steps(4, 0.5, 3) == [2, 2, 3]  # tiny budgets: rounds share a step
+
+
+def test_a_cases_round_relabels_only_its_missing_organs_and_counts_what_is_right():
+    scores = torch.tensor([[0.9, 0.8, 0.6, 0.1], [0.9, 0.9, 0.9, 0.9]])  # (K=2, 4 voxels)
+    label = torch.tensor([0, 0, 0, 2])  # organ 2 annotated at voxel 3; organ 1 removed
+    full = torch.tensor([1, 0, 1, 2])  # the removed truth: organ 1 at voxels 0 and 2
+    relabeled, voxels, correct = relabel_missing_organs(scores, label, full, [0], gamma=1.0, threshold=0.5)
+    assert relabeled[0].tolist() == [True, True, True, False] and not relabeled[1].any()
+    assert voxels == [3, 0] and correct == [2, 0]
+    by_ranking, _, _ = relabel_missing_organs(scores, label, full, [0], 1 / 3, 0.5,
+                                              ranking=torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0] * 4]))
+    assert by_ranking[0].tolist() == [False, False, True, False]  # the top third by the ranking, not the score
+
+
+def test_pseudo_labels_are_looked_up_through_the_voxel_index_and_padding_gets_none():
+    volume = torch.tensor([[True, False, True], [False, True, False]])  # (K=2, 3 voxels)
+    index = torch.tensor([[[3, 0], [1, 2]], [[1, 1], [2, 3]]])  # (B=2, 2x2 patch), 0 = padding
+    out = pseudo_labels_at(index, [volume, None], n_organs=2)
+    assert out.shape == (2, 2, 2, 2) and not out[1].any()
+    assert out[0, 0].tolist() == [[True, False], [True, False]] and out[0, 1].tolist() == [[False, False], [False, True]]
 
 
 def test_round_start_steps_follow_the_smile_phase_and_are_evenly_spaced():

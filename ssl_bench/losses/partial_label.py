@@ -111,6 +111,44 @@ def relabel_top_fraction(scores: torch.Tensor, candidates: torch.Tensor, gamma: 
     return selected.reshape(positive.shape)
 
 
+def relabel_round_steps(total_steps: int, smile_phase_fraction: float, rounds: int) -> List[int]:
+    """The steps SMILEr's relabeling rounds start at: plain SMILE for the first smile_phase_fraction of the budget,
+    then ``rounds`` rounds evenly spaced over the rest."""
+    start = math.floor(total_steps * smile_phase_fraction + 1e-9)  # the epsilon keeps 0.3 x 10 at 3, not 2
+    return [start + (total_steps - start) * t // rounds for t in range(rounds)]
+
+
+def relabel_missing_organs(scores: torch.Tensor, label: torch.Tensor, full_label: torch.Tensor, missing: Sequence[int],
+                           gamma: float, threshold: float, ranking: Optional[torch.Tensor] = None
+                           ) -> Tuple[torch.Tensor, List[int], List[int]]:
+    """One case's round: for each missing organ k (0-based foreground index), relabel_top_fraction of its scores
+    among the voxels labeled background. ``scores`` and ``ranking`` (K, *volume); ``label`` (the partial one) and
+    ``full_label`` (the untouched one) (*volume). Returns the (K, *volume) bool pseudo-labels, and per organ the
+    voxels relabeled and how many of them are that organ in ``full_label``."""
+    relabeled = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    voxels, correct = [0] * scores.shape[0], [0] * scores.shape[0]
+    for k in missing:
+        relabeled[k] = relabel_top_fraction(scores[k], label == 0, gamma, threshold,
+                                            None if ranking is None else ranking[k])
+        voxels[k] = int(relabeled[k].sum())
+        correct[k] = int((relabeled[k] & (full_label == k + 1)).sum())
+    return relabeled, voxels, correct
+
+
+def pseudo_labels_at(voxel_index: torch.Tensor, volumes: Sequence[Optional[torch.Tensor]],
+                     n_organs: int) -> torch.Tensor:
+    """(B, K, *patch) bool: SMILEr's pseudo-labels of each patch of a batch, looked up through ``voxel_index`` (B,
+    *patch; each voxel's flat index in its volume plus one, 0 for padding) in its case's (K, voxels) volume of
+    pseudo-labels; a case without any (None) gets none."""
+    out = []
+    for b, volume in enumerate(volumes):
+        if volume is None:
+            out.append(torch.zeros((n_organs, *voxel_index.shape[1:]), dtype=torch.bool, device=voxel_index.device))
+        else:
+            out.append(volume[:, (voxel_index[b] - 1).clamp_min(0)] & (voxel_index[b] > 0))
+    return torch.stack(out)
+
+
 def mc_dropout_scores(samples: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """From T MC-dropout sigmoid maps (T, ...) of the same input: the mean score and its variance over the passes
     per voxel, the model uncertainty of Gal & Ghahramani 2016 (the same shape, without T)."""

@@ -15,15 +15,12 @@ index in its volume), which the data pipeline crops, pads, flips and slices with
 precision is measured against the untouched label (the removed truth, known because removal is simulated);
 run_records() puts the rounds into the run folder as relabeling.json.
 
-method.relabel_criterion=mc_dropout ranks the predicted positives by uncertainty instead of score, the seed's own
-perspective (Petit et al. 2018): mc_samples passes over each volume with the backbone's dropout drawing masks (Gal &
-Ghahramani 2016), positives where the mean sigmoid > threshold, the γ_t least variable of them relabeled. The
-passes draw from a generator seeded by the run's seed and the round, apart from the training's.
+method.relabel_criterion=mc_dropout relabels the γ_t least variable positives over MC-dropout passes instead
+(docs/methods.md), drawn from a generator seeded by the run's seed and the round, apart from the training's.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -31,7 +28,8 @@ import torch
 
 from ssl_bench.config import AT_LEAST_ONE, BELOW_ONE, Range, need, run_seed
 from ssl_bench.data.stream import stream_seed
-from ssl_bench.losses.partial_label import mc_dropout_scores, relabel_record, relabel_top_fraction
+from ssl_bench.losses.partial_label import (mc_dropout_scores, pseudo_labels_at, relabel_missing_organs,
+                                             relabel_record, relabel_round_steps)
 from ssl_bench.methods.smile import Smile, SmileConfig
 from ssl_bench.nets.backbone import dropout_sampling
 from ssl_bench.registry import register_method
@@ -81,9 +79,8 @@ class Smiler(Smile):
         self.relabel_history: List[dict] = []
 
     def round_start_steps(self) -> List[int]:
-        m, total = self.cfg.method, self.cfg.trainer.max_steps
-        start = math.floor(total * m.smile_phase_fraction + 1e-9)  # the epsilon keeps 0.3 x 10 at 3, not 2
-        return [start + (total - start) * t // m.relabel_rounds for t in range(m.relabel_rounds)]
+        m = self.cfg.method
+        return relabel_round_steps(self.cfg.trainer.max_steps, m.smile_phase_fraction, m.relabel_rounds)
 
     def on_train_batch_start(self, batch, batch_idx):
         due = sum(step <= self.global_step for step in self.round_start_steps())
@@ -94,16 +91,9 @@ class Smiler(Smile):
         if not self.pseudo:
             return None
         index = labeled["voxel_index"][:, 0]
-        out = []
-        for b, case in enumerate(labeled["case_index"].tolist()):
-            volume = self.pseudo.get(int(case))
-            if volume is None:
-                out.append(torch.zeros((self.n_organs, *index.shape[1:]), dtype=torch.bool, device=index.device))
-                continue
-            if volume.device != index.device:  # restored from a checkpoint on the CPU: move once
-                volume = self.pseudo[int(case)] = volume.to(index.device)
-            out.append(volume[:, (index[b] - 1).clamp_min(0)] & (index[b] > 0))  # index 0: padding
-        return torch.stack(out)
+        if next(iter(self.pseudo.values())).device != index.device:  # restored from a checkpoint on the CPU: move once
+            self.pseudo = {case: volume.to(index.device) for case, volume in self.pseudo.items()}
+        return pseudo_labels_at(index, [self.pseudo.get(int(c)) for c in labeled["case_index"].tolist()], self.n_organs)
 
     @torch.no_grad()
     def relabel(self, round_t: int) -> dict:
@@ -114,13 +104,11 @@ class Smiler(Smile):
         pseudo, voxels, correct = {}, [0] * self.n_organs, [0] * self.n_organs
         for volume in self.trainer.datamodule.labeled_volumes_loader():
             scores, ranking = self.relabel_scores(volume["image"].to(self.device), round_t)
-            label, full = volume["label"][0, 0].to(self.device), volume["label_full"][0, 0].to(self.device)
-            relabeled = torch.zeros(scores.shape, dtype=torch.bool, device=self.device)
-            for k in (~volume["annotated"][0]).nonzero().flatten().tolist():
-                relabeled[k] = relabel_top_fraction(scores[k], label == 0, gamma, m.threshold,
-                                                    None if ranking is None else ranking[k])
-                voxels[k] += int(relabeled[k].sum())
-                correct[k] += int((relabeled[k] & (full == k + 1)).sum())
+            relabeled, case_voxels, case_correct = relabel_missing_organs(
+                scores, volume["label"][0, 0].to(self.device), volume["label_full"][0, 0].to(self.device),
+                (~volume["annotated"][0]).nonzero().flatten().tolist(), gamma, m.threshold, ranking)
+            voxels = [a + b for a, b in zip(voxels, case_voxels)]
+            correct = [a + b for a, b in zip(correct, case_correct)]
             pseudo[int(volume["case_index"][0])] = relabeled.flatten(1)
         self.net.train(was_training)
         self.pseudo, self.rounds_done = pseudo, round_t
