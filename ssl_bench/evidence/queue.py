@@ -112,20 +112,19 @@ def load_queue(path: Path, overrides: List[str], records_dirs: List[Path]) -> Qu
     cells: List[Cell] = []
     seen = set()
     skipped: List[str] = []
-    records = [Path(r) for r in records_dirs if Path(r).is_dir()] or [None]
+    records = [Path(r) for r in records_dirs if Path(r).is_dir()]
     for entry in spec.entries:
-        sweeps = [load_sweep(_sweep_path(entry, path), [*entry.overrides, *overrides], r, only=entry.only)
-                  for r in records]
-        if not sweeps[0].cells:
+        sweep = load_sweep(_sweep_path(entry, path), [*entry.overrides, *overrides], only=entry.only,
+                           also_recorded_in=records)
+        if not sweep.cells:
             continue
         try:  # the data the entry's cells read (generated data is generated here)
-            resolve_dataset(sweeps[0].cells[0].config())
+            resolve_dataset(sweep.cells[0].config())
         except ConfigError as err:
             skipped.append(f"{entry.sweep} {' '.join(entry.only)}".strip() + f": {first_line(err)}")
             continue
-        for k, cell in enumerate(sweeps[0].cells):
-            done = next((s.cells[k] for s in sweeps if s.cells[k].finished()), cell)
-            if done.run_dir not in seen:
-                seen.add(done.run_dir)
-                cells.append(done)
+        for cell in sweep.cells:
+            if cell.run_dir not in seen:
+                seen.add(cell.run_dir)
+                cells.append(cell)
     return Queue(spec, path, cells, skipped)

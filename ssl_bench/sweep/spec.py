@@ -197,10 +197,11 @@ class Sweep:
 
 
 def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: Optional[Path] = None,
-               force: bool = False, jobs: Optional[int] = None, only: Sequence[str] = (), states: bool = True) -> Sweep:
+               force: bool = False, jobs: Optional[int] = None, only: Sequence[str] = (), states: bool = True,
+               also_recorded_in: Sequence[Path] = ()) -> Sweep:
     """The validated sweep of ``path`` with its cells and their states; ``overrides`` are applied to every cell after
     the file's. With ``records_dir``, cells whose matching record is there count as finished (the module's
-    docstring). With ``force`` every cell is pending and starts over. ``jobs`` overrides ``local.jobs``. ``only``:
+    docstring); so do those with one in ``also_recorded_in`` (folders that are read, never written). With ``force`` every cell is pending and starts over. ``jobs`` overrides ``local.jobs``. ``only``:
     key=value terms that select cells (select_cells); a term whose key is no selection key is a config override.
     ``states=False`` leaves every cell pending without looking at its folder (for a list of the cells alone)."""
     path = Path(path)
@@ -226,7 +227,8 @@ def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: O
         return Sweep(spec, path, [replace(cell, force=True) for cell, _ in cells], records)
     if not states:
         return Sweep(spec, path, [cell for cell, _ in cells], records)
-    return Sweep(spec, path, [_with_state(cell, cfg, records) for cell, cfg in cells], records)
+    lookups = ([records] if records is not None else []) + [Path(r) for r in also_recorded_in]
+    return Sweep(spec, path, [_with_state(cell, cfg, lookups) for cell, cfg in cells], records)
 
 
 def select_cells(cells: List[Cell], terms: Sequence[str], source: Path, axes: Sequence[str] = ()) -> List[Cell]:
@@ -261,9 +263,9 @@ def describe_cells(sweep: Sweep) -> str:
                      for k, c in enumerate(sweep.cells, 1))
 
 
-def _with_state(cell: Cell, cfg: DictConfig, records_dir: Optional[Path]) -> Cell:
+def _with_state(cell: Cell, cfg: DictConfig, records_dirs: Sequence[Path]) -> Cell:
     """``cell`` with its state: finished when its run folder holds a finished run of its config, refused when the
-    folder holds a run of another config, recorded when ``records_dir`` holds a record of its config. A result that
+    folder holds a run of another config, recorded when one of ``records_dirs`` holds a record of its config. A result that
     does not parse, or a record of another config, is reported and does not count: its cell runs. ``cfg``: the
     cell's config."""
     cfg = get_method(cell.method).run_config(cfg)
@@ -274,16 +276,18 @@ def _with_state(cell: Cell, cfg: DictConfig, records_dir: Optional[Path]) -> Cel
         return replace(cell, status=REFUSED, note=str(err))
     except UnreadableResult as err:
         warn(f"{err}: its cell will run (evaluated again from its last checkpoint)")
-    if records_dir is None:
-        return cell
-    folder = records_dir / cell.relative_dir
-    if not (folder / METRICS_FILE).is_file():
-        return cell
-    problem = _record_problem(folder, cfg)
-    if problem:
-        warn(f"record {folder} {problem}: its cell will run")
-        return cell
-    return replace(cell, status=RECORDED, record=folder)
+    unusable = []
+    for records_dir in records_dirs:
+        folder = records_dir / cell.relative_dir
+        if not (folder / METRICS_FILE).is_file():
+            continue
+        problem = _record_problem(folder, cfg)
+        if not problem:
+            return replace(cell, status=RECORDED, record=folder)
+        unusable.append(f"record {folder} {problem}")
+    for line in unusable:
+        warn(f"{line}: its cell will run")
+    return cell
 
 
 def _record_problem(folder: Path, cfg) -> str:
