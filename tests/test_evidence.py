@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -227,3 +228,14 @@ def test_an_image_beyond_float16s_range_is_kept_as_float32():
     assert compact_image(values).dtype == np.float32 and np.array_equal(compact_image(values), values)
     assert compact_image(np.array([0.5, 1000.25], dtype=np.float32)).dtype == np.float16
     assert compact_image(np.array([-3.0, 300.0], dtype=np.float32)).dtype == np.int16  # integers: exact
+
+
+def test_cells_share_a_state_estimate_only_where_their_networks_can_be_alike(tmp_path, synthetic_cache):
+    queue = tmp_path / "q.yaml"
+    queue.write_text("entries:\n  - {sweep: smoke_queue}\n")
+    overrides = [f"data.cache_dir={synthetic_cache}", "logging.wandb=false"]
+    supervised, teacher = load_queue(queue, overrides, []).cells
+    wider = load_queue(queue, [*overrides, "model.channels=[8,16,32]"], []).cells[0]
+    draw1 = replace(supervised, draw=1, overrides=(*supervised.overrides, "data.draw=1", "trainer.seed=3"))
+    assert len({window.state_key(c) for c in (supervised, teacher, wider)}) == 3  # method and network matter
+    assert window.state_key(draw1) == window.state_key(supervised)  # the labeled cases and the seed do not

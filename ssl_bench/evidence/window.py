@@ -67,6 +67,16 @@ def estimated_state_bytes(cfg) -> int:
     return weights + OPTIMIZER_SLOTS[cfg.optim.name] * trained + CHECKPOINT_OVERHEAD_BYTES
 
 
+# Overrides that choose a cell's labeled cases, seed or folders: cells that differ only in them have states alike.
+SAME_STATE_KEYS = ("data.fraction=", "data.n_labeled=", "data.labeled_selection=", "data.draw=", "trainer.seed=",
+                   "run.", "logging.")
+
+
+def state_key(cell: Cell) -> tuple:
+    """What a cell's state size depends on: its method, dataset and the overrides that may change its networks."""
+    return (cell.method, cell.data, tuple(o for o in cell.overrides if not o.startswith(SAME_STATE_KEYS)))
+
+
 @dataclass
 class Running:
     cell: Cell
@@ -117,7 +127,7 @@ class Window:
             except subprocess.TimeoutExpired:
                 self.say(f"gpu-check stopped after {seconds:.0f} s: its table holds what it measured")
 
-    def run_cells(self, pending: List[Cell], estimates: Dict[str, int], pack: int, capacity: int) -> None:
+    def run_cells(self, pending: List[Cell], estimates: Dict[tuple, int], pack: int, capacity: int) -> None:
         environments = job_environments(pack)
         config = self.queue.config
         stop_at = self.budget_s - BUNDLE_RESERVE_S - config.stop_grace_s  # seconds from the start
@@ -139,7 +149,7 @@ class Window:
             while (pending and stopping_since is None and len(running) < pack
                    and stop_at - elapsed >= config.min_start_s):
                 cell = pending[0]
-                state = estimates[cell.method]
+                state = estimates[state_key(cell)]
                 if running and sum(r.state_bytes for r in running) + state > capacity:
                     break  # every running cell's state must fit the bundle: wait for one to end
                 pending.pop(0)
@@ -257,11 +267,12 @@ def main(argv=None) -> int:
         capacity = state_capacity(0)
         estimates = {}
         for cell in pending:
-            if cell.method not in estimates:
-                estimates[cell.method] = estimated_state_bytes(cell.config())
-            if estimates[cell.method] > capacity:
+            key = state_key(cell)
+            if key not in estimates:
+                estimates[key] = estimated_state_bytes(cell.config())
+            if estimates[key] > capacity:
                 raise ConfigError(f"{cell.describe()}: its resumable state is about "
-                                  f"{estimates[cell.method] / MiB:.0f} MiB, more than a bundle carries "
+                                  f"{estimates[key] / MiB:.0f} MiB, more than a bundle carries "
                                   f"({capacity / MiB:.0f} MiB): run it where it can finish (make sweep)")
         cuda = torch.cuda.is_available()
         pack = args.pack or queue.config.pack or (min(queue.config.max_pack, max(1, len(pending))) if cuda else 1)
