@@ -45,11 +45,17 @@ def test_hippocampus_sweep_is_every_semi_supervised_method_by_fraction_by_draw_p
 
 def test_la_sweep_is_the_issue_grid_with_extra_cells_by_number_of_labeled_cases():
     sweep = _shipped_sweep(SWEEPS / "la.yaml")
-    cells = {(c.method, c.n_labeled if c.n_labeled is not None else c.fraction, c.draw) for c in sweep.cells}
+    cells = {(c.method, c.n_labeled if c.n_labeled is not None else c.fraction, c.draw, c.settings)
+             for c in sweep.cells}
     methods = ["supervised", "mean_teacher", "ua_mt", "unimatch", "bcp", "cps"]
-    expected = {(m, n, d) for m in methods for n in (4, 8) for d in (0, 1)}
-    expected |= {(m, 16, d) for m in ("supervised", "ua_mt") for d in (0, 1)} | {("supervised", 1.0, d) for d in (0, 1)}
+    expected = {(m, n, d, ()) for m in methods for n in (4, 8) for d in (0, 1)}
+    expected |= {(m, 16, d, ()) for m in ("supervised", "ua_mt") for d in (0, 1)}
+    expected |= {("supervised", 1.0, d, ()) for d in (0, 1)}
+    # the noise floor's replicates: supervised again with another training seed at the methods' labeled amounts
+    expected |= {("supervised", n, d, (("trainer.seed", 100),)) for n in (4, 8) for d in (0, 1)}
     assert cells == expected and len(sweep.cells) == len(expected)
+    replicate = next(c for c in sweep.cells if c.settings).config()
+    assert (replicate.trainer.seed, replicate.run.tag) == (100, "seed100")
     assert {c.labeled_selection for c in sweep.cells} == {"first_then_draw"}
     cfg = next(c for c in sweep.cells if c.method == "ua_mt" and c.n_labeled == 16).config()
     assert (cfg.protocol, cfg.data.n_labeled, cfg.data.labeled_selection) == ("la_cpu", 16, "first_then_draw")
