@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from ssl_bench.config import LoggingConfig, RunConfig
-from ssl_bench.data.manifest import DATA_ROOT_ENV, ManifestError
+from ssl_bench.data.manifest import DATA_ROOT_ENV
+from ssl_bench.utils.errors import ExplainedError
 
 
 # The exit status of every command that stops on an error it explains (a config, data, checkpoint or report error, a
@@ -339,22 +340,12 @@ def _cmd_evidence(argv: List[str]) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ssl_bench.config import ConfigError
-    from ssl_bench.evidence.bundle import BundleError
-    from ssl_bench.data.download import DownloadError
-    from ssl_bench.data.verify import DataVerificationError
-    from ssl_bench.predict import PredictError
-    from ssl_bench.registry import UnknownMethodError
-    from ssl_bench.report import ReportError
-    from ssl_bench.run.resume import CheckpointError
-    from ssl_bench.run.run_lock import RunFolderBusy
     argv = sys.argv[1:] if argv is None else list(argv)
     evidence = argv[:1] == ["evidence"] and argv[1:2] and argv[1] in EVIDENCE_COMMANDS
     args = None if evidence else parse_with_overrides(build_parser(), argv)
     try:
         return _cmd_evidence(argv[1:]) if evidence else args.func(args)
-    except (ConfigError, ManifestError, DataVerificationError, UnknownMethodError, DownloadError, ReportError,
-            CheckpointError, PredictError, RunFolderBusy, BundleError) as err:
+    except ExplainedError as err:  # a config, data, checkpoint, report or bundle error, a run folder in use
         print(f"ssl-bench: error: {err}", file=sys.stderr)
         return ERROR_EXIT_CODE
 

@@ -21,13 +21,13 @@ from ssl_bench.data.manifest import DATA_ROOT_ENV
 from ssl_bench.data.splits import SELECTIONS
 from ssl_bench.registry import get_method
 from ssl_bench.utils.dicts import flatten_keys
-from ssl_bench.utils.errors import first_line
+from ssl_bench.utils.errors import ExplainedError, first_line
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 
 
-class ConfigError(ValueError):
+class ConfigError(ExplainedError, ValueError):
     """A configuration that cannot be used; the message names the key or file."""
 
 

@@ -25,11 +25,12 @@ from omegaconf import OmegaConf
 from ssl_bench.config import config_from_container, load_yaml
 from ssl_bench.data.datamodule import inference_transforms
 from ssl_bench.registry import get_method
+from ssl_bench.utils.errors import ExplainedError
 
 CHECKPOINTS = "checkpoints"
 
 
-class PredictError(ValueError):
+class PredictError(ExplainedError, ValueError):
     """A prediction that cannot be made; the message names the file and the problem."""
 
 

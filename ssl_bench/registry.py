@@ -7,11 +7,12 @@ import pkgutil
 from typing import Callable, Dict, List, Type
 
 import ssl_bench.methods
+from ssl_bench.utils.errors import ExplainedError
 
 _METHODS: Dict[str, type] = {}
 
 
-class UnknownMethodError(KeyError):
+class UnknownMethodError(ExplainedError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 _discovered = False

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 import shutil
 import urllib.error
 
@@ -92,3 +94,43 @@ def test_a_data_root_given_for_generated_data_is_an_error(command, tmp_path, syn
     err = capsys.readouterr().err
     assert f"data.root={tmp_path / 'mine'}: 'synthetic' is generated" in err and "data.cache_dir" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_command_line_parses_its_arguments_without_loading_torch():
+    # `ssl-bench --help` and a typo's usage error came after torch and MONAI loaded (seconds), because main()
+    # imported every module whose error it explains; it now catches ExplainedError, which those errors derive from.
+    probe = ("import sys\nfrom ssl_bench.cli import main\n"
+             "for argv in (['--help'], ['train', '--help'], ['no-such-command']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'monai', 'lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _error_classes():
+    from ssl_bench.config import ConfigError
+    from ssl_bench.data.manifest import ManifestError
+    from ssl_bench.data.verify import DataVerificationError, Problem
+    from ssl_bench.evidence.bundle import BundleError
+    from ssl_bench.predict import PredictError
+    from ssl_bench.registry import UnknownMethodError
+    from ssl_bench.report import ReportError
+    from ssl_bench.run.resume import CheckpointError
+    from ssl_bench.run.run_lock import RunFolderBusy
+    verification = DataVerificationError([Problem("case_1", "image.nii.gz", "NaN in the image")], "la")
+    return [ConfigError("bad key x"), ManifestError("bad manifest m.json"), verification, BundleError("bad part"),
+            PredictError("no checkpoint"), UnknownMethodError("unknown method 'mean_techer'"),
+            ReportError("nothing to report"), CheckpointError("unreadable last.ckpt"), RunFolderBusy("runs/x busy"),
+            DownloadError("offline")]
+
+
+@pytest.mark.parametrize("error", _error_classes(), ids=lambda e: type(e).__name__)
+def test_every_explained_error_is_printed_in_one_line_with_exit_status_2(error, monkeypatch, capsys):
+    from ssl_bench import cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_cmd_methods", fail)
+    assert main(["methods"]) == cli.ERROR_EXIT_CODE == 2
+    assert capsys.readouterr().err.startswith(f"ssl-bench: error: {error}")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ssl_bench.data.manifest import DATA_ROOT_ENV
+from ssl_bench.utils.errors import ExplainedError
 
 # ssl-bench dataset name -> MSD task folder; URLs and MD5s come from MONAI's DecathlonDataset.
 MSD_TASKS = {"hippocampus": "Task04_Hippocampus"}
 
 
-class DownloadError(RuntimeError):
+class DownloadError(ExplainedError, RuntimeError):
     pass
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ssl_bench.data.splits import patients_of
+from ssl_bench.utils.errors import ExplainedError
 from ssl_bench.utils.io import atomic_write_text
 
 DATA_ROOT_ENV = "SSL_BENCH_DATA_ROOT"
@@ -40,7 +41,7 @@ MAX_LISTED_PROBLEMS = 20
 SPACING_UNITS = ("mm", "voxel")
 
 
-class ManifestError(ValueError):
+class ManifestError(ExplainedError, ValueError):
     """A manifest that cannot be used; the message names the file and the problem."""
 
 

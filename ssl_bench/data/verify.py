@@ -18,6 +18,7 @@ import numpy as np
 from nibabel.openers import ImageOpener
 
 from ssl_bench.data.manifest import DATA_ROOT_ENV, Case, Manifest
+from ssl_bench.utils.errors import ExplainedError
 
 MAX_SPACING_MM = 100.0
 AFFINE_TOLERANCE = 1e-3  # in voxels: affines may differ by float rounding, not by a real shift
@@ -34,7 +35,7 @@ class Problem:
         return f"{self.file} (case {self.case_id}): {self.reason}" if self.case_id else f"{self.file}: {self.reason}"
 
 
-class DataVerificationError(ValueError):
+class DataVerificationError(ExplainedError, ValueError):
     def __init__(self, problems: List[Problem], dataset: str):
         self.problems = list(problems)
         self.dataset = dataset

@@ -27,6 +27,7 @@ from typing import Iterable, List, Sequence, Tuple
 from ssl_bench.run.callbacks import CHECKPOINTS
 from ssl_bench.records import METRICS_FILE
 from ssl_bench.run.stop_scores import read_scores
+from ssl_bench.utils.errors import ExplainedError
 from ssl_bench.utils.io import atomic_write_json
 
 MiB = 2**20
@@ -46,7 +47,7 @@ LEFT_OUT = (".lock", "wandb", "predictions")
 FORMAT = 1
 
 
-class BundleError(ValueError):
+class BundleError(ExplainedError, ValueError):
     """A bundle that breaks the limits or cannot be read; the message names the file."""
 
 

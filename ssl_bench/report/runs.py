@@ -30,11 +30,12 @@ from omegaconf import OmegaConf
 from ssl_bench.records import CONFIG_FILE, METRICS_FILE, PER_CASE_FILE, RECORDS_DIR, REPLICATE_SEPARATOR, keep_record
 from ssl_bench.records.provenance import Provenance, read_provenance
 from ssl_bench.utils.dicts import flatten_keys
+from ssl_bench.utils.errors import ExplainedError
 
 REFERENCE_METHOD = "supervised"
 
 
-class ReportError(ValueError):
+class ReportError(ExplainedError, ValueError):
     """Nothing to report, or a report that cannot be written; the message names the path."""
 
 

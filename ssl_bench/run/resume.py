@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from ssl_bench.utils.errors import ExplainedError
+
 LAST = "last.ckpt"
 NEWEST = "newest"
 UNREADABLE_SUFFIX = ".unreadable"
@@ -23,7 +25,7 @@ UNREADABLE_SUFFIX = ".unreadable"
 TRAINING_STATE_KEYS = ("state_dict", "global_step", "loops", "optimizer_states")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ExplainedError, ValueError):
     """A checkpoint a run cannot resume from; the message names the file and how to go on."""
 
 

@@ -26,12 +26,14 @@ import time
 from pathlib import Path
 from typing import Iterator, List
 
+from ssl_bench.utils.errors import ExplainedError
+
 LOCK_FILE = ".lock"
 # How long a refused run waits for the holder's name to appear in the lock file (it writes it right after locking).
 _HOLDER_WAIT_S = 1.0
 
 
-class RunFolderBusy(Exception):
+class RunFolderBusy(ExplainedError):
     """Another live process holds the run folder."""
 
 
