@@ -338,7 +338,7 @@ def test_dice_against_alpha_per_class_over_draws(partial_runs, tmp_path):
     text = paths["markdown"].read_text()
     assert "## toy: partial annotations (fraction 1)" in text
     reference = _run_mean(ALPHA_DICE["supervised", 0.0, 0])
-    assert f"| 0.7 | smile | 2 | {smile.dice.mean:.3f} ± {smile.dice.std:.3f} |" in text
+    assert f"| 0.7 | smile | 2 (2 × 1) | {smile.dice.mean:.3f} ± {smile.dice.std:.3f} | {min(draws):.3f} – {max(draws):.3f} |" in text
     # Versus the naive baseline at alpha 0: the difference of means, then the paired test over draw 0's cases.
     ours = [np.mean(ALPHA_DICE["smile", 0.7, 0][c]) for c in ("c1", "c2")]
     theirs = [np.mean(ALPHA_DICE["supervised", 0.0, 0][c]) for c in ("c1", "c2")]
@@ -349,6 +349,31 @@ def test_dice_against_alpha_per_class_over_draws(partial_runs, tmp_path):
     assert groups["supervised", 0.0].vs_full is None
     assert paths["alpha_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["plot"].is_file()  # the plain supervised run still has its Dice-vs-fraction plot
+
+
+def test_training_seeds_of_one_alpha_cell_are_one_distribution_paired_by_seed(tmp_path):
+    """smile_hippocampus's cells: one draw, training seeds 0-2 (folders <method>-alpha<a>-seed<s>). The seeds of a
+    (method, alpha) form one group, mean ± SD over them with their range, compared seed by seed with supervised at
+    alpha 0; before, each seed was a method line of its own with no spread."""
+    runs = tmp_path / "runs"
+    seeds = {0: (0.30, 0.20), 1: (0.80, 0.70), 2: (0.60, 0.50)}  # smile at alpha 0.7: the seed decides
+    for seed, (c1, c2) in seeds.items():
+        for method, alpha, cases in (("smile", 0.7, {"c1": (c1, c1), "c2": (c2, c2)}),
+                                     ("supervised", 0.0, {"c1": (0.9, 0.9), "c2": (0.8 + seed / 100, 0.8)})):
+            m = _write_fake_run(runs, method, 1.0, 0, cases, f"{method}-alpha{alpha}-seed{seed}", alpha)
+            _write_config(Path(m["run_dir"]), method, partial_alpha=alpha, seed=seed)
+    groups = {(g.method, g.alpha): g for g in summarize_alpha(load_runs(runs))}
+    assert set(groups) == {("supervised", 0.0), ("smile", 0.7)}
+    smile = groups["smile", 0.7]
+    means = [np.mean(seeds[s]) for s in (0, 1, 2)]
+    assert (smile.draws, smile.seeds, smile.dice.n) == (1, 3, 3)
+    assert (smile.dice.mean, smile.dice.std) == (pytest.approx(np.mean(means)), pytest.approx(np.std(means, ddof=1)))
+    assert smile.dice_range == (pytest.approx(min(means)), pytest.approx(max(means)))
+    assert smile.class_dice["a"].std == pytest.approx(np.std(means, ddof=1))  # each case has c1 or c2 in both classes
+    # Each seed is paired with the baseline of its own seed; the draw's runs are averaged case by case: 2 pairs.
+    assert smile.vs_full.n_pairs == 2
+    text = write_report(runs, tmp_path / "results")["markdown"].read_text()
+    assert f"| 0.7 | smile | 3 (1 × 3) | {smile.dice.mean:.3f} ± {smile.dice.std:.3f} |" in text
 
 
 def test_only_partial_runs_write_no_fraction_plot(partial_runs, tmp_path):

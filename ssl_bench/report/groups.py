@@ -353,19 +353,26 @@ def method_costs(groups: List[Group]) -> List[MethodCost]:
 
 @dataclass
 class AlphaGroup:
-    """A (dataset, fraction, method, alpha) of a partial-annotation sweep over its draws."""
+    """A (dataset, fraction, method, alpha) of a partial-annotation sweep over its runs: draws and training seeds.
+
+    SMILE's outcome at one alpha depends on the training seed as much as on the split (results/README.md,
+    "Partially annotated organs"), so a cell is a distribution: every run counts once, whatever its draw and seed,
+    and ``dice`` is the mean ± SD over runs with their range beside it."""
     dataset: str
     fraction: float
-    method: str  # the method folder without its alpha tag
+    method: str  # the method folder without its alpha and training-seed tags
     alpha: float
     classes: List[str]
-    dice: Estimate
-    class_dice: Dict[str, Estimate]
-    vs_full: Optional[PairedTest]  # against supervised at alpha 0 (every annotation), same fraction
+    draws: int
+    seeds: int  # training seeds per draw (the most of any draw)
+    dice: Estimate  # over runs
+    dice_range: Tuple[float, float]  # the lowest and highest run
+    class_dice: Dict[str, Estimate]  # over runs
+    vs_full: Optional[PairedTest]  # against supervised at alpha 0 (every annotation), same fraction, draw and seed
 
 
 def summarize_alpha(runs: List[Run]) -> List[AlphaGroup]:
-    """Partial-annotation runs grouped by (dataset, fraction, method without its alpha tag, alpha)."""
+    """Partial-annotation runs grouped by (dataset, fraction, method without its alpha and seed tags, alpha)."""
     by_key: Dict[Tuple[str, float, str, float], List[Run]] = {}
     for run in runs:
         line = alpha_line(run)
@@ -374,9 +381,12 @@ def summarize_alpha(runs: List[Run]) -> List[AlphaGroup]:
     groups = []
     for (dataset, fraction, line, alpha), members in sorted(by_key.items()):
         classes, full = members[0].metrics["classes"], by_key.get((dataset, fraction, REFERENCE_METHOD, 0.0))
-        groups.append(AlphaGroup(dataset, fraction, line, alpha, classes,
-                                 dice=per_draw(members, lambda r: r.result("last")["dice_mean"]),
-                                 class_dice={c: per_draw(members, lambda r, c=c: r.result("last")[f"dice_{c}"])
+        dice = [r.result("last")["dice_mean"] for r in members]
+        draws = {r.draw for r in members}
+        groups.append(AlphaGroup(dataset, fraction, line, alpha, classes, draws=len(draws),
+                                 seeds=max(len({r.seed for r in members if r.draw == d}) for d in draws),
+                                 dice=estimate(dice), dice_range=(min(dice), max(dice)),
+                                 class_dice={c: estimate(r.result("last")[f"dice_{c}"] for r in members)
                                              for c in classes},
                                  vs_full=paired_test(members, full) if full and full is not members else None))
     return groups

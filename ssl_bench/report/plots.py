@@ -241,7 +241,8 @@ def figure_cost_vs_dice(summary: Summary):
 
 def figure_dice_vs_alpha(groups: List[AlphaGroup]):
     """Per (dataset, fraction), panels of ALPHA_PANELS_PER_ROW: the mean over classes, then each class; a line per
-    method in its colour with error bars (std over draws); the naive baseline at alpha 0 dashed."""
+    method in its colour with error bars (SD over runs: draws and training seeds); the naive baseline at alpha 0
+    dashed."""
     plt = _pyplot()
     blocks = list(dict.fromkeys((g.dataset, g.fraction) for g in groups))
     n_panels = {b: 1 + len(next(g for g in groups if (g.dataset, g.fraction) == b).classes) for b in blocks}

@@ -256,9 +256,9 @@ def _partial_alpha(run: Run) -> float:
 
 
 def alpha_line(run: Run) -> Optional[str]:
-    """The method folder without its ``alpha<a>`` tag (a sweep axis on data.partial.alpha), e.g.
-    smile-alpha0.5 -> smile; None for a run that is not part of such a sweep."""
-    parts = run.method.split("-")
+    """The method folder without its ``alpha<a>`` tag (a sweep axis on data.partial.alpha) and without a training
+    seed's tag (Run.line), e.g. smile-alpha0.5-seed1 -> smile; None for a run that is not part of such a sweep."""
+    parts = run.line.split("-")
     kept = [p for p in parts if not (re.fullmatch(r"alpha[0-9.]+", p) and float(p[len("alpha"):]) == run.alpha)]
     return "-".join(kept) if len(kept) < len(parts) else None
 

@@ -405,15 +405,20 @@ def alpha_markdown(groups: List[AlphaGroup]) -> List[str]:
         versus_label = f"vs {REFERENCE_METHOD} at alpha 0"
         lines += ["", f"## {dataset}: partial annotations (fraction {fraction:g})", "",
                   "Each structure's annotation removed from alpha of the training cases (`data.partial.alpha`); "
-                  f"`{REFERENCE_METHOD}` is the naive baseline (a removed structure is background). \"{versus_label}\": "
-                  "difference of mean test Dice from the naive baseline with every annotation, then the median "
-                  "per-case difference and the paired Wilcoxon p-value against it.", "",
-                  *_header(["alpha", "method", "draws", "Dice", *(f"Dice {c}" for c in classes), versus_label])]
+                  f"`{REFERENCE_METHOD}` is the naive baseline (a removed structure is background). Dice: test Dice "
+                  "of the last checkpoint, mean ± SD over the runs (split draws × training seeds: at one alpha a "
+                  "method's outcome can depend on the seed), then the lowest and highest run. "
+                  f"\"{versus_label}\": difference of mean test Dice from the naive baseline with every annotation, "
+                  "then the median per-case difference and the paired Wilcoxon p-value against it (runs paired by "
+                  "draw and seed).", "",
+                  *_header(["alpha", "method", "runs (draws × seeds)", "Dice", "lowest – highest run",
+                            *(f"Dice {c}" for c in classes), versus_label])]
         for g in members:
             delta = f"{g.dice.mean - reference.dice.mean:+.3f}" if reference else "—"
             if g.vs_full:
                 delta += f" ({versus(g.vs_full)})"
-            lines.append(_row([f"{g.alpha:g}", g.method, str(g.dice.n), mean_std(g.dice),
+            lines.append(_row([f"{g.alpha:g}", g.method, f"{g.dice.n} ({g.draws} × {g.seeds})", mean_std(g.dice),
+                               f"{g.dice_range[0]:.3f} – {g.dice_range[1]:.3f}",
                                *(mean_std(g.class_dice[c]) for c in classes), delta]))
     return lines
 
