@@ -30,7 +30,7 @@ def test_jaccard_and_asd_beside_dice_and_hd95():
     target[5:7, 5:7, 5:7] = 2
     pred[5:7, 5:7, 5:7] = 2
     m = case_metrics(pred, target, num_classes=3, spacing=(1, 1, 1))
-    assert list(m) == ["dice", "jaccard", "hd95", "asd"]
+    assert list(m) == ["dice", "jaccard", "hd95", "asd", "confusion"]
     assert m["jaccard"] == pytest.approx([1 / 3, 1.0])
     assert m["asd"][1] == pytest.approx(0.0)
     # the prediction's surface voxels: half lie on the ground truth's surface (0), half one voxel beyond it (1)
@@ -41,6 +41,24 @@ def test_jaccard_and_asd_beside_dice_and_hd95():
     assert missed["jaccard"] == [0.0, 0.0] and missed["asd"] == pytest.approx([math.sqrt(3 * 64)] * 2)
     row = case_row("c", m, ["a", "b"])
     assert row["jaccard_mean"] == pytest.approx(2 / 3) and row["asd_mean"] == pytest.approx(0.25)
+
+
+def test_confusion_is_the_share_of_a_structure_given_to_another_structure():
+    """Two adjacent structures merged into one (SMILE's failure on hippocampus): class 1 keeps its voxels and takes
+    three quarters of class 2's; background errors are no confusion."""
+    target, pred = _vol(), _vol()
+    target[0:4, 0:4, 0:2] = 1            # 32 voxels
+    target[0:4, 0:4, 2:4] = 2            # 32 voxels beside them
+    pred[0:4, 0:4, 0:4] = 1              # both structures as class 1...
+    pred[0:1, 0:4, 2:4] = 2              # ...but for a quarter of class 2's voxels
+    pred[0:4, 0:4, 0:1] = 0              # half of class 1 missed into background: no confusion
+    m = case_metrics(pred, target, num_classes=3, spacing=(1, 1, 1))
+    assert m["confusion"] == pytest.approx([0.0, 0.75])
+    absent = target.clone()
+    absent[absent == 2] = 0              # class 2 absent from the ground truth: NaN, as Dice's rule
+    assert math.isnan(case_metrics(pred, absent, num_classes=3, spacing=(1, 1, 1))["confusion"][1])
+    # One foreground class (the left atrium) has nothing to confuse it with: no confusion column.
+    assert "confusion" not in case_metrics((pred > 0).long(), (target > 0).long(), 2, (1, 1, 1))
 
 
 def test_hd95_uses_spacing_in_mm():

@@ -362,6 +362,8 @@ def test_training_seeds_of_one_alpha_cell_are_one_distribution_paired_by_seed(tm
                                      ("supervised", 0.0, {"c1": (0.9, 0.9), "c2": (0.8 + seed / 100, 0.8)})):
             m = _write_fake_run(runs, method, 1.0, 0, cases, f"{method}-alpha{alpha}-seed{seed}", alpha)
             _write_config(Path(m["run_dir"]), method, partial_alpha=alpha, seed=seed)
+            m["results"]["last"][PRIMARY[method]]["confusion_mean"] = 0.1 * seed  # where the structures merged
+            (Path(m["run_dir"]) / "metrics.json").write_text(json.dumps(m))
     groups = {(g.method, g.alpha): g for g in summarize_alpha(load_runs(runs))}
     assert set(groups) == {("supervised", 0.0), ("smile", 0.7)}
     smile = groups["smile", 0.7]
@@ -374,6 +376,8 @@ def test_training_seeds_of_one_alpha_cell_are_one_distribution_paired_by_seed(tm
     assert smile.vs_full.n_pairs == 2
     text = write_report(runs, tmp_path / "results")["markdown"].read_text()
     assert f"| 0.7 | smile | 3 (1 × 3) | {smile.dice.mean:.3f} ± {smile.dice.std:.3f} |" in text
+    assert (smile.confusion.n, smile.confusion.mean) == (3, pytest.approx(0.1))
+    assert "| confusion |" in text and f"| {smile.confusion.mean:.3f} ± {smile.confusion.std:.3f} |" in text
 
 
 def test_only_partial_runs_write_no_fraction_plot(partial_runs, tmp_path):

@@ -68,6 +68,7 @@ def test_supervised_end_to_end_then_skip_then_force(tmp_path, synthetic_cache, c
     assert len(rows) == 3 * len(manifest.test)            # last, best and test_best, every test case once
     assert {r["case_id"] for r in rows} == set(manifest.test)
     assert {"dice_organ1", "hd95_organ3", "dice_mean", "checkpoint", "model"} <= set(rows[0])
+    assert {"confusion_organ1", "confusion_mean"} <= set(rows[0]) and "confusion_mean" in primary  # 3 organs
     last_mean = np.nanmean([float(r["dice_mean"]) for r in rows if r["checkpoint"] == "last"])
     assert last_mean == pytest.approx(primary["dice_mean"])
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()

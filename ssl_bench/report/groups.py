@@ -368,6 +368,8 @@ class AlphaGroup:
     dice: Estimate  # over runs
     dice_range: Tuple[float, float]  # the lowest and highest run
     class_dice: Dict[str, Estimate]  # over runs
+    # over the runs that scored it: the share of a structure's voxels predicted as another structure (the merge)
+    confusion: Optional[Estimate]
     vs_full: Optional[PairedTest]  # against supervised at alpha 0 (every annotation), same fraction, draw and seed
 
 
@@ -388,8 +390,15 @@ def summarize_alpha(runs: List[Run]) -> List[AlphaGroup]:
                                  dice=estimate(dice), dice_range=(min(dice), max(dice)),
                                  class_dice={c: estimate(r.result("last")[f"dice_{c}"] for r in members)
                                              for c in classes},
+                                 confusion=_over_runs_where_scored(members, "confusion_mean"),
                                  vs_full=paired_test(members, full) if full and full is not members else None))
     return groups
+
+
+def _over_runs_where_scored(runs: List[Run], metric: str) -> Optional[Estimate]:
+    """The estimate over runs of the last checkpoint's ``metric``, over the runs whose results have it."""
+    scored = [r.result("last")[metric] for r in runs if metric in r.result("last")]
+    return estimate(scored) if scored else None
 
 
 def alpha_reference(groups: List[AlphaGroup], dataset: str, fraction: float) -> Optional[AlphaGroup]:

@@ -19,7 +19,7 @@ from ssl_bench.report.runs import REFERENCE_METHOD, Run
 from ssl_bench.report.stats import (ALPHA, CONFIDENCE, POWER, Estimate, PairedTest, detection_multiplier,
                                     minimum_detectable_effect)
 from ssl_bench.report.summary import Summary
-from ssl_bench.run.evaluation import TEST_METRICS
+from ssl_bench.run.evaluation import STRUCTURE_METRICS, TEST_METRICS
 
 # Marks of a comparison in the tables (explained under each table that uses them).
 CROSS_HARDWARE = "†"
@@ -30,8 +30,9 @@ WITHIN_NOISE = "°"
 # ----------------------------------------------------------------------------------------------- summary.csv
 
 def _metric_keys(classes: List[str], result: dict) -> List[str]:
-    """The summary.csv keys of a result: Dice and HD95, and Jaccard and ASD where it was scored with them."""
-    metrics = [m for m in TEST_METRICS if m in ("dice", "hd95") or f"{m}_mean" in result]
+    """The summary.csv keys of a result: Dice and HD95, and Jaccard, ASD and confusion where it was scored with
+    them."""
+    metrics = [m for m in TEST_METRICS + STRUCTURE_METRICS if m in ("dice", "hd95") or f"{m}_mean" in result]
     return [f"{metric}_{name}" for metric in metrics for name in [*classes, "mean"]]
 
 
@@ -403,6 +404,7 @@ def alpha_markdown(groups: List[AlphaGroup]) -> List[str]:
                          key=lambda g: (g.alpha, g.method != REFERENCE_METHOD, g.method))
         classes, reference = members[0].classes, alpha_reference(groups, dataset, fraction)
         versus_label = f"vs {REFERENCE_METHOD} at alpha 0"
+        confused = any(g.confusion for g in members)
         lines += ["", f"## {dataset}: partial annotations (fraction {fraction:g})", "",
                   "Each structure's annotation removed from alpha of the training cases (`data.partial.alpha`); "
                   f"`{REFERENCE_METHOD}` is the naive baseline (a removed structure is background). Dice: test Dice "
@@ -410,16 +412,19 @@ def alpha_markdown(groups: List[AlphaGroup]) -> List[str]:
                   "method's outcome can depend on the seed), then the lowest and highest run. "
                   f"\"{versus_label}\": difference of mean test Dice from the naive baseline with every annotation, "
                   "then the median per-case difference and the paired Wilcoxon p-value against it (runs paired by "
-                  "draw and seed).", "",
+                  "draw and seed)." + (" Confusion: the share of a structure's voxels predicted as another "
+                                       "structure, mean over structures (two structures merged into one)."
+                                       if confused else ""), "",
                   *_header(["alpha", "method", "runs (draws × seeds)", "Dice", "lowest – highest run",
-                            *(f"Dice {c}" for c in classes), versus_label])]
+                            *(f"Dice {c}" for c in classes), *(["confusion"] if confused else []), versus_label])]
         for g in members:
             delta = f"{g.dice.mean - reference.dice.mean:+.3f}" if reference else "—"
             if g.vs_full:
                 delta += f" ({versus(g.vs_full)})"
             lines.append(_row([f"{g.alpha:g}", g.method, f"{g.dice.n} ({g.draws} × {g.seeds})", mean_std(g.dice),
                                f"{g.dice_range[0]:.3f} – {g.dice_range[1]:.3f}",
-                               *(mean_std(g.class_dice[c]) for c in classes), delta]))
+                               *(mean_std(g.class_dice[c]) for c in classes),
+                               *([mean_std(g.confusion)] if confused else []), delta]))
     return lines
 
 

@@ -8,6 +8,10 @@ protocol"; nnU-Net): the four numbers the left-atrium papers report (UA-MT's tes
   compute_average_surface_distance, not symmetric, as medpy's asd that the papers call). Both empty: NaN. Exactly
   one empty: the distance is undefined, so the worst possible value, the image diagonal in mm, is used (as the
   BraTS evaluation does), rather than silently dropping a miss.
+- Confusion, where there are several foreground classes: the share of a class's ground-truth voxels that the
+  prediction gives to another foreground class (NaN where the class is absent from the ground truth). Adjacent
+  structures trained from partial annotations can merge into one (SMILE's two sigmoid channels on hippocampus,
+  results/README.md, "Partially annotated organs"): Dice drops for any error, confusion only for that one.
 """
 
 from __future__ import annotations
@@ -21,19 +25,26 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
 from monai.networks.utils import one_hot
 
-# What validation scores (model selection) and what a test scores, each one value per foreground class.
+# What validation scores (model selection) and what a test scores, each one value per foreground class; a test of
+# several foreground classes scores their confusion too (test_metrics).
 VALIDATION_METRICS = ("dice",)
 TEST_METRICS = ("dice", "jaccard", "hd95", "asd")
+STRUCTURE_METRICS = ("confusion",)
+
+
+def test_metrics(n_foreground: int) -> tuple:
+    """The metrics a test scores with ``n_foreground`` foreground classes, in case_metrics' order."""
+    return TEST_METRICS + (STRUCTURE_METRICS if n_foreground > 1 else ())
 
 
 def case_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int, spacing: Sequence[float],
                  percentile: float = 95.0, with_hd: bool = True) -> Dict[str, List[float]]:
-    """TEST_METRICS for each foreground class of one case.
+    """test_metrics(num_classes - 1) for each foreground class of one case.
 
     ``pred`` and ``target`` are integer label maps of the same spatial shape (no channel axis).
-    Returns ``{"dice": [...], "jaccard": [...], "hd95": [...], "asd": [...]}`` with one value per foreground class
-    (1..num_classes-1); without ``with_hd`` (validation, where only Dice selects the checkpoint) just
-    ``{"dice": [...]}``.
+    Returns ``{"dice": [...], "jaccard": [...], "hd95": [...], "asd": [...]}`` (and ``"confusion"`` with several
+    foreground classes) with one value per foreground class (1..num_classes-1); without ``with_hd`` (validation,
+    where only Dice selects the checkpoint) just ``{"dice": [...]}``.
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(target.shape)}")
@@ -65,7 +76,22 @@ def case_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int, spa
     def distance(d: torch.Tensor) -> List[float]:
         d = torch.where(both_present, d.float(), torch.full_like(d.float(), diagonal))
         return torch.where(both_empty, torch.full_like(d, nan), d).tolist()
-    return {"dice": dice.tolist(), "jaccard": jaccard.tolist(), "hd95": distance(hd), "asd": distance(asd)}
+    out = {"dice": dice.tolist(), "jaccard": jaccard.tolist(), "hd95": distance(hd), "asd": distance(asd)}
+    if num_classes > 2:
+        out["confusion"] = confusion(pred, target, num_classes)
+    return out
+
+
+def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> List[float]:
+    """Per foreground class, the share of its ground-truth voxels predicted as another foreground class; NaN where
+    the class is absent from the ground truth."""
+    other_foreground = pred > 0
+    shares = []
+    for k in range(1, num_classes):
+        truth = target == k
+        n = int(truth.sum())
+        shares.append(float((truth & other_foreground & (pred != k)).sum()) / n if n else float("nan"))
+    return shares
 
 
 def window_overlap(roi: Sequence[int], stride: Sequence[int]) -> List[float]:
@@ -83,14 +109,14 @@ def nanmean(values) -> float:
 
 
 def summarize(rows: List[dict], class_names: Sequence[str]) -> Dict[str, float]:
-    """Mean over cases of the per-case values (each row has dice_<class>, hd95_<class>, *_mean, and jaccard / asd
-    where it was scored with them).
+    """Mean over cases of the per-case values (each row has dice_<class>, hd95_<class>, *_mean, and jaccard / asd /
+    confusion where it was scored with them).
 
     Per class: nanmean over cases. ``dice_mean``/``hd95_mean``: per case the nanmean over classes,
     then the nanmean over cases, as docs/methods.md ("The protocol") says.
     """
     out = {"n_cases": len(rows)}
-    for metric in (m for m in TEST_METRICS if rows and f"{m}_mean" in rows[0]):
+    for metric in (m for m in test_metrics(len(class_names)) if rows and f"{m}_mean" in rows[0]):
         for name in class_names:
             out[f"{metric}_{name}"] = nanmean(r[f"{metric}_{name}"] for r in rows)
         out[f"{metric}_mean"] = nanmean(r[f"{metric}_mean"] for r in rows)
