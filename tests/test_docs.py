@@ -1,6 +1,7 @@
 """The README and the results document speak about the benchmark and its results, and what they cite exists."""
 
 import functools
+import json
 import re
 
 import pytest
@@ -97,3 +98,33 @@ def test_the_code_cites_the_method_reference_and_sections_it_has():
     assert len(cited) > 10
     sections = _reference_sections()
     assert [c for c in cited if c[1] not in sections] == []
+
+
+LA_RECORDS = RECORDS / "la_half-la_cpu"
+# A row of the README's Left Atrium table: ours, a method and a draw, then Dice (%) at 4, 8 and 16 labeled and all.
+LA_ROW = re.compile(r"^\| ours: `(?P<method>[a-z_]+)`, draw (?P<draw>\d) \|(?P<cells>[^|]*\|[^|]*\|[^|]*\|[^|]*)\|",
+                    re.MULTILINE)
+LA_COLUMNS = ["labeled4", "labeled8", "labeled16", "frac1.0"]
+
+
+def _la_dice(method: str, column: str, draw: str):
+    """Test Dice (%, last checkpoint) of a recorded la_cpu cell at the sweep's default training seed, or None."""
+    metrics = LA_RECORDS / method / f"{column}-first_then_draw" / f"draw{draw}" / "metrics.json"
+    return round(100 * json.loads(metrics.read_text())["primary"]["dice_mean"], 1) if metrics.exists() else None
+
+
+def test_the_left_atrium_table_is_the_records():
+    """Each of our Left Atrium rows gives every recorded cell of its method and draw, as recorded, and every recorded
+    method and draw has its row: the table cannot fall behind the records."""
+    section = (PROJECT_ROOT / "README.md").read_text().split("## Left Atrium as the papers use it")[1].split("\n## ")[0]
+    rows = {(row["method"], row["draw"]): [cell.strip() for cell in row["cells"].split("|")]
+            for row in LA_ROW.finditer(section)}
+    recorded = {(path.parent.parent.parent.name, path.parent.name.removeprefix("draw"))
+                for path in LA_RECORDS.glob("*/*-first_then_draw/draw*/metrics.json")
+                if "-" not in path.parent.parent.parent.name}  # not a tagged variant (supervised-seed100)
+    assert recorded and recorded <= set(rows)
+    for (method, draw), cells in rows.items():
+        for column, cell in zip(LA_COLUMNS, cells):
+            expected = _la_dice(method, column, draw)
+            shown = None if cell == "—" else float(cell.split()[0])
+            assert shown == expected, (method, draw, column)
