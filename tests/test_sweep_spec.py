@@ -130,12 +130,25 @@ def test_an_extra_cell_with_settings_is_a_tagged_variant_crossed_with_every_draw
 def test_the_partial_annotation_sweeps_cross_methods_alphas_and_training_seeds_on_one_draw(name, alphas):
     sweep = _shipped_sweep(SWEEPS / f"{name}.yaml")
     variants = ["supervised", "smile", "smiler", "marginal", "smiler-relabel_criterionmc_dropout"]
-    expected = {(f"{v}-alpha{a}-seed{s}", a, s) for v in variants for a in alphas for s in (0, 1, 2)}
+    # smiler at alpha 0 repeats smile (nothing to relabel): skip_cells leaves both smiler variants out there
+    expected = {(f"{v}-alpha{a}-seed{s}", a, s) for v in variants for a in alphas for s in (0, 1, 2)
+                if not (v.startswith("smiler") and a == 0.0)}
     # (every cell's config is resolved by test_every_shipped_sweep_loads_and_each_cell_config_resolves)
     cells = [(c.run_dir.parts[-3], dict(c.axis_values)["data.partial.alpha"], dict(c.axis_values)["trainer.seed"])
              for c in sweep.cells]
     assert len(cells) == len(expected) and set(cells) == expected
     assert {(c.fraction, c.draw) for c in sweep.cells} == {(1.0, 0)}  # every case labeled, the split (and flags) fixed
+
+
+def test_skip_cells_leave_out_the_cells_that_match_all_their_keys(tmp_path):
+    path = write_sweep(tmp_path / "skip.yaml", methods=["supervised", "mean_teacher"], draws=[0, 1],
+                       axes={"optim.lr": [0.1, 0.2]}, skip_cells=[{"method": "mean_teacher", "optim.lr": 0.1}],
+                       extra_cells=[{"method": "mean_teacher", "fraction": 1.0}])
+    cells = {(c.method, c.fraction, c.draw, dict(c.axis_values)["optim.lr"])
+             for c in load_sweep(path, states=False).cells}
+    expected = {(m, 0.5, d, lr) for m in ("supervised", "mean_teacher") for d in (0, 1) for lr in (0.1, 0.2)}
+    expected |= {("mean_teacher", 1.0, d, lr) for d in (0, 1) for lr in (0.1, 0.2)}  # the extra cells as well
+    assert cells == {c for c in expected if not (c[0] == "mean_teacher" and c[3] == 0.1)}
 
 
 @pytest.mark.parametrize("spec, key, message", [
@@ -155,6 +168,10 @@ def test_the_partial_annotation_sweeps_cross_methods_alphas_and_training_seeds_o
      "extra_cells[0].settings", "is set by the grid"),
     ({"extra_cells": [{"method": "supervised", "fraction": 1.0, "settings": {"method.gamma_max": 0.5}}]},
      "method.gamma_max", "not in 'MethodConfig'"),
+    ({"skip_cells": [{"methd": "supervised"}]}, "skip_cells[0]", "must give some of method"),
+    ({"skip_cells": [{"method": "smile"}]}, "skip_cells[0].method", "'smile' is none of the sweep's methods"),
+    ({"axes": {"optim.lr": [0.1]}, "skip_cells": [{"optim.lr": 0.2}]}, "skip_cells[0].optim.lr",
+     "0.2 is none of the axis's values [0.1]"),
 ])
 def test_invalid_sweep_files_name_the_file_and_key(tmp_path, spec, key, message):
     path = write_sweep(tmp_path / "bad.yaml", **spec)

@@ -15,6 +15,8 @@ A sweep file (``experiments/sweeps/<name>.yaml``) is validated against ``SweepCo
       - {method: smiler, fraction: 1.0, settings: {method.relabel_criterion: mc_dropout}}  # a method's variant
     axes:                                # extra axes crossed with everything: dotted config key -> values
       optim.lr: [0.001, 0.002]           # e.g. trainer.seed: [100, 101] for training-seed replicates
+    skip_cells:                          # cells that would repeat another: a method and axis values they all match
+      - {method: smiler, data.partial.alpha: 0.0}   # smiler at alpha 0 is smile (nothing to relabel)
     overrides: [trainer.max_steps=500]   # config overrides applied to every cell
     launcher: local                      # local | slurm
     local: {jobs: 1}                     # cells at once on this machine (its CPU threads and GPUs split between them)
@@ -116,6 +118,8 @@ class SweepConfig:
     draws: List[int] = field(default_factory=lambda: [0])
     extra_cells: List[ExtraCell] = field(default_factory=list)
     axes: Dict[str, Any] = field(default_factory=dict)
+    # Each entry: "method" and/or axis keys with one value; the cells (grid or extra) matching all of them do not run.
+    skip_cells: List[Dict[str, Any]] = field(default_factory=list)
     overrides: List[str] = field(default_factory=list)
     launcher: str = "local"
     local: LocalConfig = field(default_factory=LocalConfig)
@@ -340,6 +344,15 @@ def _validate(spec: SweepConfig, path: Path) -> None:
         need(key not in CELL_KEYS, f"axes.{key}", "is set by the grid: use fractions / n_labeled / draws")
     short_names = [key.rsplit(".", 1)[-1] for key in spec.axes]
     need(len(set(short_names)) == len(short_names), "axes", "two keys end in the same name; run tags would clash")
+    for i, skip in enumerate(spec.skip_cells):
+        need(bool(skip) and set(skip) <= {"method", *spec.axes}, f"skip_cells[{i}]",
+             f"must give some of method, {', '.join(spec.axes) or '(no axes)'}, got {', '.join(skip) or 'nothing'}")
+        swept = set(_methods(spec)) | {c.method for c in spec.extra_cells}
+        need(skip.get("method", next(iter(swept))) in swept, f"skip_cells[{i}].method",
+             f"'{skip.get('method')}' is none of the sweep's methods ({', '.join(sorted(swept))})")
+        for key, value in skip.items():
+            need(key == "method" or value in spec.axes[key], f"skip_cells[{i}].{key}",
+                 f"{value!r} is none of the axis's values {spec.axes.get(key)}")
     for override in spec.overrides:
         need(override.split("=", 1)[0] not in CELL_KEYS + tuple(spec.axes), "overrides",
              f"'{override}' sets a key the grid sets for each cell")
@@ -366,9 +379,17 @@ def _expand(spec: SweepConfig, path: Path) -> List[Tuple[Cell, DictConfig]]:
     for draw, axis_combo in product(spec.draws, product(*spec.axes.values())):
         axis_values = tuple(zip(axis_keys, axis_combo))
         for amount, method, selection, settings in quads:
+            if any(_matches(skip, method, axis_values) for skip in spec.skip_cells):
+                continue
             cell, cfg = _cell(spec, path, method, amount, draw, axis_values, selection, settings)
             cells.setdefault(cell.run_dir, (cell, cfg))  # an extra cell that is also in the grid runs once
     return list(cells.values())
+
+
+def _matches(skip: Dict[str, Any], method: str, axis_values: Tuple[Tuple[str, Any], ...]) -> bool:
+    """Whether a cell of ``method`` at ``axis_values`` is one that the skip_cells entry ``skip`` leaves out."""
+    values = {"method": method, **dict(axis_values)}
+    return all(values[key] == value for key, value in skip.items())
 
 
 def _cell(spec: SweepConfig, path: Path, method: str, amount: Tuple[str, Any], draw: int,
