@@ -25,7 +25,7 @@ from ssl_bench.evidence import window
 from ssl_bench.evidence.bundle import (MANIFEST, RECORDS, STATE_PREFIX, BundleError, check_bundle, read_manifest,
                                        unpack_bundle, write_bundle)
 from ssl_bench.evidence.land import land
-from ssl_bench.evidence.queue import load_queue
+from ssl_bench.evidence.queue import QUEUES_DIR, load_queue, read_queue_config
 
 CELL = "synthetic/supervised/frac0.5/draw0"
 STEPS = 1000
@@ -239,3 +239,14 @@ def test_cells_share_a_state_estimate_only_where_their_networks_can_be_alike(tmp
     draw1 = replace(supervised, draw=1, overrides=(*supervised.overrides, "data.draw=1", "trainer.seed=3"))
     assert len({window.state_key(c) for c in (supervised, teacher, wider)}) == 3  # method and network matter
     assert window.state_key(draw1) == window.state_key(supervised)  # the labeled cases and the seed do not
+
+
+def test_the_default_queue_starts_with_the_left_atrium_cpu_cells_a_cpu_cannot_finish():
+    """ua_mt and unimatch cells of the la sweep take 2.5-4 hours each on one CPU thread (README, "Cost on this
+    machine"), longer than a CPU sitting: the GPU windows run them first, draw by draw, before la_gpu."""
+    entries = read_queue_config(QUEUES_DIR / "default.yaml").entries
+    assert [(e.sweep, e.only) for e in entries[:3]] == [
+        ("la", ["method=ua_mt", "method=unimatch", "draw=0"]), ("la", ["method=ua_mt", "method=unimatch", "draw=1"]),
+        ("la_gpu", ["draw=0"])]
+    for entry in entries:  # every entry names a shipped sweep
+        assert (PROJECT_ROOT / "experiments" / "sweeps" / f"{entry.sweep}.yaml").is_file()
