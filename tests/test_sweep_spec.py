@@ -53,9 +53,15 @@ def test_la_sweep_is_the_issue_grid_with_extra_cells_by_number_of_labeled_cases(
     expected |= {("supervised", 1.0, d, ()) for d in (0, 1)}
     # the noise floor's replicates: supervised again with another training seed at the methods' labeled amounts
     expected |= {("supervised", n, d, (("trainer.seed", 100),)) for n in (4, 8) for d in (0, 1)}
+    # the controls of cps (two networks without cross pseudo-labels) and bcp (its labeled stage throughout)
+    expected |= {(m, n, d, (setting,)) for m, setting in (("cps", ("method.lambda_max", 0.0)),
+                                                          ("bcp", ("method.unlabeled_stage", False)))
+                 for n in (4, 8) for d in (0, 1)}
     assert cells == expected and len(sweep.cells) == len(expected)
     replicate = next(c for c in sweep.cells if c.settings).config()
     assert (replicate.trainer.seed, replicate.run.tag) == (100, "seed100")
+    folders = {c.run_dir.parts[-3] for c in sweep.cells}  # the controls' folders, as the hippocampus records name them
+    assert {"supervised-seed100", "cps-lambda_max0.0", "bcp-unlabeled_stageFalse"} <= folders
     assert {c.labeled_selection for c in sweep.cells} == {"first_then_draw"}
     cfg = next(c for c in sweep.cells if c.method == "ua_mt" and c.n_labeled == 16).config()
     assert (cfg.protocol, cfg.data.n_labeled, cfg.data.labeled_selection) == ("la_cpu", 16, "first_then_draw")
