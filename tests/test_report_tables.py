@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy.stats import wilcoxon
 
 from report_fakes import DICE, H200, TEST_BEST_OFFSET, write_fake_run, write_runs_with_a_variant
 from ssl_bench.report import read_runs, summarize_groups
@@ -101,3 +102,21 @@ def test_jaccard_and_asd_columns_where_the_records_have_them(tmp_path):
     plain = tmp_path / "plain"
     write_fake_run(plain, "supervised", 0.5, 0, DICE["supervised", 0.5, 0])
     assert "Jaccard" not in markdown(summarize(read_runs(plain)))
+
+
+def test_each_method_is_paired_with_its_own_variants_run_by_run(runs_with_a_variant):
+    """mean_teacher against mean_teacher-lambda_max1.0 (a control or ablation), by draw and case: what the method's
+    own setting changes, apart from the comparison of each with supervised."""
+    summary = summarize(read_runs(runs_with_a_variant))
+    (comparison,) = summary.variants
+    assert (comparison.method.method, comparison.variant.method) == ("mean_teacher", "mean_teacher-lambda_max1.0")
+    assert [(p.draw, p.run.method, p.reference.method) for p in comparison.pairs] == [
+        (d, "mean_teacher", "mean_teacher-lambda_max1.0") for d in (0, 1)]
+    ours = [np.nanmean(DICE["mean_teacher", 0.5, d][c]) for d in (0, 1) for c in ("c1", "c2", "c3")]
+    theirs = [np.nanmean(DICE["supervised", 0.5, d][c]) for d in (0, 1) for c in ("c1", "c2", "c3")]  # its Dice
+    assert comparison.test.n_pairs == 6 and comparison.test.p_value == pytest.approx(wilcoxon(ours, theirs).pvalue)
+    assert comparison.difference.mean == pytest.approx(np.mean(ours) - np.mean(theirs))
+    table = _table(markdown(summary), "Methods against their controls and ablations")
+    assert (f"| mean_teacher | mean_teacher-lambda_max1.0 | 0.5 | 2 | {comparison.method.dice.mean:.3f} ± "
+            f"{comparison.method.dice.std:.3f} | {comparison.variant.dice.mean:.3f} ± "
+            f"{comparison.variant.dice.std:.3f} | {comparison.difference.mean:+.3f} |") in table

@@ -294,6 +294,34 @@ def summarize_groups(runs: List[Run]) -> List[Group]:
     return sorted(groups, key=lambda g: (g.dataset, g.fraction, g.method))
 
 
+@dataclass
+class VariantComparison:
+    """A method against one of its tagged variants at one fraction (a control such as cps-lambda_max0.0, an
+    ablation such as ua_mt-dropout0.0), run by run: what the method's own mechanism adds over the variant, where
+    the comparison with supervised mixes it with what the variant alone gains."""
+    method: Group
+    variant: Group
+    test: Optional[PairedTest]  # pooled over the run pairs, as paired_test
+    pairs: List[RunPair]  # each method run with the variant run of the same draw and seed
+
+    @property
+    def difference(self) -> Estimate:
+        """The method's mean Dice minus the variant's over draws, each draw the mean over its run pairs."""
+        return difference_over_draws(self.pairs)
+
+
+def variant_comparisons(groups: List[Group]) -> List[VariantComparison]:
+    """Each tagged variant against its method's groups of the same dataset and fraction, where their runs pair."""
+    plain = {(g.dataset, g.method, g.fraction): g for g in groups if not g.is_variant}
+    out = []
+    for variant in (g for g in groups if g.is_variant):
+        method = plain.get((variant.dataset, variant.base_method, variant.fraction))
+        pairs = run_pairs(method.runs, variant.runs) if method else []
+        if pairs:
+            out.append(VariantComparison(method, variant, paired_test(method.runs, variant.runs), pairs))
+    return out
+
+
 def fraction_groups(groups: List[Group], runs: List[Run]) -> List[Group]:
     """The groups of a labeled-fraction comparison: partial-annotation variants (compared against alpha) aside."""
     alpha_variants = {r.line for r in runs if alpha_line(r) is not None}

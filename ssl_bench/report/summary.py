@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from ssl_bench.report.coverage import SweepCoverage, sweep_coverage
-from ssl_bench.report.groups import (AlphaGroup, Group, MethodCost, fraction_groups, method_costs, summarize_alpha,
-                                     summarize_groups)
+from ssl_bench.report.groups import (AlphaGroup, Group, MethodCost, VariantComparison, fraction_groups, method_costs,
+                                     summarize_alpha, summarize_groups, variant_comparisons)
 from ssl_bench.report.noise_floor import NoiseFloor, ReplicateSet, noise_floor, summarize_replicates
 from ssl_bench.report.numeric_settings import SettingComparison, compare_settings
 from ssl_bench.report.runs import LoadedRuns, Run
@@ -25,6 +25,7 @@ class Summary:
     costs: List[MethodCost]
     coverage: List[SweepCoverage]
     settings: List[SettingComparison] = field(default_factory=list)  # numeric settings against the protocol's
+    variants: List[VariantComparison] = field(default_factory=list)  # each method against its controls, ablations
 
     @property
     def runs(self) -> List[Run]:
@@ -53,4 +54,4 @@ def summarize(loaded: LoadedRuns, sweeps_dir: Optional[Path] = None) -> Summary:
     return Summary(loaded, groups, summarize_alpha(loaded.runs), replicate_sets, noise_floor(compared, replicate_sets),
                    method_costs(compared),
                    sweep_coverage(loaded.runs, sweeps_dir, loaded.runs_dir) if sweeps_dir is not None else [],
-                   compare_settings(loaded.runs))
+                   compare_settings(loaded.runs), variant_comparisons(compared))

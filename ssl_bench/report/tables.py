@@ -297,6 +297,26 @@ def pairs_markdown(summary: Summary, dataset: str) -> List[str]:
     return lines
 
 
+def variants_markdown(summary: Summary, dataset: str) -> List[str]:
+    compared = [c for c in summary.variants if c.method.dataset == dataset]
+    if not compared:
+        return []
+    lines = ["", "### Methods against their controls and ablations", "",
+             "Each method against its own tagged variants (`<method>-<tag>`: a control such as `cps-lambda_max0.0`, "
+             "two networks without cross pseudo-labels, or an ablation), run by run: each method run paired with the "
+             "variant run of the same draw and seed. Difference: the method's mean Dice minus the variant's, mean "
+             "over draws; then the median per-case difference, the pooled paired Wilcoxon p and the cases where the "
+             f"method is better. {CROSS_HARDWARE}: some pairs ran on different hardware.", "",
+             *_header(["method", "variant", "fraction", "draws", "Dice", "variant Dice", "difference",
+                       "per case", "cases better"])]
+    for c in sorted(compared, key=lambda c: (c.method.method, c.variant.method, c.method.fraction)):
+        mark = f" {CROSS_HARDWARE}" if any(p.crosses_hardware for p in c.pairs) else ""
+        lines.append(_row([c.method.method, c.variant.method, f"{c.method.fraction:.3g}", str(c.difference.n),
+                           mean_std(c.method.dice), mean_std(c.variant.dice), f"{c.difference.mean:+.3f}{mark}",
+                           versus(c.test), f"{c.test.n_better}/{c.test.n_pairs}" if c.test else "—"]))
+    return lines
+
+
 def settings_markdown(comparisons: List[SettingComparison]) -> List[str]:
     if not comparisons:
         return []
@@ -490,6 +510,7 @@ def markdown(summary: Summary) -> str:
         lines += full_table_markdown(summary, dataset)
         lines += test_selection_markdown(summary, dataset)
         lines += pairs_markdown(summary, dataset)
+        lines += variants_markdown(summary, dataset)
         lines += settings_markdown([c for c in summary.settings if c.dataset == dataset])
         lines += noise_floor_markdown(summary, dataset)
         lines += replicates_markdown([s for s in summary.replicate_sets if s.dataset == dataset])
