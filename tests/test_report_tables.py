@@ -1,5 +1,7 @@
 """summary.md's tables: the headline (methods) and the variants apart, cost, the test-selection audit."""
 
+import json
+
 import numpy as np
 import pytest
 from scipy.stats import wilcoxon
@@ -120,3 +122,16 @@ def test_each_method_is_paired_with_its_own_variants_run_by_run(runs_with_a_vari
     assert (f"| mean_teacher | mean_teacher-lambda_max1.0 | 0.5 | 2 | {comparison.method.dice.mean:.3f} ± "
             f"{comparison.method.dice.std:.3f} | {comparison.variant.dice.mean:.3f} ± "
             f"{comparison.variant.dice.std:.3f} | {comparison.difference.mean:+.3f} |") in table
+
+
+def test_a_column_of_runs_that_asked_for_a_number_of_labeled_cases_is_headed_by_it(tmp_path):
+    """Left Atrium cells ask for 4 or 8 labeled cases (data.n_labeled): the table says "4 labeled (5.6%)", as the
+    papers count them, where every run at that fraction asked for the same number; fractions stay "50% labels"."""
+    runs = tmp_path / "runs"
+    for method in ("supervised", "mean_teacher"):
+        m = write_fake_run(runs, method, 0.5, 0, DICE[method, 0.5, 0])
+        m["n_labeled_patients_asked"] = 4
+        (tmp_path / "runs" / "toy" / method / "frac0.5" / "draw0" / "metrics.json").write_text(json.dumps(m))
+    write_fake_run(runs, "supervised", 1.0, 0, DICE["supervised", 1.0, 0])
+    text = markdown(summarize(read_runs(runs)))
+    assert "| method | 4 labeled (50%) | 100% labels |" in _table(text, "Methods")

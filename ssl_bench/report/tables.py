@@ -136,6 +136,15 @@ def step_cost_cell(summary: Summary, dataset: str, method: str) -> str:
     return f"{ratio:.1f}×" + (f" (on {hardware})" if hardware != summary.usual_hardware(dataset) else "")
 
 
+def amount_label(groups: List[Group], fraction: float) -> str:
+    """A column's labeled amount: "4 labeled (5.6%)" where every run at ``fraction`` asked for that number of
+    labeled patients (data.n_labeled, as the Left Atrium papers count them), else "5% labels"."""
+    asked = {r.metrics.get("n_labeled_patients_asked") for g in groups if g.fraction == fraction for r in g.runs}
+    if len(asked) == 1 and None not in asked:
+        return f"{asked.pop()} labeled ({percent(fraction)})"
+    return f"{percent(fraction)} labels"
+
+
 def _comparison_table(summary: Summary, dataset: str, groups: List[Group], with_reference: bool) -> List[str]:
     fractions = sorted({g.fraction for g in groups})
     draws = Counter(g.dice.n for g in groups).most_common(1)[0][0]
@@ -143,7 +152,7 @@ def _comparison_table(summary: Summary, dataset: str, groups: List[Group], with_
     for g in groups:
         by_method.setdefault(g.method, {})[g.fraction] = g
     order = sorted(by_method, key=lambda m: (m != REFERENCE_METHOD, m))
-    header = ["method", *(f"{percent(f)} labels" for f in fractions), "s/step ÷ supervised", "trained parameters"]
+    header = ["method", *(amount_label(groups, f) for f in fractions), "s/step ÷ supervised", "trained parameters"]
     if with_reference:
         header.insert(1, "compared with")
     lines = _header(header)
