@@ -42,7 +42,7 @@ from ssl_bench.config import MethodConfig, config_from_container, run_seed
 from ssl_bench.data.stream import position_generator
 from ssl_bench.nets.backbone import Backbone, build_backbone
 from ssl_bench.nets.pretrained import architecture, load_backbone
-from ssl_bench.run.evaluation import VALIDATION_METRICS, case_metrics, case_row, nanmean, test_metrics, window_overlap
+from ssl_bench.run.evaluation import VALIDATION_METRICS, case_metrics, case_row, nanmean, scored_metrics, window_overlap
 from ssl_bench.utils.ramps import learning_rate_factor, sigmoid_rampup
 
 # Forward calls of a training step: {training network: images of each call, in order}.
@@ -301,7 +301,7 @@ class SegmentationMethod(pl.LightningModule):
         out = {}
         for name in models or self.evaluation_networks():
             store = self._store(f"{stage}/{name}")
-            names = test_metrics(k) if self._scored_with_hd.get(stage) else VALIDATION_METRICS
+            names = scored_metrics(k) if self._scored_with_hd.get(stage) else VALIDATION_METRICS
             width = 1 + len(names) * k
             values = store.compute().reshape(-1, width).cpu().tolist() if store.update_count else []
             store.reset()

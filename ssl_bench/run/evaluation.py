@@ -26,20 +26,20 @@ from monai.metrics import compute_average_surface_distance, compute_dice, comput
 from monai.networks.utils import one_hot
 
 # What validation scores (model selection) and what a test scores, each one value per foreground class; a test of
-# several foreground classes scores their confusion too (test_metrics).
+# several foreground classes scores their confusion too (scored_metrics).
 VALIDATION_METRICS = ("dice",)
 TEST_METRICS = ("dice", "jaccard", "hd95", "asd")
 STRUCTURE_METRICS = ("confusion",)
 
 
-def test_metrics(n_foreground: int) -> tuple:
+def scored_metrics(n_foreground: int) -> tuple:
     """The metrics a test scores with ``n_foreground`` foreground classes, in case_metrics' order."""
     return TEST_METRICS + (STRUCTURE_METRICS if n_foreground > 1 else ())
 
 
 def case_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int, spacing: Sequence[float],
                  percentile: float = 95.0, with_hd: bool = True) -> Dict[str, List[float]]:
-    """test_metrics(num_classes - 1) for each foreground class of one case.
+    """scored_metrics(num_classes - 1) for each foreground class of one case.
 
     ``pred`` and ``target`` are integer label maps of the same spatial shape (no channel axis).
     Returns ``{"dice": [...], "jaccard": [...], "hd95": [...], "asd": [...]}`` (and ``"confusion"`` with several
@@ -116,7 +116,7 @@ def summarize(rows: List[dict], class_names: Sequence[str]) -> Dict[str, float]:
     then the nanmean over cases, as docs/methods.md ("The protocol") says.
     """
     out = {"n_cases": len(rows)}
-    for metric in (m for m in test_metrics(len(class_names)) if rows and f"{m}_mean" in rows[0]):
+    for metric in (m for m in scored_metrics(len(class_names)) if rows and f"{m}_mean" in rows[0]):
         for name in class_names:
             out[f"{metric}_{name}"] = nanmean(r[f"{metric}_{name}"] for r in rows)
         out[f"{metric}_mean"] = nanmean(r[f"{metric}_mean"] for r in rows)
