@@ -318,7 +318,7 @@ def variant_comparisons(groups: List[Group]) -> List[VariantComparison]:
         method = plain.get((variant.dataset, variant.base_method, variant.fraction))
         pairs = run_pairs(method.runs, variant.runs) if method else []
         if pairs:
-            out.append(VariantComparison(method, variant, paired_test(method.runs, variant.runs), pairs))
+            out.append(VariantComparison(method, variant, _pooled_test([(p.run, p.reference) for p in pairs]), pairs))
     return out
 
 

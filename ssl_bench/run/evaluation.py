@@ -77,7 +77,7 @@ def case_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int, spa
         d = torch.where(both_present, d.float(), torch.full_like(d.float(), diagonal))
         return torch.where(both_empty, torch.full_like(d, nan), d).tolist()
     out = {"dice": dice.tolist(), "jaccard": jaccard.tolist(), "hd95": distance(hd), "asd": distance(asd)}
-    if num_classes > 2:
+    if "confusion" in scored_metrics(num_classes - 1):
         out["confusion"] = confusion(pred, target, num_classes)
     return out
 

@@ -344,15 +344,17 @@ def _validate(spec: SweepConfig, path: Path) -> None:
         need(key not in CELL_KEYS, f"axes.{key}", "is set by the grid: use fractions / n_labeled / draws")
     short_names = [key.rsplit(".", 1)[-1] for key in spec.axes]
     need(len(set(short_names)) == len(short_names), "axes", "two keys end in the same name; run tags would clash")
+    swept = set(_methods(spec)) | {c.method for c in spec.extra_cells}
     for i, skip in enumerate(spec.skip_cells):
         need(bool(skip) and set(skip) <= {"method", *spec.axes}, f"skip_cells[{i}]",
              f"must give some of method, {', '.join(spec.axes) or '(no axes)'}, got {', '.join(skip) or 'nothing'}")
-        swept = set(_methods(spec)) | {c.method for c in spec.extra_cells}
-        need(skip.get("method", next(iter(swept))) in swept, f"skip_cells[{i}].method",
-             f"'{skip.get('method')}' is none of the sweep's methods ({', '.join(sorted(swept))})")
         for key, value in skip.items():
-            need(key == "method" or value in spec.axes[key], f"skip_cells[{i}].{key}",
-                 f"{value!r} is none of the axis's values {spec.axes.get(key)}")
+            if key == "method":
+                need(value in swept, f"skip_cells[{i}].method",
+                     f"'{value}' is none of the sweep's methods ({', '.join(sorted(swept))})")
+            else:
+                need(value in spec.axes[key], f"skip_cells[{i}].{key}",
+                     f"{value!r} is none of the axis's values {spec.axes[key]}")
     for override in spec.overrides:
         need(override.split("=", 1)[0] not in CELL_KEYS + tuple(spec.axes), "overrides",
              f"'{override}' sets a key the grid sets for each cell")
