@@ -200,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, metavar="N", help="cells at once on this machine (overrides the file's local.jobs; "
                    "they share its CPU threads and GPUs)")
     p.add_argument("--only", nargs="+", metavar="KEY=VALUE", help="run only the cells that match, e.g. --only "
-                   "method=cps fraction=0.1 draw=0 (keys: method, fraction, draw and the sweep's axes; a key given "
-                   "twice matches either value)")
+                   "method=cps fraction=0.1 draw=0 (keys: method, fraction, n_labeled, labeled_selection, draw, the "
+                   "sweep's axes and its extra cells' settings, by each cell's config; a key given twice matches "
+                   "either value)")
     p.add_argument("--records", metavar="DIR", help="count a cell as finished when DIR (e.g. results/records, kept "
                    "by `ssl-bench report`) holds a result of the same config, even if its run folder is gone; "
                    "and copy each cell's result there as soon as it finishes")

@@ -310,6 +310,26 @@ def test_only_keeps_the_cells_that_match_every_key(tmp_path):
         load_sweep(path, only=["methd=supervised"])
 
 
+def test_only_selects_by_an_extra_cells_setting_with_every_cells_value_from_its_config():
+    """`--only method=supervised draw=0 trainer.seed=100` on la.yaml: the two seed-100 replicates, where the seed was
+    once an override that gave every selected cell seed 100; `trainer.seed=null` (the config's default: the draw
+    seeds the training) is the grid beside them, and a method that has no such key matches no value of it."""
+    def cells(*only):
+        return [(c.method, c.n_labeled if c.n_labeled is not None else c.fraction, c.settings)
+                for c in load_sweep(SWEEPS / "la.yaml", only=only, states=False).cells]
+    assert cells("method=supervised", "draw=0", "trainer.seed=100") == [
+        ("supervised", 4, (("trainer.seed", 100),)), ("supervised", 8, (("trainer.seed", 100),))]
+    assert cells("method=supervised", "draw=0", "trainer.seed=null") == [
+        ("supervised", 4, ()), ("supervised", 8, ()), ("supervised", 16, ()), ("supervised", 1.0, ())]
+    assert cells("draw=1", "method.lambda_max=0.0") == [("cps", 4, (("method.lambda_max", 0.0),)),
+                                                        ("cps", 8, (("method.lambda_max", 0.0),))]
+    assert [c[0] for c in cells("draw=0", "n_labeled=4", "method.unlabeled_stage=true")] == ["bcp"]
+    # Its config still says what the cell trains with.
+    [cell] = load_sweep(SWEEPS / "la.yaml", only=["method=supervised", "draw=1", "n_labeled=8", "trainer.seed=100"],
+                        states=False).cells
+    assert cell.config().trainer.seed == 100
+
+
 def test_jobs_sets_the_cells_at_once_of_a_local_sweep(tmp_path, capsys):
     path = write_sweep(tmp_path / "local.yaml", methods=["supervised", "mean_teacher"], local={"jobs": 1})
     assert load_sweep(path, jobs=4).config.local.jobs == 4

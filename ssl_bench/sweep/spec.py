@@ -36,7 +36,8 @@ parse named (the cell runs and train() evaluates it again). With a records folde
 the copies ``ssl-bench report`` keeps), a cell whose record holds a run of its config counts as finished too, so a
 sweep continued on another machine or disk runs only what no record holds; a record of another config, or one
 that does not parse, is named and its cell runs. ``--only key=value ...`` keeps the cells that match (a key given
-twice matches either value).
+twice matches either value); a key of an extra cell's settings matches by each cell's config, so
+``--only trainer.seed=100`` keeps the seed-100 replicates and ``trainer.seed=null`` the grid beside them.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ssl_bench.config import ConfigError, load_config, read_schema_file
 from ssl_bench.data.splits import SELECTIONS
@@ -206,14 +207,16 @@ def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: O
     """The validated sweep of ``path`` with its cells and their states; ``overrides`` are applied to every cell after
     the file's. With ``records_dir``, cells whose matching record is there count as finished (the module's
     docstring); so do those with one in ``also_recorded_in`` (folders that are read, never written). With ``force`` every cell is pending and starts over. ``jobs`` overrides ``local.jobs``. ``only``:
-    key=value terms that select cells (select_cells); a term whose key is no selection key is a config override.
+    key=value terms that select cells (select_cells); a term whose key is no selection key (SELECTION_KEYS, the
+    sweep's axes, the extra cells' settings keys) is a config override.
     ``states=False`` leaves every cell pending without looking at its folder (for a list of the cells alone)."""
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"no sweep file {path}")
     spec: SweepConfig = read_schema_file(SweepConfig, path, SweepError)  # e.g. an extra cell without a fraction
     spec.name = spec.name or path.stem
-    selection = [t for t in only if t.split("=", 1)[0] in (*SELECTION_KEYS, *spec.axes)]
+    setting_keys = tuple(dict.fromkeys(key for extra in spec.extra_cells for key in extra.settings))
+    selection = [t for t in only if t.split("=", 1)[0] in (*SELECTION_KEYS, *spec.axes, *setting_keys)]
     spec.overrides = list(spec.overrides) + list(overrides or []) + [t for t in only if t not in selection]
     if jobs is not None:
         if spec.launcher != "local":
@@ -225,7 +228,9 @@ def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: O
         raise SweepError(f"no records folder {records_dir}")
     records = Path(records_dir) if records_dir is not None else None
     expanded = _expand(spec, path)
-    kept = {cell.run_dir for cell in select_cells([cell for cell, _ in expanded], selection, path, tuple(spec.axes))}
+    configs = {cell.run_dir: cfg for cell, cfg in expanded}
+    kept = {cell.run_dir for cell in select_cells([cell for cell, _ in expanded], selection, path,
+                                                  tuple(spec.axes), setting_keys, configs)}
     cells = [(cell, cfg) for cell, cfg in expanded if cell.run_dir in kept]
     if force:
         return Sweep(spec, path, [replace(cell, force=True) for cell, _ in cells], records)
@@ -235,12 +240,18 @@ def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: O
     return Sweep(spec, path, [_with_state(cell, cfg, lookups) for cell, cfg in cells], records)
 
 
-def select_cells(cells: List[Cell], terms: Sequence[str], source: Path, axes: Sequence[str] = ()) -> List[Cell]:
-    """The cells that match every key of ``terms`` (``key=value``; keys: SELECTION_KEYS and the sweep's axes; a key
+def select_cells(cells: List[Cell], terms: Sequence[str], source: Path, axes: Sequence[str] = (),
+                 setting_keys: Sequence[str] = (), configs: Optional[Dict[Path, DictConfig]] = None) -> List[Cell]:
+    """The cells that match every key of ``terms`` (``key=value``; keys: SELECTION_KEYS, the sweep's axes and the
+    extra cells' ``setting_keys``, which every cell has a value of in its config, ``configs[cell.run_dir]``; a key
     given twice matches either value; values read as YAML, so 0.1 matches 0.10 and 1 matches 1.0)."""
     if not terms:
         return cells
-    keys = (*SELECTION_KEYS, *axes)
+    keys = (*SELECTION_KEYS, *axes, *setting_keys)
+
+    def cell_value(cell: Cell, key: str) -> Any:  # None where a cell's config has no such key (another method's)
+        return OmegaConf.select(configs[cell.run_dir], key) if key in setting_keys else cell.value(key)
+
     wanted: Dict[str, List[Any]] = {}
     for term in terms:
         key, equals, value = term.partition("=")
@@ -248,7 +259,8 @@ def select_cells(cells: List[Cell], terms: Sequence[str], source: Path, axes: Se
             raise SweepError(f"--only {term}: expected key=value, the key one of {', '.join(keys)}")
         wanted.setdefault(key, []).append(yaml.safe_load(value))
     selected = [cell for cell in cells
-                if all(any(_same(cell.value(key), value) for value in values) for key, values in wanted.items())]
+                if all(any(_same(cell_value(cell, key), wanted_value) for wanted_value in values)
+                       for key, values in wanted.items())]
     if not selected:
         raise SweepError(f"{source}: no cell matches --only {' '.join(terms)}")
     return selected
