@@ -227,11 +227,7 @@ def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: O
     if records_dir is not None and not Path(records_dir).is_dir():
         raise SweepError(f"no records folder {records_dir}")
     records = Path(records_dir) if records_dir is not None else None
-    expanded = _expand(spec, path)
-    configs = {cell.run_dir: cfg for cell, cfg in expanded}
-    kept = {cell.run_dir for cell in select_cells([cell for cell, _ in expanded], selection, path,
-                                                  tuple(spec.axes), setting_keys, configs)}
-    cells = [(cell, cfg) for cell, cfg in expanded if cell.run_dir in kept]
+    cells = select_cells(_expand(spec, path), selection, path, tuple(spec.axes), setting_keys)
     if force:
         return Sweep(spec, path, [replace(cell, force=True) for cell, _ in cells], records)
     if not states:
@@ -240,17 +236,17 @@ def load_sweep(path: Path, overrides: Optional[List[str]] = None, records_dir: O
     return Sweep(spec, path, [_with_state(cell, cfg, lookups) for cell, cfg in cells], records)
 
 
-def select_cells(cells: List[Cell], terms: Sequence[str], source: Path, axes: Sequence[str] = (),
-                 setting_keys: Sequence[str] = (), configs: Optional[Dict[Path, DictConfig]] = None) -> List[Cell]:
-    """The cells that match every key of ``terms`` (``key=value``; keys: SELECTION_KEYS, the sweep's axes and the
-    extra cells' ``setting_keys``, which every cell has a value of in its config, ``configs[cell.run_dir]``; a key
-    given twice matches either value; values read as YAML, so 0.1 matches 0.10 and 1 matches 1.0)."""
+def select_cells(cells: List[Tuple[Cell, DictConfig]], terms: Sequence[str], source: Path,
+                 axes: Sequence[str] = (), setting_keys: Sequence[str] = ()) -> List[Tuple[Cell, DictConfig]]:
+    """The (cell, config) pairs whose cell matches every key of ``terms`` (``key=value``; keys: SELECTION_KEYS, the
+    sweep's axes and the extra cells' ``setting_keys``, read from each cell's config; a key given twice matches
+    either value; values read as YAML, so 0.1 matches 0.10 and 1 matches 1.0)."""
     if not terms:
         return cells
     keys = (*SELECTION_KEYS, *axes, *setting_keys)
 
-    def cell_value(cell: Cell, key: str) -> Any:  # None where a cell's config has no such key (another method's)
-        return OmegaConf.select(configs[cell.run_dir], key) if key in setting_keys else cell.value(key)
+    def cell_value(cell: Cell, cfg: DictConfig, key: str) -> Any:  # None where cfg has no such key (another method's)
+        return OmegaConf.select(cfg, key) if key in setting_keys else cell.value(key)
 
     wanted: Dict[str, List[Any]] = {}
     for term in terms:
@@ -258,8 +254,8 @@ def select_cells(cells: List[Cell], terms: Sequence[str], source: Path, axes: Se
         if not equals or key not in keys:
             raise SweepError(f"--only {term}: expected key=value, the key one of {', '.join(keys)}")
         wanted.setdefault(key, []).append(yaml.safe_load(value))
-    selected = [cell for cell in cells
-                if all(any(_same(cell_value(cell, key), wanted_value) for wanted_value in values)
+    selected = [(cell, cfg) for cell, cfg in cells
+                if all(any(_same(cell_value(cell, cfg, key), wanted_value) for wanted_value in values)
                        for key, values in wanted.items())]
     if not selected:
         raise SweepError(f"{source}: no cell matches --only {' '.join(terms)}")
