@@ -303,6 +303,9 @@ def test_smiler_end_to_end_logs_and_records_every_relabeling_round(criterion, tm
     for r in rounds:
         assert r["relabeled_voxels"] == sum(o["relabeled_voxels"] for o in r["per_organ"].values())
         assert math.isnan(r["precision"]) if r["relabeled_voxels"] == 0 else 0 <= r["precision"] <= 1
+    # the record (metrics.json, what results/records keeps of a run) holds the rounds too
+    kept = json.loads((run / "metrics.json").read_text())["run_records"]["relabeling.json"]
+    assert json.dumps(kept) == json.dumps(rounds)
     logged = (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"relabel/voxels", "relabel/precision", "relabel/gamma"} <= set(logged)
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)

@@ -326,8 +326,9 @@ def _train_in(run: Path, cfg: DictConfig, force: bool, resume_from: Optional[str
                 audit.delete_unreferenced(trainer)
         raise
     trainer.save_checkpoint(str(last), weights_only=False)
+    method_records = module.run_records()
     if trainer.is_global_zero:
-        for name, content in module.run_records().items():
+        for name, content in method_records.items():
             atomic_write_json(run / name, content)
     resumed_step = trainer.global_step - timer.steps_this_process
 
@@ -379,6 +380,8 @@ def _train_in(run: Path, cfg: DictConfig, force: bool, resume_from: Optional[str
         metrics["provenance"]["data_copy"] = note["note"]
     if audit is not None:
         metrics["test_selection"] = audit.summary()
+    if method_records:  # e.g. SMILEr's relabeling rounds: a record keeps metrics.json, not the run folder's other files
+        metrics["run_records"] = method_records
     metrics["primary"].update(metrics["results"]["last"][cfg.method.primary_model])
     if trainer.is_global_zero:
         _write_per_case(run / "per_case.csv", rows)
